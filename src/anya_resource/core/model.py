@@ -1,0 +1,184 @@
+"""The core's data: requests, leases, node samples and the decisions it returns.
+
+Amounts are integers in the core's units (see ``quantities``): bytes for memory and
+disk, thousandths for cpu and gpu, slots for pools. Times are float seconds on
+whatever clock the caller passes in; the core never reads one itself.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import Any, TypeAlias
+
+Amounts: TypeAlias = dict[str, int]
+
+NODE_RESOURCES: tuple[str, ...] = ("memory", "cpu", "gpu", "disk")
+
+
+@dataclass(frozen=True, slots=True)
+class Holder:
+    """Who holds a lease: enough to tell, from the holder's node, that it died."""
+
+    pid: int | None = None
+    create_time: float | None = None
+    node_id: str | None = None
+    job_id: str | None = None
+    worker_id: str | None = None
+    actor_id: str | None = None
+
+    @property
+    def key(self) -> str | None:
+        """A process identity that survives pid reuse (pid + create time)."""
+        if self.pid is None:
+            return None
+        return f"{self.node_id}:{self.pid}:{self.create_time}"
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    """A normalised request, as the core queues it."""
+
+    resources: Amounts  # node resources in core units, zero amounts dropped
+    pools: Amounts  # pool name -> slots
+    priority: int  # base priority level
+    priority_name: str
+    tenant: str
+    ttl: float
+    timeout: float | None  # seconds from submission; None waits forever
+    preemptible: bool = False
+    node: str | None = None  # required node id (hex)
+    idempotency_key: str | None = None
+    holder: Holder = field(default_factory=Holder)
+    detached: bool = False
+
+    @property
+    def shape(self) -> tuple[Any, ...]:
+        """Requests of one shape fit, or do not fit, in exactly the same places."""
+        return (
+            tuple(sorted(self.resources.items())),
+            tuple(sorted(self.pools.items())),
+            self.tenant,
+            self.node,
+        )
+
+
+class LeaseState(str, enum.Enum):
+    ACTIVE = "active"
+    REVOKING = "revoking"  # revoked; the holder has until ``revoke_deadline`` to let go
+
+
+@dataclass(slots=True)
+class LeaseRecord:
+    """A granted request. ``token`` is the holder's secret; never log it."""
+
+    lease_id: str
+    request_id: str
+    token: str
+    fencing_token: int
+    node_id: str
+    resources: Amounts
+    pools: Amounts
+    priority: int
+    priority_name: str
+    tenant: str
+    ttl: float
+    granted_at: float
+    expires_at: float
+    preemptible: bool
+    holder: Holder
+    detached: bool = False
+    idempotency_key: str | None = None
+    borrowed: bool = False
+    state: LeaseState = LeaseState.ACTIVE
+    revoke_reason: str | None = None
+    revoke_deadline: float | None = None
+
+    def public(self) -> dict[str, Any]:
+        """Everything but the secret token, for listings."""
+        return {
+            "lease_id": self.lease_id,
+            "fencing_token": self.fencing_token,
+            "node_id": self.node_id,
+            "resources": dict(self.resources),
+            "pools": dict(self.pools),
+            "priority": self.priority_name,
+            "tenant": self.tenant,
+            "granted_at": self.granted_at,
+            "expires_at": self.expires_at,
+            "preemptible": self.preemptible,
+            "state": self.state.value,
+            "holder": {
+                "pid": self.holder.pid,
+                "node_id": self.holder.node_id,
+                "job_id": self.holder.job_id,
+                "actor_id": self.holder.actor_id,
+            },
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class NodeSample:
+    """What a node agent measured: the basis of pressure and health."""
+
+    memory_percent: float
+    cpu_percent: float
+    memory_available: int | None = None
+    disk_percent: float | None = None
+
+
+# -- decisions -----------------------------------------------------------------
+
+
+class RejectReason(str, enum.Enum):
+    TIMEOUT = "timeout"
+    CANCELLED = "cancelled"
+    NODE_LOST = "node_lost"
+    INFEASIBLE = "infeasible"
+    HOLDER_DIED = "holder_died"
+
+
+class ReclaimReason(str, enum.Enum):
+    RELEASED = "released"
+    EXPIRED = "expired"
+    REVOKED = "revoked"  # the grace period of a revocation ran out
+    HOLDER_DIED = "holder_died"
+    JOB_ENDED = "job_ended"
+    NODE_LOST = "node_lost"
+    CANCELLED = "cancelled"  # granted to a waiter that had already given up
+
+
+@dataclass(frozen=True, slots=True)
+class Grant:
+    request_id: str
+    lease: LeaseRecord
+    waited: float
+
+
+@dataclass(frozen=True, slots=True)
+class Reject:
+    request_id: str
+    reason: RejectReason
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
+class Revoke:
+    """The holder must let go by ``deadline``; the capacity is reclaimed then at the latest."""
+
+    lease_id: str
+    node_id: str
+    reason: str
+    deadline: float
+
+
+@dataclass(frozen=True, slots=True)
+class Reclaim:
+    """The lease is gone and its capacity is free again."""
+
+    lease_id: str
+    node_id: str
+    reason: ReclaimReason
+
+
+Decision: TypeAlias = Grant | Reject | Revoke | Reclaim

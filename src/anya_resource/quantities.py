@@ -1,0 +1,154 @@
+"""Parsing and formatting of resource amounts.
+
+The scheduling core counts everything in integers so that ``free + granted ==
+capacity`` holds exactly: bytes for ``memory`` and ``disk``, thousandths of a
+unit ("milli") for ``cpu`` and ``gpu``, whole slots for pools. This module turns
+what people write (``"2GiB"``, ``0.5``, ``"1.5GB"``) into those integers and back.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from decimal import Decimal, InvalidOperation
+from typing import Final
+
+from anya_resource.errors import InvalidRequest
+
+MAX_AMOUNT: Final = 2**63 - 1
+MILLI: Final = 1000
+
+BYTE_RESOURCES: Final = frozenset({"memory", "disk"})
+FRACTIONAL_RESOURCES: Final = frozenset({"cpu", "gpu"})
+BUILTIN_RESOURCES: Final = BYTE_RESOURCES | FRACTIONAL_RESOURCES
+
+_UNITS: Final[dict[str, int]] = {
+    "": 1,
+    "b": 1,
+    "k": 1000,
+    "kb": 1000,
+    "m": 1000**2,
+    "mb": 1000**2,
+    "g": 1000**3,
+    "gb": 1000**3,
+    "t": 1000**4,
+    "tb": 1000**4,
+    "p": 1000**5,
+    "pb": 1000**5,
+    "ki": 1024,
+    "kib": 1024,
+    "mi": 1024**2,
+    "mib": 1024**2,
+    "gi": 1024**3,
+    "gib": 1024**3,
+    "ti": 1024**4,
+    "tib": 1024**4,
+    "pi": 1024**5,
+    "pib": 1024**5,
+}
+_BYTES_RE: Final = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:[eE][+-]?[0-9]+)?)\s*([A-Za-z]*)\s*$")
+
+
+def _reject(what: str, value: object, expected: str) -> InvalidRequest:
+    return InvalidRequest(f"{what}: got {value!r}, expected {expected}")
+
+
+def _check_number(what: str, value: object, expected: str) -> float | int:
+    # bool is an int subclass; True bytes is never what anyone meant.
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise _reject(what, value, expected)
+    if isinstance(value, float) and not math.isfinite(value):
+        raise _reject(what, value, expected)
+    if value < 0:
+        raise _reject(what, value, expected)
+    return value
+
+
+def parse_bytes(value: object, what: str = "byte amount") -> int:
+    """``"256MiB" -> 268435456``; also ``"1.5GB"``, ``"512k"`` and plain ints.
+
+    Fractions of a byte are rounded up: asking for 1.5 bytes reserves 2.
+    """
+    expected = "a non-negative byte count such as 1048576, '512MiB' or '1.5GB' (below 2**63)"
+    if isinstance(value, str):
+        match = _BYTES_RE.match(value)
+        if not match:
+            raise _reject(what, value, expected)
+        number_text, unit = match.groups()
+        factor = _UNITS.get(unit.lower())
+        if factor is None:
+            raise _reject(what, value, expected + f"; unknown unit {unit!r}")
+        try:
+            amount = Decimal(number_text) * factor
+        except InvalidOperation:
+            raise _reject(what, value, expected) from None
+        result = int(amount.to_integral_value(rounding="ROUND_CEILING"))
+    else:
+        number = _check_number(what, value, expected)
+        result = number if isinstance(number, int) else math.ceil(number)
+    if result > MAX_AMOUNT:
+        raise _reject(what, value, expected)
+    return result
+
+
+def parse_cores(value: object, what: str = "core count") -> float:
+    """A non-negative, finite number of cores or devices (fractions allowed)."""
+    expected = "a non-negative finite number of cores such as 0.5 or 2"
+    if isinstance(value, str):
+        try:
+            value = float(value.strip())
+        except ValueError:
+            raise _reject(what, value, expected) from None
+    number = _check_number(what, value, expected)
+    if number * MILLI > MAX_AMOUNT:
+        raise _reject(what, value, expected)
+    return float(number)
+
+
+def parse_count(value: object, what: str = "slot count") -> int:
+    """A non-negative whole number of pool slots."""
+    expected = "a non-negative whole number of slots"
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0 or value > MAX_AMOUNT:
+        raise _reject(what, value, expected)
+    return value
+
+
+def to_units(resource: str, value: object) -> int:
+    """The core's integer amount for ``value`` of ``resource`` (pools: slots)."""
+    what = f"amount of {resource!r}"
+    if resource in BYTE_RESOURCES:
+        return parse_bytes(value, what)
+    if resource in FRACTIONAL_RESOURCES:
+        # Round up so that a request is never granted less than it asked for.
+        return math.ceil(round(parse_cores(value, what) * MILLI, 6))
+    return parse_count(value, what)
+
+
+def from_units(resource: str, amount: int) -> float | int:
+    """The human amount for the core's integer ``amount`` of ``resource``."""
+    if resource in FRACTIONAL_RESOURCES:
+        return amount / MILLI
+    return amount
+
+
+def format_bytes(nbytes: int | float) -> str:
+    """``1536 -> '1.5 KiB'``: binary units, at most one decimal."""
+    value = float(nbytes)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(value) < 1024 or unit == "TiB":
+            if unit == "B":
+                return f"{int(value)} B"
+            return f"{value:.1f} {unit}"
+        value /= 1024
+    raise AssertionError("unreachable")
+
+
+def format_amount(resource: str, amount: int) -> str:
+    """The core's integer amount, for a table cell."""
+    if resource in BYTE_RESOURCES:
+        return format_bytes(amount)
+    if resource in FRACTIONAL_RESOURCES:
+        return f"{amount / MILLI:g}"
+    return str(amount)
