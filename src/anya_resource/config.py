@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import copy
 import enum
+import math
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -45,7 +46,10 @@ def _check_amounts(values: Mapping[str, Any], allow_percent: bool = False) -> di
     """Amount maps name builtin resources; pools are only counted in slots."""
     for resource, amount in values.items():
         if allow_percent and isinstance(amount, str) and amount.strip().endswith("%"):
-            percent = float(amount.strip()[:-1])
+            try:
+                percent = float(amount.strip()[:-1])
+            except ValueError:
+                percent = math.nan
             if not 0 <= percent < 100:
                 raise ValueError(f"{resource}: percent {amount!r} must be in [0, 100)")
             continue
@@ -239,11 +243,25 @@ class Policy(_Strict):
         if not isinstance(data, Mapping):
             raise ConfigError(f"{source}: expected a mapping at the top level, got {data!r}")
         merged = _merge(cls().model_dump(), data)
-        merged = _merge(merged, _env_overrides(os.environ, merged))
+        overrides = _env_overrides(os.environ, merged)
+        merged = _merge(merged, overrides)
+        pools = merged.get("pools")
+        if (
+            "default_pool" not in data
+            and "default_pool" not in overrides
+            and isinstance(pools, Mapping)
+            and merged.get("default_pool") not in pools
+        ):
+            # `pools: {default: null}` removes the default pool: it cannot stay the default
+            # unless the policy names it (then the error below says it is missing).
+            merged["default_pool"] = None
         try:
             return cls.model_validate(merged)
         except ValidationError as exc:
-            raise ConfigError(_describe(exc, source)) from None
+            message = _describe(exc, source)
+            if overrides:
+                message += f"\n  (after environment overrides {_policy_env_names(os.environ)})"
+            raise ConfigError(message) from None
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> Policy:
@@ -285,13 +303,20 @@ def _merge(base: Mapping[str, Any], update: Mapping[str, Any]) -> dict[str, Any]
     return merged
 
 
+def _policy_env_names(environ: Mapping[str, str]) -> list[str]:
+    names = []
+    for name in sorted(environ):
+        key = name.removeprefix(ENV_PREFIX)
+        if key != name and key and key not in _NON_POLICY_ENV:
+            names.append(name)
+    return names
+
+
 def _env_overrides(environ: Mapping[str, str], current: Mapping[str, Any]) -> dict[str, Any]:
     """``ANYA_RESOURCE_A__B=value`` as ``{"a": {"b": value}}`` (value parsed as YAML)."""
     overrides: dict[str, Any] = {}
-    for name in sorted(environ):
+    for name in _policy_env_names(environ):
         key = name.removeprefix(ENV_PREFIX)
-        if key == name or not key or key in _NON_POLICY_ENV:
-            continue
         try:
             value = yaml.safe_load(environ[name])
         except yaml.YAMLError as exc:
@@ -315,5 +340,32 @@ def _describe(exc: ValidationError, source: str) -> str:
     for error in exc.errors():
         location = ".".join(str(part) for part in error["loc"]) or "<top>"
         message = error["msg"].removeprefix("Value error, ")
-        lines.append(f"  {location}: {message} (got {error.get('input')!r})")
+        if error["type"] == "extra_forbidden":
+            model = _model_at(error["loc"][:-1])
+            if model is not None:
+                message = f"unknown key; expected one of {sorted(model.model_fields)}"
+        if error["loc"]:  # a whole-policy error already quotes the values it is about
+            message += f" (got {error.get('input')!r})"
+        lines.append(f"  {location}: {message}")
     return "\n".join(lines)
+
+
+def _model_at(loc: tuple[int | str, ...]) -> type[BaseModel] | None:
+    """The model validating the mapping at ``loc`` (``("pools", "x")`` -> PoolPolicy)."""
+    model: type[BaseModel] = Policy
+    parts = list(loc)
+    while parts:
+        field = model.model_fields.get(str(parts.pop(0)))
+        if field is None:
+            return None
+        annotation = field.annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            model = annotation
+            continue
+        # dict[str, Model]: the next part is a tenant or pool name.
+        args = get_args(annotation)
+        if not (parts and args and isinstance(args[-1], type) and issubclass(args[-1], BaseModel)):
+            return None
+        parts.pop(0)
+        model = args[-1]
+    return model

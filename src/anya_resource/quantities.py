@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import re
-from decimal import Decimal, InvalidOperation
+from decimal import MAX_EMAX, MIN_EMIN, Context, Decimal, DecimalException
 from typing import Final
 
 from anya_resource.errors import InvalidRequest
@@ -79,9 +79,14 @@ def parse_bytes(value: object, what: str = "byte amount") -> int:
         if factor is None:
             raise _reject(what, value, expected + f"; unknown unit {unit!r}")
         try:
-            amount = Decimal(number_text) * factor
-        except InvalidOperation:
+            # An exact product: the default context's 28 digits and exponent range could
+            # round a fraction of a byte away or overflow on "1e999999999".
+            exact = Context(prec=len(number_text) + 20, Emin=MIN_EMIN, Emax=MAX_EMAX)
+            amount = exact.multiply(Decimal(number_text), factor)
+        except DecimalException:
             raise _reject(what, value, expected) from None
+        if amount > MAX_AMOUNT:  # before int(): "1e999999" would build a huge int
+            raise _reject(what, value, expected)
         result = int(amount.to_integral_value(rounding="ROUND_CEILING"))
     else:
         number = _check_number(what, value, expected)
@@ -94,12 +99,15 @@ def parse_bytes(value: object, what: str = "byte amount") -> int:
 def parse_cores(value: object, what: str = "core count") -> float:
     """A non-negative, finite number of cores or devices (fractions allowed)."""
     expected = "a non-negative finite number of cores such as 0.5 or 2"
+    number: object = value
     if isinstance(value, str):
         try:
-            value = float(value.strip())
+            number = float(value.strip())
         except ValueError:
             raise _reject(what, value, expected) from None
-    number = _check_number(what, value, expected)
+        if not math.isfinite(number) or number < 0:  # name "1e400", not the inf it became
+            raise _reject(what, value, expected)
+    number = _check_number(what, number, expected)
     if number * MILLI > MAX_AMOUNT:
         raise _reject(what, value, expected)
     return float(number)

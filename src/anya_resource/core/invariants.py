@@ -1,0 +1,87 @@
+"""DESIGN.md's invariants, checked against the scheduler's state.
+
+Tests call ``check_invariants`` after every step of randomised runs; the
+coordinator calls it after a recovery. Each failure names the invariant.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from anya_resource.core.model import NODE_RESOURCES, LeaseState
+
+if TYPE_CHECKING:
+    from anya_resource.core.scheduler import Scheduler
+
+
+class InvariantViolation(AssertionError):
+    pass
+
+
+def check_invariants(scheduler: Scheduler) -> None:
+    problems = list(_violations(scheduler))
+    if problems:
+        raise InvariantViolation("; ".join(problems))
+
+
+def _violations(s: Scheduler) -> list[str]:
+    out: list[str] = []
+    granted = {n: dict.fromkeys(NODE_RESOURCES, 0) for n in s.nodes}
+    pools = dict.fromkeys(s.pools, 0)
+    tenants: dict[str, dict[str, int]] = {}
+    fencing: set[int] = set()
+    for lease in s.leases:
+        if lease.node_id not in s.nodes:
+            out.append(f"inv2: lease {lease.lease_id} on unknown node {lease.node_id}")
+            continue
+        for r, a in lease.resources.items():
+            granted[lease.node_id][r] += a
+        for p, a in lease.pools.items():
+            pools[p] += a
+        usage = tenants.setdefault(lease.tenant, {})
+        for r, a in {**lease.resources, **lease.pools}.items():
+            usage[r] = usage.get(r, 0) + a
+        if lease.fencing_token in fencing:
+            out.append(f"inv4: fencing token {lease.fencing_token} used twice")
+        fencing.add(lease.fencing_token)
+        if lease.fencing_token > s.leases.highest_fencing:
+            out.append(f"inv4: lease {lease.lease_id} fencing above the highest issued")
+        if lease.state is LeaseState.REVOKING and lease.revoke_deadline is None:
+            out.append(f"inv3: revoked lease {lease.lease_id} has no deadline")
+        if lease.request_id in s.queue:
+            out.append(f"inv5/6: request {lease.request_id} both waits and holds {lease.lease_id}")
+    for node_id, node in s.nodes.items():
+        for r in NODE_RESOURCES:
+            if node.granted[r] != granted[node_id][r]:
+                out.append(
+                    f"inv2: node {node_id} {r}: ledger says {node.granted[r]} granted, "
+                    f"leases add up to {granted[node_id][r]}"
+                )
+            if node.free(r) + node.granted[r] != node.grantable(r):
+                out.append(f"inv2: node {node_id} {r}: free + granted != grantable")
+            if node.granted[r] > node.limit(r) and not node.overcommitted_by_shrink(r):
+                out.append(
+                    f"inv1: node {node_id} {r}: granted {node.granted[r]} > "
+                    f"grantable {node.limit(r)}"
+                )
+    for name, pool in s.pools.items():
+        if pool.in_use != pools[name]:
+            out.append(f"inv2: pool {name}: {pool.in_use} in use, leases hold {pools[name]}")
+        if pool.in_use > pool.size:
+            out.append(f"inv1: pool {name}: {pool.in_use} in use > size {pool.size}")
+    for name, quota in s.tenants.items():
+        usage = tenants.get(name, {})
+        for r, a in quota.usage.items():
+            if a != usage.get(r, 0):
+                out.append(
+                    f"inv2: tenant {name} {r}: usage {a}, leases add up to {usage.get(r, 0)}"
+                )
+            limit = quota.hard_limit(r)
+            if limit is not None and a > limit:
+                out.append(f"inv1: tenant {name} {r}: usage {a} > hard limit {limit}")
+    for name, usage in tenants.items():
+        if name not in s.tenants and any(usage.values()):
+            out.append(f"inv2: tenant {name} holds leases but has no quota record")
+    if len(s.leases.by_request) != len(s.leases):
+        out.append("inv5: leases and their requests are not one to one")
+    return out

@@ -1,0 +1,115 @@
+"""Capacity accounting: what each node and pool has, has granted and may grant.
+
+A node's *grantable* amount of a resource is its capacity minus the policy's
+reserve, and zero for new grants while the node is under pressure for that
+resource. ``free = grantable - granted`` may go negative only when a capacity
+report shrinks below what is already granted; no grant is ever made into it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+from anya_resource.core.model import NODE_RESOURCES, Amounts
+from anya_resource.quantities import to_units
+
+
+@dataclass(slots=True)
+class NodeLedger:
+    node_id: str
+    capacity: Amounts
+    reserve: Amounts
+    granted: Amounts = field(default_factory=lambda: dict.fromkeys(NODE_RESOURCES, 0))
+    # Resources the node may not grant more of right now (measured pressure).
+    pressured: set[str] = field(default_factory=set)
+    health_factor: float = 1.0  # 1 healthy .. 0 saturated; weights spread placement
+    alive: bool = True
+    # Resources whose capacity report fell below what was already granted.
+    shrunk: set[str] = field(default_factory=set)
+
+    def limit(self, resource: str) -> int:
+        """Capacity minus reserve: the ceiling no grant may pass."""
+        return max(0, self.capacity.get(resource, 0) - self.reserve.get(resource, 0))
+
+    def grantable(self, resource: str) -> int:
+        if resource in self.pressured:
+            return min(self.limit(resource), self.granted[resource])
+        return self.limit(resource)
+
+    def free(self, resource: str) -> int:
+        return self.grantable(resource) - self.granted[resource]
+
+    def fits(self, demand: Mapping[str, int], held: Mapping[str, int] | None = None) -> bool:
+        """Whether ``demand`` fits in what is free, after ``held`` (a reservation)."""
+        granted = self.granted
+        pressured = self.pressured
+        for resource, amount in demand.items():
+            limit = self.capacity.get(resource, 0) - self.reserve.get(resource, 0)
+            used = granted[resource]
+            if resource in pressured:
+                limit = min(limit, used)
+            if held:
+                used += held.get(resource, 0)
+            if used + amount > limit:
+                return False
+        return True
+
+    def headroom_after(self, demand: Mapping[str, int]) -> float:
+        """Mean fraction of the demanded resources left free after the grant (0..1)."""
+        total = 0.0
+        for resource, amount in demand.items():
+            limit = self.limit(resource)
+            if limit > 0:
+                total += (limit - self.granted[resource] - amount) / limit
+        return total / max(1, len(demand))
+
+    def take(self, demand: Mapping[str, int]) -> None:
+        for resource, amount in demand.items():
+            self.granted[resource] += amount
+
+    def give_back(self, demand: Mapping[str, int]) -> None:
+        for resource, amount in demand.items():
+            self.granted[resource] -= amount
+        if self.shrunk:
+            self.shrunk = {r for r in self.shrunk if self.granted[r] > self.limit(r)}
+
+    def resize(self, capacity: Amounts, reserve: Amounts) -> None:
+        """A new capacity report; what is already granted stays granted."""
+        self.capacity = capacity
+        self.reserve = reserve
+        self.shrunk = {r for r in NODE_RESOURCES if self.granted[r] > self.limit(r)}
+
+    def overcommitted_by_shrink(self, resource: str) -> bool:
+        return resource in self.shrunk
+
+
+@dataclass(slots=True)
+class PoolLedger:
+    name: str
+    size: int
+    in_use: int = 0
+
+    @property
+    def free(self) -> int:
+        return self.size - self.in_use
+
+
+def reserve_for(capacity: Mapping[str, int], reserve_policy: Mapping[str, object]) -> Amounts:
+    """The policy's reserve (absolute, or ``"10%"`` of capacity) in core units."""
+    reserve: Amounts = {}
+    for resource, value in reserve_policy.items():
+        if isinstance(value, str) and value.strip().endswith("%"):
+            percent = float(value.strip()[:-1])
+            reserve[resource] = int(capacity.get(resource, 0) * percent / 100)
+        else:
+            reserve[resource] = to_units(resource, value)
+    return reserve
+
+
+def sum_amounts(items: Iterable[Mapping[str, int]]) -> Amounts:
+    total: Amounts = {}
+    for amounts in items:
+        for resource, amount in amounts.items():
+            total[resource] = total.get(resource, 0) + amount
+    return total

@@ -1,0 +1,138 @@
+"""Turning what a caller wrote into a ``Request``, or a clear ``InvalidRequest``."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+from anya_resource.config import Policy, Priority
+from anya_resource.core.model import NODE_RESOURCES, Holder, Request
+from anya_resource.errors import InvalidRequest
+from anya_resource.quantities import to_units
+
+MAX_TIMEOUT = 365 * 86400.0
+
+
+def build_request(
+    policy: Policy,
+    resources: Mapping[str, Any],
+    *,
+    priority: Priority | str | int = "normal",
+    tenant: str | None = None,
+    ttl: float | None = None,
+    timeout: float | None = None,
+    preemptible: bool = False,
+    node: str | None = None,
+    idempotency_key: str | None = None,
+    holder: Holder | None = None,
+    detached: bool = False,
+) -> Request:
+    """Validate and normalise one request. Raises ``InvalidRequest``; changes nothing."""
+    if not isinstance(resources, Mapping):
+        raise InvalidRequest(
+            f"resources: got {resources!r}, expected a mapping such as "
+            "{'memory': '2GiB', 'cpu': 1, 'pools': {'postgres': 1}}"
+        )
+    node_amounts: dict[str, int] = {}
+    pool_amounts: dict[str, int] = {}
+    for name, value in resources.items():
+        if name == "pools":
+            _add_pools(policy, value, pool_amounts)
+        elif name in NODE_RESOURCES:
+            amount = to_units(name, value)
+            if amount:
+                node_amounts[name] = amount
+        elif isinstance(name, str) and name in policy.pools:
+            _add_pools(policy, {name: value}, pool_amounts)
+        else:
+            raise InvalidRequest(
+                f"unknown resource {name!r}; expected one of {list(NODE_RESOURCES)}, "
+                f"a pool of the policy {sorted(policy.pools)}, or 'pools'"
+            )
+    if not node_amounts and not pool_amounts:
+        raise InvalidRequest(
+            f"resources: {dict(resources)!r} asks for nothing; expected amounts > 0"
+        )
+    level = policy.priority_level(priority)
+    name = priority.value if isinstance(priority, Priority) else str(priority)
+    return Request(
+        resources=node_amounts,
+        pools=pool_amounts,
+        priority=level,
+        priority_name=name,
+        tenant=_tenant(tenant, holder),
+        ttl=_ttl(policy, ttl),
+        timeout=_timeout(timeout),
+        preemptible=_flag("preemptible", preemptible),
+        node=_node(node),
+        idempotency_key=_key(idempotency_key),
+        holder=holder if holder is not None else Holder(),
+        detached=_flag("detached", detached),
+    )
+
+
+def _add_pools(policy: Policy, value: object, into: dict[str, int]) -> None:
+    if not isinstance(value, Mapping):
+        raise InvalidRequest(f"pools: got {value!r}, expected a mapping of pool name to slots")
+    for pool, slots in value.items():
+        if pool not in policy.pools:
+            raise InvalidRequest(
+                f"unknown pool {pool!r}; expected one of the policy's pools {sorted(policy.pools)}"
+            )
+        amount = to_units(pool, slots)
+        if amount:
+            into[pool] = into.get(pool, 0) + amount
+
+
+def _finite_seconds(what: str, value: object, upper: float) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise InvalidRequest(f"{what}: got {value!r}, expected a number of seconds")
+    seconds = float(value)
+    if not math.isfinite(seconds) or seconds <= 0 or seconds > upper:
+        raise InvalidRequest(f"{what}: got {value!r}, expected seconds in (0, {upper:g}]")
+    return seconds
+
+
+def _ttl(policy: Policy, ttl: object) -> float:
+    if ttl is None:
+        return policy.lease.default_ttl
+    return _finite_seconds("ttl", ttl, policy.lease.max_ttl)
+
+
+def _timeout(timeout: object) -> float | None:
+    if timeout is None:
+        return None
+    if isinstance(timeout, int | float) and not isinstance(timeout, bool) and timeout == 0:
+        return 0.0  # try once, never wait
+    return _finite_seconds("timeout", timeout, MAX_TIMEOUT)
+
+
+def _tenant(tenant: object, holder: Holder | None) -> str:
+    if tenant is None:
+        return holder.job_id if holder is not None and holder.job_id else "default"
+    if not isinstance(tenant, str) or not tenant or len(tenant) > 200:
+        raise InvalidRequest(f"tenant: got {tenant!r}, expected a non-empty name")
+    return tenant
+
+
+def _node(node: object) -> str | None:
+    if node is None:
+        return None
+    if not isinstance(node, str) or not node or len(node) > 200:
+        raise InvalidRequest(f"node: got {node!r}, expected a Ray node id in hex")
+    return node
+
+
+def _key(key: object) -> str | None:
+    if key is None:
+        return None
+    if not isinstance(key, str) or not key or len(key) > 200:
+        raise InvalidRequest(f"idempotency_key: got {key!r}, expected a non-empty string")
+    return key
+
+
+def _flag(what: str, value: object) -> bool:
+    if not isinstance(value, bool):
+        raise InvalidRequest(f"{what}: got {value!r}, expected True or False")
+    return value

@@ -1,0 +1,756 @@
+"""The scheduler state machine: events in, decisions out.
+
+Every method takes the time as an argument and returns the decisions its event
+led to (``Grant``, ``Reject``, ``Revoke``, ``Reclaim``); the caller carries them
+out. Bad input raises (``InvalidRequest``, ``Infeasible``, ``NotLeaseHolder``...)
+before anything changes.
+
+The queue is kept *settled*: after every event, no waiting request fits where
+it may go. That is what lets a new request be granted at once when it fits
+(nobody waiting could have used that room), and lets a release look only at the
+node, pools and tenant it freed.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections import deque
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from anya_resource.config import Policy
+from anya_resource.core import views
+from anya_resource.core.bottleneck import find_bottlenecks
+from anya_resource.core.leases import LeaseTable, check_token, new_token
+from anya_resource.core.ledger import NodeLedger, PoolLedger, reserve_for
+from anya_resource.core.model import (
+    NODE_RESOURCES,
+    Amounts,
+    Decision,
+    Grant,
+    LeaseRecord,
+    LeaseState,
+    NodeSample,
+    Reclaim,
+    ReclaimReason,
+    Reject,
+    RejectReason,
+    Request,
+    Revoke,
+)
+from anya_resource.core.placement import Placer
+from anya_resource.core.preemption import choose_victims
+from anya_resource.core.quotas import TenantQuota
+from anya_resource.core.waitqueue import Waiter, WaitQueue
+from anya_resource.core.whatif import WhatIf, what_if
+from anya_resource.errors import (
+    Infeasible,
+    InvalidRequest,
+    LeaseExpired,
+    LeaseRevoked,
+)
+
+WAIT_SAMPLES = 2048  # recent waits kept per priority class, for percentiles
+KEY_MEMORY = 100_000  # idempotency keys remembered
+
+
+@dataclass(slots=True)
+class Reservation:
+    """What the blocked head of the queue holds back from everyone else."""
+
+    request_id: str
+    node_id: str | None
+    nodes: dict[str, Amounts]
+    pools: Amounts
+    tenant: str
+    tenant_amounts: Amounts
+
+
+@dataclass(slots=True)
+class Freed:
+    """Where capacity came back since the last pass (``everything`` for a full pass)."""
+
+    nodes: set[str] = field(default_factory=set)
+    pools: set[str] = field(default_factory=set)
+    tenants: set[str] = field(default_factory=set)
+    everything: bool = False
+
+    def __bool__(self) -> bool:
+        return self.everything or bool(self.nodes or self.pools or self.tenants)
+
+
+@dataclass(slots=True)
+class Counters:
+    submitted: int = 0
+    granted: int = 0
+    rejected: dict[str, int] = field(default_factory=dict)
+    reclaimed: dict[str, int] = field(default_factory=dict)
+    revoked: dict[str, int] = field(default_factory=dict)
+
+
+def tenant_demand(request: Request) -> Amounts:
+    """What a request charges its tenant: node resources and pool slots alike."""
+    if not request.pools:
+        return request.resources
+    return {**request.resources, **request.pools}
+
+
+class Scheduler:
+    def __init__(
+        self,
+        policy: Policy,
+        *,
+        epoch: int = 0,
+        token_factory: Callable[[], str] = new_token,
+    ) -> None:
+        self.policy = policy
+        self.nodes: dict[str, NodeLedger] = {}
+        self.placer = Placer(policy.placement)
+        self.pools = {name: PoolLedger(name, p.size) for name, p in policy.pools.items()}
+        self.tenants = {n: TenantQuota.from_policy(n, t) for n, t in policy.tenants.items()}
+        self.queue = WaitQueue(policy.aging.per_second, policy.aging.max_boost)
+        self.leases = LeaseTable(epoch, token_factory)
+        self.reservation: Reservation | None = None
+        self.counters = Counters()
+        self.waits: dict[str, deque[float]] = {}
+        self.waiting_demand: Amounts = {}
+        self._keys: dict[str, tuple[str, str]] = {}  # idempotency key -> (kind, id)
+        self._revocations: list[tuple[float, str]] = []
+        self._revoking_for: dict[str, set[str]] = {}  # head request -> leases revoked for it
+        self._preempt_memo: tuple[str, int, int, int] | None = None
+        self._sequence = 0
+        self.last_now = 0.0
+
+    # -- nodes ------------------------------------------------------------------
+
+    def node_up(self, node_id: str, capacity: Mapping[str, int], now: float) -> list[Decision]:
+        """A node joined (or reported a new capacity)."""
+        capacity = {r: int(capacity.get(r, 0)) for r in NODE_RESOURCES}
+        if any(v < 0 for v in capacity.values()):
+            raise InvalidRequest(f"node {node_id}: negative capacity {capacity}")
+        node = self.nodes.get(node_id)
+        if node is None:
+            node = NodeLedger(node_id, capacity, reserve_for(capacity, self.policy.reserve))
+            self.nodes[node_id] = node
+            self.placer.add(node)
+        else:
+            node.resize(capacity, reserve_for(capacity, self.policy.reserve))
+            self.placer.note_freed(node)
+        return self._settle(now, Freed(nodes={node_id}))
+
+    def node_down(self, node_id: str, now: float) -> list[Decision]:
+        """A node is gone: its leases are reclaimed, its waiters placed again or rejected."""
+        node = self.nodes.pop(node_id, None)
+        if node is None:
+            return []
+        node.alive = False
+        self.placer.remove(node_id)
+        decisions: list[Decision] = []
+        freed = Freed(everything=True)
+        for lease in list(self.leases.by_node.get(node_id, {}).values()):
+            self._reclaim(lease, ReclaimReason.NODE_LOST, decisions, freed)
+        if self.reservation is not None and self.reservation.node_id == node_id:
+            self.reservation = None
+        for waiter in list(self.queue.by_id.values()):
+            request = waiter.request
+            if request.node == node_id:
+                self._reject(waiter, RejectReason.NODE_LOST, f"node {node_id} left", decisions)
+            elif (reason := self.never_fits(request)) is not None:
+                self._reject(waiter, RejectReason.INFEASIBLE, reason, decisions)
+        decisions.extend(self._settle(now, freed))
+        return decisions
+
+    def health(self, node_id: str, sample: NodeSample, now: float) -> list[Decision]:
+        """A node's measured use: pressure with hysteresis, and revocations under it."""
+        node = self.nodes.get(node_id)
+        if node is None:
+            return []
+        pressure = self.policy.pressure
+        was = set(node.pressured)
+        _hysteresis(
+            node, "memory", sample.memory_percent, pressure.memory_high, pressure.memory_low
+        )
+        if pressure.cpu_high is not None and pressure.cpu_low is not None:
+            _hysteresis(node, "cpu", sample.cpu_percent, pressure.cpu_high, pressure.cpu_low)
+        busiest = max(sample.memory_percent, sample.cpu_percent)
+        node.health_factor = max(0.05, 1.0 - busiest / 200.0)
+        decisions: list[Decision] = []
+        for resource in node.pressured:
+            self._revoke_for_pressure(node, resource, now, decisions)
+        if was - node.pressured:
+            self.placer.note_freed(node)
+            decisions.extend(self._settle(now, Freed(nodes={node_id})))
+        return decisions
+
+    # -- requests -----------------------------------------------------------------
+
+    def submit(self, request: Request, now: float) -> tuple[str, list[Decision]]:
+        """Queue ``request``; returns its id and what was decided at once.
+
+        A retried request (same idempotency key) returns the first one's id and
+        its grant, if it had one: never a second grant.
+        """
+        self.last_now = now
+        if request.idempotency_key is not None:
+            known = self._keys.get(request.idempotency_key)
+            if known is not None:
+                return self._replay(request.idempotency_key, known)
+        if request.node is not None and request.node not in self.nodes:
+            raise InvalidRequest(
+                f"node: {request.node!r} is not an alive node; expected one of {sorted(self.nodes)}"
+            )
+        reason = self.never_fits(request)
+        if reason is not None:
+            raise Infeasible(reason)
+        self._sequence += 1
+        request_id = f"req-{self.leases.epoch}-{self._sequence}"
+        deadline = None if request.timeout is None else now + request.timeout
+        waiter = Waiter(request_id, request, now, deadline, self._sequence)
+        self.counters.submitted += 1
+        if request.idempotency_key is not None:
+            self._remember_key(request.idempotency_key, ("request", request_id))
+        decisions: list[Decision] = []
+        outranks = self._outranks_head(waiter, now)
+        held = None if outranks else self.reservation
+        node = self.place(request, held, None)
+        if node is not None:
+            self._grant(waiter, node, now, decisions)
+            return request_id, decisions
+        if request.timeout == 0:
+            self._reject(waiter, RejectReason.TIMEOUT, "no capacity now and timeout=0", decisions)
+            return request_id, decisions
+        self._enqueue(waiter)
+        if outranks:
+            decisions.extend(self._settle(now, Freed(everything=True)))
+        return request_id, decisions
+
+    def cancel(self, request_id: str, now: float) -> list[Decision]:
+        """The waiter gave up. If its grant crossed the cancel, the grant goes back."""
+        decisions: list[Decision] = []
+        waiter = self.queue.by_id.get(request_id)
+        if waiter is not None:
+            was_head = self.reservation is not None and self.reservation.request_id == request_id
+            self._reject(waiter, RejectReason.CANCELLED, "cancelled by the caller", decisions)
+            # Only the head holds anything back from the others.
+            decisions.extend(self._settle(now, Freed(everything=was_head)))
+            return decisions
+        lease = self._lease_of_request(request_id)
+        if lease is not None:
+            freed = Freed()
+            self._reclaim(lease, ReclaimReason.CANCELLED, decisions, freed)
+            decisions.extend(self._settle(now, freed))
+        return decisions
+
+    def release(self, lease_id: str, token: object, now: float) -> list[Decision]:
+        """The holder gives the lease back. Idempotent for the holder."""
+        lease = self.leases.active.get(lease_id)
+        if lease is None:
+            ended = self.leases.ended.get(lease_id)
+            if ended is None:
+                raise InvalidRequest(f"lease_id: {lease_id!r} is not a lease of this cluster")
+            check_token(lease_id, ended.token, token)
+            return []
+        check_token(lease_id, lease.token, token)
+        decisions: list[Decision] = []
+        freed = Freed()
+        self._reclaim(lease, ReclaimReason.RELEASED, decisions, freed)
+        decisions.extend(self._settle(now, freed))
+        return decisions
+
+    def renew(
+        self, lease_id: str, token: object, now: float, ttl: float | None = None
+    ) -> LeaseRecord:
+        """Push the lease's expiry to ``now + ttl``; says if it was revoked or expired."""
+        lease = self.leases.active.get(lease_id)
+        if lease is None:
+            ended = self.leases.ended.get(lease_id)
+            if ended is None:
+                raise InvalidRequest(f"lease_id: {lease_id!r} is not a lease of this cluster")
+            check_token(lease_id, ended.token, token)
+            if ended.reason in (ReclaimReason.EXPIRED, ReclaimReason.RELEASED):
+                raise LeaseExpired(f"lease {lease_id} ended ({ended.reason.value}); acquire anew")
+            reason = ended.revoke_reason or ended.reason.value
+            raise LeaseRevoked(f"lease {lease_id} was taken back: {reason}")
+        check_token(lease_id, lease.token, token)
+        if lease.state is LeaseState.REVOKING:
+            raise LeaseRevoked(
+                f"lease {lease_id} was revoked ({lease.revoke_reason}); release it by "
+                f"{lease.revoke_deadline}"
+            )
+        if ttl is None:
+            ttl = lease.ttl
+        elif isinstance(ttl, bool) or not 0 < ttl <= self.policy.lease.max_ttl:
+            raise InvalidRequest(f"ttl: got {ttl!r}, expected (0, {self.policy.lease.max_ttl}]")
+        self.leases.extend(lease, now + ttl)
+        return lease
+
+    def tick(self, now: float) -> list[Decision]:
+        """Time passed: expiries, timeouts, revocation deadlines, aging."""
+        self.last_now = now
+        decisions: list[Decision] = []
+        freed = Freed()
+        for lease in self.leases.expired(now):
+            self._reclaim(lease, ReclaimReason.EXPIRED, decisions, freed)
+        while self._revocations and self._revocations[0][0] <= now:
+            _, lease_id = heapq.heappop(self._revocations)
+            revoked = self.leases.active.get(lease_id)
+            if revoked is not None and revoked.state is LeaseState.REVOKING:
+                self._reclaim(revoked, ReclaimReason.REVOKED, decisions, freed)
+        for waiter in self.queue.overdue(now):
+            self._reject(waiter, RejectReason.TIMEOUT, "timed out waiting", decisions)
+            freed.everything = True  # its reservation, if it had one, is free again
+        head = self.queue.best(now)
+        if head is not None and (
+            self.reservation is None or self.reservation.request_id != head.request_id
+        ):
+            freed.everything = True  # aging changed who is first
+        decisions.extend(self._settle(now, freed))
+        return decisions
+
+    def holder_died(self, holder_key: str, now: float) -> list[Decision]:
+        """Everything a dead process held or waited for goes back."""
+        decisions: list[Decision] = []
+        freed = Freed()
+        for lease_id in list(self.leases.by_holder.get(holder_key, ())):
+            self._reclaim(self.leases.active[lease_id], ReclaimReason.HOLDER_DIED, decisions, freed)
+        for waiter in list(self.queue.by_id.values()):
+            if waiter.request.holder.key == holder_key:
+                self._reject(
+                    waiter, RejectReason.HOLDER_DIED, "the waiting process died", decisions
+                )
+                freed.everything = True
+        decisions.extend(self._settle(now, freed))
+        return decisions
+
+    def job_ended(self, job_id: str, now: float) -> list[Decision]:
+        """A Ray job finished: its leases go back, except detached ones."""
+        decisions: list[Decision] = []
+        freed = Freed()
+        for lease_id in list(self.leases.by_job.get(job_id, ())):
+            self._reclaim(self.leases.active[lease_id], ReclaimReason.JOB_ENDED, decisions, freed)
+        for waiter in list(self.queue.by_id.values()):
+            holder = waiter.request.holder
+            if holder.job_id == job_id and not waiter.request.detached:
+                self._reject(waiter, RejectReason.HOLDER_DIED, f"job {job_id} ended", decisions)
+                freed.everything = True
+        decisions.extend(self._settle(now, freed))
+        return decisions
+
+    def restore(self, records: Iterable[LeaseRecord], now: float) -> list[Decision]:
+        """Recovery: put back leases granted before a restart, counted once each.
+
+        A lease on a node that is not (or no longer) known is reclaimed, and a
+        lease that no longer fits is kept (it was granted) but blocks new grants
+        there until enough is released.
+        """
+        decisions: list[Decision] = []
+        for lease in records:
+            if lease.lease_id in self.leases.active:
+                continue
+            node = self.nodes.get(lease.node_id)
+            if node is None:
+                decisions.append(Reclaim(lease.lease_id, lease.node_id, ReclaimReason.NODE_LOST))
+                continue
+            self._charge(lease, node)
+            self.leases.add(lease)
+            if lease.idempotency_key is not None:
+                self._remember_key(lease.idempotency_key, ("lease", lease.lease_id))
+            if lease.state is LeaseState.REVOKING and lease.revoke_deadline is not None:
+                heapq.heappush(self._revocations, (lease.revoke_deadline, lease.lease_id))
+        return decisions
+
+    # -- queries -------------------------------------------------------------------------
+
+    def snapshot(self, now: float) -> dict[str, Any]:
+        """Capacity, granted, free and waiting per node, resource, pool and tenant."""
+        snap = views.snapshot(self, now)
+        snap["bottlenecks"] = find_bottlenecks(snap)
+        return snap
+
+    def what_if(self, request: Request, count: int, now: float) -> WhatIf:
+        """How many of ``count`` such requests would be granted now; changes nothing."""
+        if isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= 100_000:
+            raise InvalidRequest(f"count: got {count!r}, expected a whole number in [1, 100000]")
+        return what_if(self, request, count, now)
+
+    def lease_list(self) -> list[dict[str, Any]]:
+        """Every active lease, without tokens."""
+        return [lease.public() for lease in self.leases]
+
+    # -- the pass -------------------------------------------------------------------
+
+    def _settle(self, now: float, freed: Freed) -> list[Decision]:
+        """Grant what fits now, in priority order; keep the head's reservation."""
+        decisions: list[Decision] = []
+        if not self.queue:
+            self.reservation = None
+            return decisions
+        if not freed:
+            return decisions
+        while True:
+            head = self.queue.best(now)
+            if head is None:
+                self.reservation = None
+                return decisions
+            node = self.place(head.request, None, None if freed.everything else freed)
+            if node is None:
+                break
+            self._grant(head, node, now, decisions)
+        self._reserve_for(head, now, decisions)
+        scope = None if freed.everything else freed
+        for best in self.queue.group_bests(now):
+            if best.request.shape != head.request.shape:
+                self._grant_shape(best, scope, now, decisions)
+        return decisions
+
+    def _grant_shape(
+        self, waiter: Waiter, scope: Freed | None, now: float, decisions: list[Decision]
+    ) -> None:
+        """Grant waiters of one shape, best first, until one does not fit.
+
+        One shape fits in the same places, so the first that does not fit tells
+        for all the rest of that shape.
+        """
+        group = self.queue.groups[waiter.request.shape]
+        current: Waiter | None = waiter
+        while current is not None:
+            node = self.place(current.request, self.reservation, scope)
+            if node is None:
+                return
+            self._grant(current, node, now, decisions)
+            current = (
+                min(group.heads(), key=lambda w: self.queue.rank(w, now)) if group.classes else None
+            )
+
+    def place(
+        self, request: Request, held: Reservation | None, scope: Freed | None
+    ) -> NodeLedger | None:
+        """The node ``request`` may be granted on now, outside ``held``; None if none."""
+        for pool, slots in request.pools.items():
+            ledger = self.pools[pool]
+            reserved = held.pools.get(pool, 0) if held is not None else 0
+            if ledger.in_use + reserved + slots > ledger.size:
+                return None
+        quota = self.tenants.get(request.tenant)
+        if quota is not None:
+            tenant_held = held.tenant_amounts if held and held.tenant == request.tenant else None
+            if not quota.within_limit(tenant_demand(request), tenant_held):
+                return None
+        held_nodes = held.nodes if held is not None else {}
+        if request.node is not None:
+            node = self.nodes.get(request.node)
+            if node is None or not node.fits(request.resources, held_nodes.get(node.node_id)):
+                return None
+            return node
+        if not request.resources:
+            return self._home_node(request)
+        if (
+            scope is not None
+            and not scope.pools & request.pools.keys()
+            and request.tenant not in scope.tenants
+        ):
+            return self._best_of(scope.nodes, request.resources, held_nodes)
+        return self.placer.choose(request.resources, held_nodes)
+
+    def _best_of(
+        self, node_ids: Iterable[str], demand: Amounts, held: Mapping[str, Amounts]
+    ) -> NodeLedger | None:
+        fitting = [
+            node
+            for node_id in node_ids
+            if (node := self.nodes.get(node_id)) is not None
+            and node.fits(demand, held.get(node_id))
+        ]
+        if not fitting:
+            return None
+        if self.policy.placement == "pack":
+            return min(fitting, key=lambda n: n.headroom_after(demand))
+        return max(fitting, key=lambda n: n.headroom_after(demand) * n.health_factor)
+
+    def _home_node(self, request: Request) -> NodeLedger | None:
+        """A pools-only lease is recorded on its holder's node (where the sockets live)."""
+        home = self.nodes.get(request.holder.node_id or "")
+        if home is not None:
+            return home
+        return next(iter(self.nodes.values()), None)
+
+    def _reserve_for(self, head: Waiter, now: float, decisions: list[Decision]) -> None:
+        request = head.request
+        current = self.reservation
+        if (
+            current is not None
+            and current.request_id == head.request_id
+            and (current.node_id is None or current.node_id in self.nodes)
+        ):
+            self._maybe_preempt(head, now, decisions)
+            return
+        node_id = request.node
+        if node_id is None and request.resources:
+            node_id = self._soonest_node(request.resources)
+        self.reservation = Reservation(
+            request_id=head.request_id,
+            node_id=node_id,
+            nodes={node_id: request.resources} if node_id and request.resources else {},
+            pools=dict(request.pools),
+            tenant=request.tenant,
+            tenant_amounts=tenant_demand(request),
+        )
+        self._maybe_preempt(head, now, decisions)
+
+    def _soonest_node(self, demand: Amounts) -> str | None:
+        """The node with the smallest shortfall: where the head will fit soonest."""
+        best_id, best_gap = None, float("inf")
+        for node in self.placer.nodes:
+            gap = 0.0
+            for resource, amount in demand.items():
+                limit = node.limit(resource)
+                if amount > limit:
+                    gap = float("inf")
+                    break
+                gap += max(0, amount - node.free(resource)) / max(1, limit)
+            if gap < best_gap:
+                best_id, best_gap = node.node_id, gap
+        return best_id
+
+    def _maybe_preempt(self, head: Waiter, now: float, decisions: list[Decision]) -> None:
+        pending = self._revoking_for.get(head.request_id)
+        if pending:
+            pending &= self.leases.active.keys()
+            if pending:
+                return  # wait for the leases already revoked for it
+        effective = self.queue.effective(head, now)
+        memo = (head.request_id, self.leases.preemptible_version, int(effective), len(self.nodes))
+        if self.leases.preemptible_count == 0 or memo == self._preempt_memo:
+            return
+        plan = choose_victims(self, head.request, effective)
+        if plan is None:
+            self._preempt_memo = memo  # nothing changed since: nothing to find
+            return
+        node_id, victims = plan
+        if node_id is not None and self.reservation is not None and head.request.resources:
+            self.reservation.node_id = node_id
+            self.reservation.nodes = {node_id: head.request.resources}
+        reason = f"preempted for {head.request_id} ({head.request.priority_name})"
+        for lease in victims:
+            self._revoke(lease, reason, now, decisions)
+            self.counters.revoked["preemption"] = self.counters.revoked.get("preemption", 0) + 1
+        self._revoking_for[head.request_id] = {lease.lease_id for lease in victims}
+
+    def _revoke_for_pressure(
+        self, node: NodeLedger, resource: str, now: float, decisions: list[Decision]
+    ) -> None:
+        leases = self.leases.by_node.get(node.node_id, {}).values()
+        if any(lease.state is LeaseState.REVOKING for lease in leases):
+            return  # one at a time: let the last revocation take effect first
+        candidates = [
+            lease for lease in leases if lease.preemptible and lease.resources.get(resource, 0) > 0
+        ]
+        if not candidates:
+            return
+        victim = min(candidates, key=lambda lease: (lease.priority, -lease.granted_at))
+        self._revoke(victim, f"{resource} pressure on node {node.node_id}", now, decisions)
+        self.counters.revoked["pressure"] = self.counters.revoked.get("pressure", 0) + 1
+
+    def _revoke(
+        self, lease: LeaseRecord, reason: str, now: float, decisions: list[Decision]
+    ) -> None:
+        deadline = now + self.policy.lease.preemption_grace_s
+        lease.state = LeaseState.REVOKING
+        lease.revoke_reason = reason
+        lease.revoke_deadline = deadline
+        heapq.heappush(self._revocations, (deadline, lease.lease_id))
+        decisions.append(Revoke(lease.lease_id, lease.node_id, reason, deadline))
+
+    # -- bookkeeping ------------------------------------------------------------------
+
+    def _grant(
+        self, waiter: Waiter, node: NodeLedger, now: float, decisions: list[Decision]
+    ) -> None:
+        request = waiter.request
+        if waiter.request_id in self.queue:
+            self._dequeue(waiter)
+        lease_id, fencing, token = self.leases.next_ids()
+        quota = self.tenants.get(request.tenant)
+        lease = LeaseRecord(
+            lease_id=lease_id,
+            request_id=waiter.request_id,
+            token=token,
+            fencing_token=fencing,
+            node_id=node.node_id,
+            resources=request.resources,
+            pools=request.pools,
+            priority=request.priority,
+            priority_name=request.priority_name,
+            tenant=request.tenant,
+            ttl=request.ttl,
+            granted_at=now,
+            expires_at=now + request.ttl,
+            preemptible=request.preemptible,
+            holder=request.holder,
+            detached=request.detached,
+            idempotency_key=request.idempotency_key,
+            borrowed=quota is not None and quota.would_borrow(tenant_demand(request)),
+        )
+        self._charge(lease, node)
+        self.leases.add(lease)
+        if request.idempotency_key is not None:
+            self._remember_key(request.idempotency_key, ("lease", lease_id))
+        if self.reservation is not None and self.reservation.request_id == waiter.request_id:
+            self.reservation = None
+        self._revoking_for.pop(waiter.request_id, None)
+        waited = now - waiter.submitted_at
+        samples = self.waits.get(request.priority_name)
+        if samples is None:
+            samples = self.waits[request.priority_name] = deque(maxlen=WAIT_SAMPLES)
+        samples.append(waited)
+        self.counters.granted += 1
+        decisions.append(Grant(waiter.request_id, lease, waited))
+
+    def _charge(self, lease: LeaseRecord, node: NodeLedger) -> None:
+        node.take(lease.resources)
+        for pool, slots in lease.pools.items():
+            self.pools[pool].in_use += slots
+        self._quota(lease.tenant).charge(_lease_demand(lease))
+
+    def _reclaim(
+        self, lease: LeaseRecord, reason: ReclaimReason, decisions: list[Decision], freed: Freed
+    ) -> None:
+        self.leases.remove(lease.lease_id, reason)
+        node = self.nodes.get(lease.node_id)
+        if node is not None:
+            node.give_back(lease.resources)
+            self.placer.note_freed(node)
+            freed.nodes.add(node.node_id)
+        for pool, slots in lease.pools.items():
+            self.pools[pool].in_use -= slots
+            freed.pools.add(pool)
+        self._quota(lease.tenant).refund(_lease_demand(lease))
+        self._forget_idle_tenant(lease.tenant)
+        freed.tenants.add(lease.tenant)
+        self.counters.reclaimed[reason.value] = self.counters.reclaimed.get(reason.value, 0) + 1
+        decisions.append(Reclaim(lease.lease_id, lease.node_id, reason))
+
+    def _quota(self, tenant: str) -> TenantQuota:
+        quota = self.tenants.get(tenant)
+        if quota is None:
+            quota = self.tenants[tenant] = TenantQuota(tenant)
+        return quota
+
+    def _forget_idle_tenant(self, tenant: str) -> None:
+        # Tenants named after Ray jobs come and go; don't keep them forever.
+        quota = self.tenants[tenant]
+        if tenant not in self.policy.tenants and not any(quota.usage.values()):
+            del self.tenants[tenant]
+
+    def _enqueue(self, waiter: Waiter) -> None:
+        self.queue.push(waiter)
+        for resource, amount in tenant_demand(waiter.request).items():
+            self.waiting_demand[resource] = self.waiting_demand.get(resource, 0) + amount
+
+    def _dequeue(self, waiter: Waiter) -> None:
+        self.queue.remove(waiter.request_id)
+        for resource, amount in tenant_demand(waiter.request).items():
+            self.waiting_demand[resource] -= amount
+        if self.reservation is not None and self.reservation.request_id == waiter.request_id:
+            self.reservation = None
+        self._revoking_for.pop(waiter.request_id, None)
+
+    def _reject(
+        self, waiter: Waiter, reason: RejectReason, message: str, decisions: list[Decision]
+    ) -> None:
+        if waiter.request_id in self.queue:
+            self._dequeue(waiter)
+        key = waiter.request.idempotency_key
+        if key is not None:
+            self._remember_key(key, ("rejected", f"{reason.value}:{message}"))
+        self.counters.rejected[reason.value] = self.counters.rejected.get(reason.value, 0) + 1
+        decisions.append(Reject(waiter.request_id, reason, f"{waiter.request_id}: {message}"))
+
+    def _remember_key(self, key: str, value: tuple[str, str]) -> None:
+        self._keys.pop(key, None)
+        self._keys[key] = value
+        if len(self._keys) > KEY_MEMORY:
+            del self._keys[next(iter(self._keys))]
+
+    def _replay(self, key: str, known: tuple[str, str]) -> tuple[str, list[Decision]]:
+        kind, ident = known
+        if kind == "request":
+            return ident, []
+        if kind == "lease":
+            lease = self.leases.active.get(ident)
+            if lease is not None:
+                return lease.request_id, [Grant(lease.request_id, lease, 0.0)]
+            raise LeaseExpired(f"idempotency_key {key!r}: its lease {ident} has already ended")
+        reason, _, message = ident.partition(":")
+        return f"replay-{key}", [Reject(f"replay-{key}", RejectReason(reason), message)]
+
+    def _lease_of_request(self, request_id: str) -> LeaseRecord | None:
+        lease_id = self.leases.by_request.get(request_id)
+        return None if lease_id is None else self.leases.active.get(lease_id)
+
+    def _outranks_head(self, waiter: Waiter, now: float) -> bool:
+        """Whether ``waiter`` comes before the blocked head (then the head's hold is not for it)."""
+        if self.reservation is None:
+            return True
+        head = self.queue.by_id.get(self.reservation.request_id)
+        return head is None or self.queue.rank(waiter, now) < self.queue.rank(head, now)
+
+    def outranks_head(self, request: Request, now: float) -> bool:
+        """Whether a request submitted now would come before the blocked head."""
+        return self._outranks_head(Waiter("", request, now, None, self._sequence + 1), now)
+
+    def explain_block(self, request: Request, held: Reservation | None) -> str:
+        """In plain words, why ``request`` does not fit now."""
+        for pool, slots in request.pools.items():
+            ledger = self.pools[pool]
+            reserved = held.pools.get(pool, 0) if held is not None else 0
+            if ledger.in_use + reserved + slots > ledger.size:
+                return f"pool {pool!r}: {ledger.in_use}/{ledger.size} slots in use" + (
+                    f", {reserved} held for the head of the queue" if reserved else ""
+                )
+        quota = self.tenants.get(request.tenant)
+        if quota is not None and not quota.within_limit(tenant_demand(request)):
+            return f"tenant {request.tenant!r} is at its hard limit {quota.limit}"
+        shortest = ""
+        for resource, amount in request.resources.items():
+            most = max((n.free(resource) for n in self.nodes.values()), default=0)
+            if most < amount:
+                shortest = f"{resource}: the most free on any node is {most}, {amount} needed"
+                break
+        return shortest or "no single node has all of it free at once (or the head holds it)"
+
+    def never_fits(self, request: Request) -> str | None:
+        """Why ``request`` can never be granted, or None."""
+        for pool, slots in request.pools.items():
+            if slots > self.pools[pool].size:
+                return f"pool {pool!r} has {self.pools[pool].size} slots; {slots} were asked for"
+        quota = self.tenants.get(request.tenant)
+        if quota is not None:
+            over = quota.exceeds_limit_alone(tenant_demand(request))
+            if over is not None:
+                return (
+                    f"tenant {request.tenant!r} has a hard limit of {quota.hard_limit(over)} "
+                    f"{over}; {tenant_demand(request)[over]} were asked for"
+                )
+        if not request.resources:
+            return None if self.nodes else "no node is alive"
+        candidates = [self.nodes[request.node]] if request.node else self.nodes.values()
+        for node in candidates:
+            if all(node.limit(r) >= a for r, a in request.resources.items()):
+                return None
+        where = f"node {request.node}" if request.node else "any node"
+        return f"{dict(request.resources)} is larger than {where} can ever grant (capacity minus reserve)"
+
+
+def _lease_demand(lease: LeaseRecord) -> Amounts:
+    if not lease.pools:
+        return lease.resources
+    return {**lease.resources, **lease.pools}
+
+
+def _hysteresis(node: NodeLedger, resource: str, percent: float, high: float, low: float) -> None:
+    if percent >= high:
+        node.pressured.add(resource)
+    elif percent <= low:
+        node.pressured.discard(resource)
