@@ -1,0 +1,86 @@
+"""Find the coordinator, or deploy it; start an embedded local Ray when there is none.
+
+Actor handles are cached per process: looking one up costs about as much as a
+call. Many processes deploying at once end with one coordinator, because the
+actor is named and created with ``get_if_exists=True``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import threading
+from typing import Any
+
+import ray
+from ray.experimental import internal_kv
+
+from anya_resource.actors.naming import (
+    COORDINATOR_NAME,
+    KV_NAMESPACE,
+    KV_POLICY,
+    NAMESPACE,
+    agent_name,
+)
+from anya_resource.config import Policy
+from anya_resource.errors import ManagerUnavailable
+
+_lock = threading.Lock()
+_handles: dict[str, Any] = {}
+
+
+def ensure_ray(address: str | None = None) -> None:
+    """Connect to ``address`` (or ``RAY_ADDRESS``), else start a private Ray on loopback."""
+    if ray.is_initialized():
+        return
+    target = address or os.environ.get("RAY_ADDRESS")
+    try:
+        if target:
+            ray.init(address=target, logging_level=logging.WARNING, log_to_driver=False)
+        else:
+            # Bind to loopback: without this Ray 2.60 advertises the machine's address.
+            os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+            os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+            ray.init(address="local", include_dashboard=False, logging_level=logging.WARNING)
+    except (ConnectionError, RuntimeError, ValueError) as exc:
+        where = target or "a new local Ray instance"
+        raise ManagerUnavailable(f"cannot reach a Ray cluster at {where}: {exc}") from exc
+
+
+def coordinator(policy: Policy | None = None) -> Any:
+    """The coordinator's handle: found, or deployed with ``policy``."""
+    with _lock:
+        handle = _handles.get(COORDINATOR_NAME)
+        if handle is not None:
+            return handle
+        try:
+            handle = ray.get_actor(COORDINATOR_NAME, namespace=NAMESPACE)
+        except ValueError:
+            from anya_resource.actors.coordinator import Coordinator, coordinator_options
+
+            policy_json = (policy or Policy.default()).model_dump_json()
+            handle = Coordinator.options(**coordinator_options()).remote(policy_json)  # type: ignore[attr-defined]
+        _handles[COORDINATOR_NAME] = handle
+        return handle
+
+
+def forget_handles() -> None:
+    """Drop cached handles (after ``ray.shutdown`` or a ``down``)."""
+    with _lock:
+        _handles.clear()
+
+
+def teardown() -> None:
+    """Remove the coordinator and every agent from the cluster (``anya-resource down``).
+
+    The epoch stays in the key-value store: fencing tokens must keep increasing
+    even across a redeploy. The policy goes, so that ``up`` may bring a new one.
+    """
+    nodes = ray.nodes()  # type: ignore[no-untyped-call]
+    names = [agent_name(node["NodeID"]) for node in nodes] + [COORDINATOR_NAME]
+    for name in names:
+        with contextlib.suppress(ValueError):  # not deployed there
+            ray.kill(ray.get_actor(name, namespace=NAMESPACE), no_restart=True)
+    internal_kv._internal_kv_del(KV_POLICY, namespace=KV_NAMESPACE)
+    forget_handles()

@@ -1,0 +1,433 @@
+"""``ResourceManager`` (async) and ``SyncResourceManager`` (its blocking twin).
+
+An uncontended acquire is one Ray call to the coordinator. Everything else
+happens beside it: held leases renew themselves in one background task per
+manager; one long-poll ``watch`` call per process hears of revocations at once
+and, when it fails because the coordinator restarted, re-registers every held
+lease (``adopt``); releases on leaving ``async with`` are sent without waiting,
+and a background task makes sure each one arrives.
+
+Every request carries an idempotency key, so a call interrupted by a
+coordinator restart is retried with the same key and is never granted twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import threading
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
+from dataclasses import asdict
+from typing import Any, TypeVar
+
+import psutil
+import ray
+
+from anya_resource.actors import deploy
+from anya_resource.actors.translate import RETRYABLE, translate
+from anya_resource.config import Policy, Priority
+from anya_resource.core import Holder, LeaseRecord
+from anya_resource.errors import (
+    AcquireTimeout,
+    LeaseExpired,
+    LeaseRevoked,
+    ManagerUnavailable,
+    ResourceError,
+)
+from anya_resource.health import ResourceHealth
+from anya_resource.lease import AcquireContext, Lease, ResourceConnection, lease_fields
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+RESTART_PATIENCE_S = 60.0  # how long a call waits for a restarting coordinator
+RENEW_CHECK_S = 0.5
+
+
+def _holder() -> Holder:
+    """This process, as the agent on its node can check that it is still alive."""
+    context = ray.get_runtime_context()
+    process = psutil.Process()
+    actor_id = None
+    with contextlib.suppress(Exception):
+        actor_id = context.get_actor_id()
+    worker_id = None
+    with contextlib.suppress(Exception):
+        worker_id = context.get_worker_id()
+    return Holder(
+        pid=process.pid,
+        create_time=process.create_time(),
+        node_id=context.get_node_id(),
+        job_id=context.get_job_id(),
+        worker_id=worker_id,
+        actor_id=actor_id,
+    )
+
+
+class ResourceManager:
+    """The async client. Create it with ``await ResourceManager.new()``."""
+
+    def __init__(self, coordinator: Any, policy: Policy | None = None) -> None:
+        self._coordinator = coordinator
+        self._policy = policy
+        self._holder = _holder()
+        self.held: dict[str, Lease] = {}
+        self._pending_releases: set[asyncio.Task[None]] = set()
+        self._background: list[asyncio.Task[None]] = []
+        self._epoch: int | None = None
+
+    @classmethod
+    async def new(
+        cls,
+        policy: Policy | str | os.PathLike[str] | Mapping[str, Any] | None = None,
+        address: str | None = None,
+    ) -> ResourceManager:
+        """Connect (``address``, ``RAY_ADDRESS``, or an embedded local Ray) and find or deploy."""
+        resolved = Policy.coerce(policy) if policy is not None else None
+        await asyncio.to_thread(deploy.ensure_ray, address)
+        handle = await asyncio.to_thread(deploy.coordinator, resolved)
+        manager = cls(handle, resolved)
+        info = await manager._call(lambda c: c.ping.remote())
+        manager._epoch = info["epoch"]
+        return manager
+
+    # -- calls, with restart handling and error translation ------------------------------
+
+    async def _call(
+        self, send: Callable[[Any], Awaitable[T]], patience: float = RESTART_PATIENCE_S
+    ) -> T:
+        deadline = time.monotonic() + patience
+        delay = 0.05
+        while True:
+            try:
+                return await send(self._coordinator)
+            except RETRYABLE as exc:
+                if time.monotonic() + delay > deadline:
+                    raise ManagerUnavailable(
+                        f"the coordinator did not come back within {patience:g} s: {exc}"
+                    ) from None
+            except Exception as exc:
+                raise translate(exc) from None
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 1.0)
+
+    # -- acquiring -------------------------------------------------------------------------
+
+    def acquire(
+        self,
+        resources: Mapping[str, Any],
+        *,
+        priority: Priority | str | int = "normal",
+        tenant: str | None = None,
+        timeout: float | None = None,
+        ttl: float | None = None,
+        preemptible: bool = False,
+        node: str | None = None,
+        detached: bool = False,
+        on_revoked: Callable[[Lease], None] | None = None,
+    ) -> AcquireContext[Lease]:
+        """Ask for ``resources`` (``{"memory": "2GiB", "gpu": 1, "pools": {"postgres": 1}}``)."""
+        spec = self._spec(resources, priority, tenant, timeout, ttl, preemptible, node, detached)
+        return AcquireContext(lambda: self._acquire(spec, timeout, Lease, on_revoked))
+
+    def allocate_memory(self, nbytes: int | str, **options: Any) -> AcquireContext[Lease]:
+        """A lease on ``nbytes`` of memory, on the caller's own node unless ``node=`` says."""
+        options.setdefault("node", self._holder.node_id)
+        return self.acquire({"memory": nbytes}, **options)
+
+    def acquire_connection(
+        self, pool: str | None = None, **options: Any
+    ) -> AcquireContext[ResourceConnection]:
+        """A slot of ``pool`` (the policy's ``default_pool`` when None)."""
+        on_revoked = options.pop("on_revoked", None)
+        timeout = options.get("timeout")
+        spec = self._spec({"pools": {pool: 1}} if pool else {}, **options)
+        spec["default_pool"] = pool is None
+        return AcquireContext(lambda: self._acquire(spec, timeout, ResourceConnection, on_revoked))
+
+    def _spec(
+        self,
+        resources: Mapping[str, Any],
+        priority: Priority | str | int = "normal",
+        tenant: str | None = None,
+        timeout: float | None = None,
+        ttl: float | None = None,
+        preemptible: bool = False,
+        node: str | None = None,
+        detached: bool = False,
+    ) -> dict[str, Any]:
+        return {
+            "resources": resources,
+            "priority": priority.value if isinstance(priority, Priority) else priority,
+            "tenant": tenant,
+            "timeout": timeout,
+            "ttl": ttl,
+            "preemptible": preemptible,
+            "node": node,
+            "detached": detached,
+            "holder": asdict(self._holder),
+        }
+
+    async def _acquire(
+        self,
+        spec: dict[str, Any],
+        timeout: float | None,
+        kind: type[Any],
+        on_revoked: Callable[[Lease], None] | None,
+    ) -> Any:
+        key = uuid.uuid4().hex
+        spec = {**spec, "idempotency_key": key}
+        deadline = None if timeout is None else time.monotonic() + timeout
+        try:
+            record: LeaseRecord = await self._call(
+                lambda c: c.acquire.remote(self._remaining(spec, deadline)),
+                patience=RESTART_PATIENCE_S if timeout is None else timeout + RESTART_PATIENCE_S,
+            )
+        except BaseException as exc:
+            if not isinstance(exc, ResourceError) or isinstance(
+                exc, AcquireTimeout | ManagerUnavailable
+            ):
+                # Cancelled, timed out or cut off: a grant may be crossing this on the
+                # wire. Cancelling by key gives it back, whatever state it is in.
+                self._send_later(lambda c: c.cancel.remote(key))
+            raise
+        lease = kind(**lease_fields(record), _record=record, _manager=self, on_revoked=on_revoked)
+        if isinstance(lease, ResourceConnection):
+            lease.pool = next(iter(record.pools), "")
+        self.held[lease.lease_id] = lease
+        self._ensure_background()
+        return lease
+
+    @staticmethod
+    def _remaining(spec: dict[str, Any], deadline: float | None) -> dict[str, Any]:
+        if deadline is None:
+            return spec
+        # A retry after a restart waits only for what is left of the timeout.
+        return {**spec, "timeout": max(0.0, deadline - time.monotonic())}
+
+    # -- giving back ---------------------------------------------------------------------
+
+    async def release(self, lease: Lease) -> None:
+        """Give ``lease`` back and wait until the coordinator has it. Idempotent."""
+        self._forget(lease)
+        await self._call(lambda c: c.release.remote(lease.lease_id, lease.token))
+
+    def release_soon(self, lease: Lease) -> None:
+        """Give ``lease`` back without waiting for the round trip (still delivered)."""
+        if lease.released:
+            return
+        self._forget(lease)
+        self._send_later(lambda c: c.release.remote(lease.lease_id, lease.token))
+
+    def _forget(self, lease: Lease) -> None:
+        lease.released = True
+        self.held.pop(lease.lease_id, None)
+
+    def _send_later(self, send: Callable[[Any], Awaitable[Any]]) -> None:
+        async def deliver() -> None:
+            try:
+                await self._call(send)
+            except ResourceError as exc:
+                log.warning("background call failed: %s", exc)
+
+        task = asyncio.get_running_loop().create_task(deliver())
+        self._pending_releases.add(task)
+        task.add_done_callback(self._pending_releases.discard)
+
+    async def renew(self, lease: Lease, ttl: float | None = None) -> Lease:
+        """Push the lease's expiry; raises ``LeaseRevoked``/``LeaseExpired`` if it is gone."""
+        lease.check()
+        try:
+            lease.expires_at = await self._call(
+                lambda c: c.renew.remote(lease.lease_id, lease.token, ttl)
+            )
+        except (LeaseRevoked, LeaseExpired) as exc:
+            self._mark_ended(lease, isinstance(exc, LeaseRevoked), str(exc))
+            raise
+        return lease
+
+    # -- background: renewal, revocations, restarts ---------------------------------------
+
+    def _ensure_background(self) -> None:
+        if self._background and not any(t.done() for t in self._background):
+            return
+        loop = asyncio.get_running_loop()
+        self._background = [
+            loop.create_task(self._renew_loop()),
+            loop.create_task(self._watch_loop()),
+        ]
+
+    async def _renew_loop(self) -> None:
+        while True:
+            await asyncio.sleep(RENEW_CHECK_S)
+            now = time.time()
+            for lease in list(self.held.values()):
+                ttl = lease._record.ttl if lease._record else 60.0
+                if lease.valid and lease.expires_at - now <= ttl * 2 / 3:
+                    with contextlib.suppress(ResourceError):
+                        await self.renew(lease)
+
+    async def _watch_loop(self) -> None:
+        key = self._holder.key
+        while self.held or self._pending_releases:
+            try:
+                reply = await self._coordinator.watch.remote(key)
+            except RETRYABLE:
+                await self._readopt()
+                continue
+            except Exception as exc:
+                log.warning("watch failed: %s", exc)
+                await asyncio.sleep(1.0)
+                continue
+            if self._epoch is not None and reply["epoch"] != self._epoch:
+                await self._readopt()
+            for event in reply["events"]:
+                lease = self.held.get(event["lease_id"])
+                if lease is not None:
+                    revoked = event.get("reason") != "expired"
+                    self._mark_ended(lease, revoked, event.get("reason", "revoked"), event["ended"])
+
+    async def _readopt(self) -> None:
+        """The coordinator restarted: tell it again about every lease we hold."""
+        info = await self._call(lambda c: c.ping.remote())
+        self._epoch = info["epoch"]
+        for lease in list(self.held.values()):
+            if lease._record is None or not lease.valid:
+                continue
+            try:
+                lease.expires_at = await self._adopt(lease._record)
+            except (LeaseRevoked, LeaseExpired) as exc:
+                self._mark_ended(lease, isinstance(exc, LeaseRevoked), str(exc))
+
+    async def _adopt(self, record: LeaseRecord) -> float:
+        expires_at: float = await self._call(lambda c: c.adopt.remote(record))
+        return expires_at
+
+    def _mark_ended(self, lease: Lease, revoked: bool, reason: str, ended: bool = True) -> None:
+        if revoked:
+            lease.revoked = True
+        else:
+            lease.expired = True
+        lease.reason = reason
+        if ended:
+            self.held.pop(lease.lease_id, None)
+        if lease.on_revoked is not None:
+            try:
+                lease.on_revoked(lease)
+            except Exception:
+                log.exception("on_revoked callback of %s failed", lease.lease_id)
+
+    # -- reading ---------------------------------------------------------------------------
+
+    async def snapshot(self) -> dict[str, Any]:
+        """Per node, resource, pool and tenant: capacity, granted, free, waiting."""
+        result: dict[str, Any] = await self._call(lambda c: c.snapshot.remote())
+        return result
+
+    async def what_if(
+        self, resources: Mapping[str, Any], count: int = 1, **options: Any
+    ) -> dict[str, Any]:
+        """Would ``count`` such requests be granted now, where, preempting what? (dry run)"""
+        spec = self._spec(resources, **options)
+        result: dict[str, Any] = await self._call(lambda c: c.what_if.remote(spec, count))
+        return result
+
+    async def check_resource_health(self) -> ResourceHealth:
+        health: ResourceHealth = await self._call(lambda c: c.check_health.remote())
+        return health
+
+    async def leases(self) -> list[dict[str, Any]]:
+        """Every active lease in the cluster (without tokens)."""
+        result: list[dict[str, Any]] = await self._call(lambda c: c.lease_list.remote())
+        return result
+
+    async def close(self) -> None:
+        """Release everything this manager holds and stop its background tasks."""
+        for lease in list(self.held.values()):
+            self.release_soon(lease)
+        if self._pending_releases:
+            await asyncio.gather(*self._pending_releases, return_exceptions=True)
+        for task in self._background:
+            task.cancel()
+        self._background = []
+
+    async def __aenter__(self) -> ResourceManager:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+
+class SyncResourceManager:
+    """The blocking twin: the same methods, each running the async one on a private loop."""
+
+    def __init__(self, manager: ResourceManager, loop: asyncio.AbstractEventLoop) -> None:
+        self._async = manager
+        self._loop = loop
+
+    @classmethod
+    def connect(
+        cls,
+        policy: Policy | str | os.PathLike[str] | Mapping[str, Any] | None = None,
+        address: str | None = None,
+    ) -> SyncResourceManager:
+        loop = asyncio.new_event_loop()
+        thread = threading.Thread(target=loop.run_forever, name="anya-resource", daemon=True)
+        thread.start()
+        manager = asyncio.run_coroutine_threadsafe(
+            ResourceManager.new(policy, address), loop
+        ).result()
+        return cls(manager, loop)
+
+    def _run(self, coro: Coroutine[Any, Any, T] | Awaitable[T]) -> T:
+        async def wrap() -> T:
+            return await coro
+
+        return asyncio.run_coroutine_threadsafe(wrap(), self._loop).result()
+
+    def _bind(self, lease: T) -> T:
+        if isinstance(lease, Lease):
+            lease._run_sync = self._run
+        return lease
+
+    def acquire(self, resources: Mapping[str, Any], **options: Any) -> Lease:
+        return self._bind(self._run(self._async.acquire(resources, **options)))
+
+    def allocate_memory(self, nbytes: int | str, **options: Any) -> Lease:
+        return self._bind(self._run(self._async.allocate_memory(nbytes, **options)))
+
+    def acquire_connection(self, pool: str | None = None, **options: Any) -> ResourceConnection:
+        return self._bind(self._run(self._async.acquire_connection(pool, **options)))
+
+    def release(self, lease: Lease) -> None:
+        self._run(self._async.release(lease))
+
+    def renew(self, lease: Lease, ttl: float | None = None) -> Lease:
+        return self._run(self._async.renew(lease, ttl))
+
+    def snapshot(self) -> dict[str, Any]:
+        return self._run(self._async.snapshot())
+
+    def what_if(
+        self, resources: Mapping[str, Any], count: int = 1, **options: Any
+    ) -> dict[str, Any]:
+        return self._run(self._async.what_if(resources, count, **options))
+
+    def check_resource_health(self) -> ResourceHealth:
+        return self._run(self._async.check_resource_health())
+
+    def leases(self) -> list[dict[str, Any]]:
+        return self._run(self._async.leases())
+
+    def close(self) -> None:
+        self._run(self._async.close())
+
+    def __enter__(self) -> SyncResourceManager:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,139 @@
+"""The client's view of a granted lease, and the awaitable that acquires one."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable, Coroutine, Generator
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
+
+from anya_resource.core import LeaseRecord
+from anya_resource.errors import LeaseExpired, LeaseRevoked
+from anya_resource.quantities import from_units
+
+if TYPE_CHECKING:
+    from anya_resource.client import ResourceManager
+
+L = TypeVar("L", bound="Lease")
+
+
+@dataclass(eq=False)
+class Lease:
+    """A granted request. Give it back with ``release()`` or by leaving ``async with``.
+
+    ``token`` is the secret that proves you hold it; it is not shown in ``repr``.
+    """
+
+    lease_id: str
+    token: str = field(repr=False)
+    fencing_token: int
+    node_id: str
+    resources: dict[str, Any]
+    priority: str
+    tenant: str
+    expires_at: float
+    revoked: bool = False
+    expired: bool = False
+    released: bool = False
+    reason: str | None = None
+    on_revoked: Callable[[Lease], None] | None = field(default=None, repr=False)
+    _record: LeaseRecord | None = field(default=None, repr=False)
+    _manager: ResourceManager | None = field(default=None, repr=False)
+    _run_sync: Callable[[Coroutine[Any, Any, Any]], Any] | None = field(default=None, repr=False)
+
+    @classmethod
+    def from_record(cls, record: LeaseRecord, manager: ResourceManager | None = None) -> Lease:
+        return cls(**lease_fields(record), _record=record, _manager=manager)
+
+    def check(self) -> None:
+        """Raise ``LeaseRevoked`` / ``LeaseExpired`` if the lease may no longer be used."""
+        if self.revoked:
+            raise LeaseRevoked(f"lease {self.lease_id} was revoked: {self.reason}")
+        if self.expired:
+            raise LeaseExpired(f"lease {self.lease_id} expired: {self.reason}")
+
+    @property
+    def valid(self) -> bool:
+        return not (self.revoked or self.expired or self.released)
+
+    def seconds_left(self, now: float | None = None) -> float:
+        return self.expires_at - (time.time() if now is None else now)
+
+    async def release(self) -> None:
+        if self._manager is not None:
+            await self._manager.release(self)
+
+    async def __aenter__(self: L) -> L:
+        return self
+
+    async def __aexit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if self._manager is not None:
+            self._manager.release_soon(self)
+
+    # The blocking twin: a lease from SyncResourceManager works with ``with``.
+    def __enter__(self: L) -> L:
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if self._run_sync is None or self._manager is None:
+            raise TypeError("this lease came from the async ResourceManager: use 'async with'")
+        manager = self._manager
+
+        async def give_back() -> None:
+            manager.release_soon(self)
+
+        self._run_sync(give_back())
+
+
+@dataclass(eq=False)
+class ResourceConnection(Lease):
+    """A lease on one slot of a pool, with the real connection it gates (if any)."""
+
+    pool: str = ""
+    connection: Any = None
+
+
+def lease_fields(record: LeaseRecord) -> dict[str, Any]:
+    """The public fields of a client lease, in human units."""
+    resources: dict[str, Any] = {r: from_units(r, a) for r, a in record.resources.items()}
+    if record.pools:
+        resources["pools"] = dict(record.pools)
+    return {
+        "lease_id": record.lease_id,
+        "token": record.token,
+        "fencing_token": record.fencing_token,
+        "node_id": record.node_id,
+        "resources": resources,
+        "priority": record.priority_name,
+        "tenant": record.tenant,
+        "expires_at": record.expires_at,
+    }
+
+
+class AcquireContext(Generic[L]):
+    """What ``acquire`` returns: await it for the lease, or ``async with`` it directly."""
+
+    def __init__(self, start: Callable[[], Awaitable[L]]) -> None:
+        self._start = start
+        self._lease: L | None = None
+
+    def __await__(self) -> Generator[Any, None, L]:
+        return self._acquire().__await__()
+
+    async def _acquire(self) -> L:
+        self._lease = await self._start()
+        return self._lease
+
+    async def __aenter__(self) -> L:
+        return await self._acquire()
+
+    async def __aexit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if self._lease is not None:
+            await self._lease.__aexit__(kind, exc, tb)

@@ -1,0 +1,87 @@
+"""Helpers for tests that run a real Ray: start, check loopback, wait for conditions."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import ray
+from ray.cluster_utils import Cluster
+
+from anya_resource.actors import deploy
+
+GiB = 1024**3
+FAST_FAILURE = {"health_check_period_ms": 100, "health_check_failure_threshold": 10}
+
+
+def assert_loopback() -> None:
+    addresses = {node["NodeManagerAddress"] for node in ray.nodes()}
+    assert addresses == {"127.0.0.1"}, f"Ray is not on loopback: {addresses}"
+
+
+@contextmanager
+def local_ray(num_cpus: int = 4, memory: int = 8 * GiB) -> Iterator[None]:
+    ray.init(
+        address="local",
+        num_cpus=num_cpus,
+        include_dashboard=False,
+        logging_level="ERROR",
+        _memory=memory,
+    )
+    assert_loopback()
+    try:
+        yield
+    finally:
+        deploy.forget_handles()
+        ray.shutdown()
+
+
+@contextmanager
+def local_cluster(workers: int = 3, cpus: int = 2, memory: int = 4 * GiB) -> Iterator[Cluster]:
+    """A 1 head + ``workers`` cluster; node ``i`` carries custom resource ``node{i}``."""
+    cluster = Cluster(
+        initialize_head=True,
+        head_node_args={
+            "num_cpus": cpus,
+            "memory": memory,
+            "resources": {"node0": 1},
+            "include_dashboard": False,
+            "_system_config": FAST_FAILURE,
+        },
+    )
+    for index in range(1, workers + 1):
+        cluster.add_node(num_cpus=cpus, memory=memory, resources={f"node{index}": 1})
+    cluster.wait_for_nodes()
+    ray.init(address=cluster.address, logging_level="ERROR")
+    assert_loopback()
+    try:
+        yield cluster
+    finally:
+        deploy.forget_handles()
+        ray.shutdown()
+        cluster.shutdown()
+
+
+async def eventually(
+    check: Callable[[], Awaitable[Any]], timeout: float = 20.0, interval: float = 0.1
+) -> Any:
+    """Poll ``check`` until it returns something truthy; fail with its last value."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = await check()
+        if last:
+            return last
+        await asyncio.sleep(interval)
+    raise AssertionError(f"condition not met within {timeout} s; last value: {last!r}")
+
+
+def node_of(resource: str) -> str:
+    """The node id carrying a custom resource (``node1`` ...)."""
+    for node in ray.nodes():
+        if node["Alive"] and resource in node["Resources"]:
+            return str(node["NodeID"])
+    raise LookupError(resource)
