@@ -118,6 +118,7 @@ class NodeAgentImpl:
     async def status(self) -> dict[str, Any]:
         return {
             "node_id": self.node_id,
+            "running_on": ray.get_runtime_context().get_node_id(),
             "pid": os.getpid(),
             "leases": len(self.table),
             "beats": self.beats,

@@ -60,9 +60,21 @@ def coordinator(policy: Policy | None = None) -> Any:
             from anya_resource.actors.coordinator import Coordinator, coordinator_options
 
             policy_json = (policy or Policy.default()).model_dump_json()
-            handle = Coordinator.options(**coordinator_options()).remote(policy_json)  # type: ignore[attr-defined]
+            options = {**coordinator_options(), **_on_head_node()}
+            handle = Coordinator.options(**options).remote(policy_json)  # type: ignore[attr-defined]
         _handles[COORDINATOR_NAME] = handle
         return handle
+
+
+def _on_head_node() -> dict[str, Any]:
+    """Prefer the head node: losing it loses the cluster anyway, losing a worker should not."""
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    for node in ray.nodes():  # type: ignore[no-untyped-call]
+        if node.get("Alive") and "node:__internal_head__" in node.get("Resources", {}):
+            strategy = NodeAffinitySchedulingStrategy(node_id=node["NodeID"], soft=True)
+            return {"scheduling_strategy": strategy}
+    return {}
 
 
 def forget_handles() -> None:
