@@ -15,6 +15,7 @@ from anya_resource.errors import (
     ResourceError,
 )
 from anya_resource.health import NodeHealth, ResourceHealth
+from anya_resource.integrations import current_lease, leased
 from anya_resource.lease import Lease, ResourceConnection
 
 __all__ = [
@@ -36,4 +37,6 @@ __all__ = [
     "ResourceHealth",
     "ResourceManager",
     "SyncResourceManager",
+    "current_lease",
+    "leased",
 ]

@@ -19,6 +19,7 @@ import logging
 import os
 import threading
 import time
+import traceback
 import uuid
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from dataclasses import asdict
@@ -40,6 +41,10 @@ from anya_resource.errors import (
 )
 from anya_resource.health import ResourceHealth
 from anya_resource.lease import AcquireContext, Lease, ResourceConnection, lease_fields
+from anya_resource.pools.entries import caller_stack
+from anya_resource.pools.kinds import Flavour
+from anya_resource.pools.registry import ProcessPools
+from anya_resource.pools.stats import PoolStatistics
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +53,7 @@ RESTART_PATIENCE_S = 60.0  # how long a call waits for a restarting coordinator
 RENEW_CHECK_S = 0.5
 
 
-def _holder() -> Holder:
+def current_holder() -> Holder:
     """This process, as the agent on its node can check that it is still alive."""
     context = ray.get_runtime_context()
     process = psutil.Process()
@@ -74,11 +79,17 @@ class ResourceManager:
     def __init__(self, coordinator: Any, policy: Policy | None = None) -> None:
         self._coordinator = coordinator
         self._policy = policy
-        self._holder = _holder()
+        self._holder = current_holder()
+        self._holder_fields = asdict(self._holder)
+        # Releases not sent yet: they ride along with the next acquire, or go out
+        # together one loop turn later (one Ray call for many).
+        self._outgoing: list[tuple[str, str]] = []
+        self._flush_scheduled = False
         self.held: dict[str, Lease] = {}
         self._pending_releases: set[asyncio.Task[None]] = set()
         self._background: list[asyncio.Task[None]] = []
         self._epoch: int | None = None
+        self._pools = ProcessPools(self, policy)  # real connections, made on first use
 
     @classmethod
     async def new(
@@ -142,12 +153,40 @@ class ResourceManager:
     def acquire_connection(
         self, pool: str | None = None, **options: Any
     ) -> AcquireContext[ResourceConnection]:
-        """A slot of ``pool`` (the policy's ``default_pool`` when None)."""
+        """A slot of ``pool`` (the policy's ``default_pool`` when None).
+
+        For ``postgres``, ``bitcoin-rpc`` and ``http`` pools it comes with a live
+        connection (``.connection``) from this process's pool, which keeps it warm,
+        on its slot, after you give it back (docs/pools.md). ``slot`` pools give a bare
+        lease (``.connection`` is None), released when you give it back.
+        """
+        stack = caller_stack()
+        return AcquireContext(lambda: self._connection(pool, options, "async", stack))
+
+    async def _connection(
+        self,
+        pool: str | None,
+        options: Mapping[str, Any],
+        flavour: Flavour,
+        stack: traceback.StackSummary,
+    ) -> ResourceConnection:
+        pooled = await self._pools.pool(pool, flavour)
+        if pooled is not None:
+            return await self._pools.checkout(pooled, options, stack)
+        return await self._slot_connection(pool, dict(options))
+
+    async def _slot_connection(
+        self, pool: str | None, options: dict[str, Any]
+    ) -> ResourceConnection:
+        """A bare slot lease (``slot`` pools): nothing to keep warm, so no process pool."""
         on_revoked = options.pop("on_revoked", None)
         timeout = options.get("timeout")
         spec = self._spec({"pools": {pool: 1}} if pool else {}, **options)
         spec["default_pool"] = pool is None
-        return AcquireContext(lambda: self._acquire(spec, timeout, ResourceConnection, on_revoked))
+        slot: ResourceConnection = await self._acquire(
+            spec, timeout, ResourceConnection, on_revoked
+        )
+        return slot
 
     def _spec(
         self,
@@ -169,7 +208,7 @@ class ResourceManager:
             "preemptible": preemptible,
             "node": node,
             "detached": detached,
-            "holder": asdict(self._holder),
+            "holder": self._holder_fields,
         }
 
     async def _acquire(
@@ -180,7 +219,8 @@ class ResourceManager:
         on_revoked: Callable[[Lease], None] | None,
     ) -> Any:
         key = uuid.uuid4().hex
-        spec = {**spec, "idempotency_key": key}
+        releases, self._outgoing = self._outgoing, []
+        spec = {**spec, "idempotency_key": key, "releases": releases}
         deadline = None if timeout is None else time.monotonic() + timeout
         try:
             record: LeaseRecord = await self._call(
@@ -188,6 +228,8 @@ class ResourceManager:
                 patience=RESTART_PATIENCE_S if timeout is None else timeout + RESTART_PATIENCE_S,
             )
         except BaseException as exc:
+            if isinstance(exc, ManagerUnavailable):
+                self._outgoing.extend(releases)  # they may never have arrived: send again
             if not isinstance(exc, ResourceError) or isinstance(
                 exc, AcquireTimeout | ManagerUnavailable
             ):
@@ -221,7 +263,16 @@ class ResourceManager:
         if lease.released:
             return
         self._forget(lease)
-        self._send_later(lambda c: c.release.remote(lease.lease_id, lease.token))
+        self._outgoing.append((lease.lease_id, lease.token))
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush_releases)
+
+    def _flush_releases(self) -> None:
+        self._flush_scheduled = False
+        if self._outgoing:
+            pairs, self._outgoing = self._outgoing, []
+            self._send_later(lambda c: c.release_many.remote(pairs))
 
     def _forget(self, lease: Lease) -> None:
         lease.released = True
@@ -255,6 +306,8 @@ class ResourceManager:
     def _ensure_background(self) -> None:
         if self._background and not any(t.done() for t in self._background):
             return
+        for task in self._background:
+            task.cancel()
         loop = asyncio.get_running_loop()
         self._background = [
             loop.create_task(self._renew_loop()),
@@ -286,6 +339,9 @@ class ResourceManager:
             if self._epoch is not None and reply["epoch"] != self._epoch:
                 await self._readopt()
             for event in reply["events"]:
+                if event.get("kind") == "pool_wanted":
+                    self._pools.wanted(event["pool"])  # another process waits for that pool
+                    continue
                 lease = self.held.get(event["lease_id"])
                 if lease is not None:
                     revoked = event.get("reason") != "expired"
@@ -347,8 +403,11 @@ class ResourceManager:
 
     async def close(self) -> None:
         """Release everything this manager holds and stop its background tasks."""
+        # Connections first: each slot goes back only once its connection is closed.
+        await self._pools.close()
         for lease in list(self.held.values()):
             self.release_soon(lease)
+        self._flush_releases()
         if self._pending_releases:
             await asyncio.gather(*self._pending_releases, return_exceptions=True)
         for task in self._background:
@@ -401,10 +460,23 @@ class SyncResourceManager:
         return self._bind(self._run(self._async.allocate_memory(nbytes, **options)))
 
     def acquire_connection(self, pool: str | None = None, **options: Any) -> ResourceConnection:
-        return self._bind(self._run(self._async.acquire_connection(pool, **options)))
+        """As ``ResourceManager.acquire_connection``, with blocking connections
+        (psycopg ``Connection``, httpx ``Client``); use it with ``with``."""
+        stack = caller_stack()
+        return self._bind(self._run(self._async._connection(pool, options, "sync", stack)))
+
+    def _pool_statistics(self, pool: str) -> PoolStatistics | None:
+        async def read() -> PoolStatistics | None:
+            return self._async._pools.statistics(pool, "sync")
+
+        return self._run(read())
 
     def release(self, lease: Lease) -> None:
         self._run(self._async.release(lease))
+
+    def release_quietly(self, lease: Lease) -> None:
+        """Release without waiting, from any thread (e.g. a Ray future's callback)."""
+        self._loop.call_soon_threadsafe(self._async.release_soon, lease)
 
     def renew(self, lease: Lease, ttl: float | None = None) -> Lease:
         return self._run(self._async.renew(lease, ttl))

@@ -70,7 +70,12 @@ from anya_resource.quantities import MILLI
 log = logging.getLogger(__name__)
 
 TICK_S = 0.05
+# Agents hear of grants in batches: off the acquire's path, and a lease that comes and
+# goes within one batch costs them nothing. A crash loses at most this much, which the
+# clients' re-registration during the learning period makes up for.
+FLUSH_S = 0.25
 WATCH_TIMEOUT_S = 30.0
+POOL_WANTED_S = 0.25  # how often holders of a pool's slots hear that others wait for it
 
 
 def _kv_get(key: bytes) -> bytes | None:
@@ -128,12 +133,12 @@ class CoordinatorImpl:
         self.restarted = previous is not None
         self.scheduler = Scheduler(self.policy, epoch=self.epoch)
         self.futures: dict[str, asyncio.Future[Decision]] = {}
-        self.requests_by_key: dict[str, str] = {}
-        self.cancelled_keys: set[str] = set()
         self.agents: dict[str, Any] = {}
         self.node_health: dict[str, NodeHealth] = {}
         self.last_heartbeat: dict[str, float] = {}
-        self.outbox: dict[str, list[tuple[str, Any]]] = {}
+        # Per node: lease id -> record to add, or None to remove; the last word wins.
+        self.outbox: dict[str, dict[str, LeaseRecord | None]] = {}
+        self.unsent: set[str] = set()  # granted since the last flush: no agent has heard
         self.revocations: dict[str, list[dict[str, Any]]] = {}
         self.routes: dict[str, tuple[Holder, set[str]]] = {}
         self.watchers: dict[str, asyncio.Event] = {}
@@ -141,6 +146,7 @@ class CoordinatorImpl:
         self.ready = asyncio.Event()
         self.learning_until = 0.0
         self.started_at = time.time()
+        self.pool_hinted_at: dict[str, float] = {}  # pool -> last pool_wanted sent (pools)
         self._tasks = [
             asyncio.get_running_loop().create_task(self._bootstrap()),
         ]
@@ -161,6 +167,7 @@ class CoordinatorImpl:
             loop.create_task(self._tick_loop()),
             loop.create_task(self._node_loop()),
             loop.create_task(self._flush_loop()),
+            loop.create_task(self._pool_wanted_loop()),
         ]
 
     async def _recover_from_agents(self) -> None:
@@ -191,7 +198,7 @@ class CoordinatorImpl:
 
     async def _flush_loop(self) -> None:
         while True:
-            await asyncio.sleep(0.02)
+            await asyncio.sleep(FLUSH_S)
             await self._flush()
 
     # -- nodes and agents ---------------------------------------------------------------
@@ -203,10 +210,11 @@ class CoordinatorImpl:
         for node_id, node in alive.items():
             if node_id not in self.scheduler.nodes:
                 self._apply(self.scheduler.node_up(node_id, self._capacity(node_id, node), now))
-                self.last_heartbeat.setdefault(node_id, now)
             if node_id not in self.agents:
                 self.agents[node_id] = self._start_agent(node_id)
-        lost_after = self.policy.heartbeat_s * max(10, 3 * self.policy.health.missed_heartbeats)
+        # An agent that has not reported yet is starting (slow on a loaded machine), not
+        # lost; Ray itself says when such a node is dead.
+        lost_after = max(10.0, self.policy.heartbeat_s * 3 * self.policy.health.missed_heartbeats)
         for node_id in list(self.scheduler.nodes):
             silent = now - self.last_heartbeat.get(node_id, now)
             if node_id not in alive or silent > lost_after:
@@ -261,14 +269,14 @@ class CoordinatorImpl:
         for decision in decisions:
             if isinstance(decision, Grant):
                 self._resolve(decision.request_id, decision)
-                self._tell_agents("add", decision.lease, decision.lease)
+                self._tell_agents(decision.lease, new=True)
             elif isinstance(decision, Reject):
                 self._resolve(decision.request_id, decision)
             elif isinstance(decision, Revoke):
                 lease = self.scheduler.leases.active.get(decision.lease_id)
                 if lease is not None:
                     self._tell_holder(lease.holder, {**asdict(decision), "ended": False})
-                    self._tell_agents("add", lease, lease)
+                    self._tell_agents(lease)
             elif isinstance(decision, Reclaim):
                 self._tell_agents_removed(decision)
 
@@ -277,17 +285,27 @@ class CoordinatorImpl:
         if future is not None and not future.done():
             future.set_result(decision)
 
-    def _tell_agents(self, op: str, lease: LeaseRecord, payload: Any) -> None:
+    def _tell_agents(self, lease: LeaseRecord, new: bool = False) -> None:
         # The lease's node keeps it in its table; the holder's node watches the holder.
         nodes = {n for n in (lease.node_id, lease.holder.node_id) if n in self.scheduler.nodes}
+        for node_id in self.routes.get(lease.lease_id, (None, set()))[1] - nodes:
+            self.outbox.setdefault(node_id, {})[lease.lease_id] = None  # the holder moved
         self.routes[lease.lease_id] = (lease.holder, nodes)
+        if new:
+            self.unsent.add(lease.lease_id)
         for node_id in nodes:
-            self.outbox.setdefault(node_id, []).append((op, payload))
+            self.outbox.setdefault(node_id, {})[lease.lease_id] = lease
 
     def _tell_agents_removed(self, reclaim: Reclaim) -> None:
         holder, nodes = self.routes.pop(reclaim.lease_id, (None, {reclaim.node_id}))
+        never_sent = reclaim.lease_id in self.unsent
+        self.unsent.discard(reclaim.lease_id)
         for node_id in nodes:
-            self.outbox.setdefault(node_id, []).append(("remove", reclaim.lease_id))
+            pending = self.outbox.setdefault(node_id, {})
+            if never_sent:
+                pending.pop(reclaim.lease_id, None)
+            else:
+                pending[reclaim.lease_id] = None
         if holder is not None and reclaim.reason not in (
             ReclaimReason.RELEASED,
             ReclaimReason.CANCELLED,
@@ -308,15 +326,65 @@ class CoordinatorImpl:
 
     async def _flush(self) -> None:
         outbox, self.outbox = self.outbox, {}
-        for node_id, batch in outbox.items():
+        self.unsent.clear()
+        for node_id, pending in outbox.items():
             agent = self.agents.get(node_id)
-            if agent is None or not batch:
+            if agent is None or not pending:
                 continue
+            batch = [
+                ("add", record) if record is not None else ("remove", lease_id)
+                for lease_id, record in pending.items()
+            ]
             try:
                 await agent.apply.remote(batch)
             except Exception as exc:
                 # The agent restarts and asks for its table again; nothing to redo here.
                 log.warning("agent %s missed a batch of %d: %s", node_id, len(batch), exc)
+
+    # -- pools: holders of idle slots give them back when others wait --------------------
+    #
+    # A process keeps the connections it is done with warm, each on its slot, until their
+    # idle timeout. While requests from other processes wait for that pool, every holder
+    # of its slots hears ``{"kind": "pool_wanted", "pool": name}`` through its watch; its
+    # pool then closes idle connections and gives their slots back at once.
+
+    async def _pool_wanted_loop(self) -> None:
+        while True:
+            await asyncio.sleep(POOL_WANTED_S)
+            self._pool_wanted_all()
+
+    def _pool_wanted_now(self, request: Request) -> None:
+        """A request was queued on pools: their holders hear it now (at most every 50 ms)."""
+        now = time.monotonic()
+        pools = {p for p in request.pools if now - self.pool_hinted_at.get(p, 0.0) >= 0.05}
+        if pools:
+            self.pool_hinted_at.update(dict.fromkeys(pools, now))
+            self._tell_pool_holders({p: {request.holder.key} for p in pools})
+
+    def _pool_wanted_all(self) -> None:
+        """Repeat the hint for every pool that still has waiters."""
+        waiting: dict[str, set[str | None]] = {}
+        for waiter in self.scheduler.queue.by_id.values():
+            for pool in waiter.request.pools:
+                waiting.setdefault(pool, set()).add(waiter.request.holder.key)
+        if waiting:
+            self._tell_pool_holders(waiting)
+
+    def _tell_pool_holders(self, waiting: dict[str, set[str | None]]) -> None:
+        """Tell each holder of slots of these pools, unless it is the only one waiting."""
+        told: set[tuple[str, str]] = set()
+        for lease in self.scheduler.leases:
+            key = lease.holder.key
+            if key is None:
+                continue
+            for pool in lease.pools:
+                others = waiting.get(pool, set()) - {key}
+                if not others or (key, pool) in told:
+                    continue
+                told.add((key, pool))
+                event = {"kind": "pool_wanted", "pool": pool}
+                if event not in self.revocations.get(key, []):  # not yet heard: once is enough
+                    self._tell_holder(lease.holder, event)
 
     # -- the API the client calls ---------------------------------------------------------
 
@@ -346,16 +414,13 @@ class CoordinatorImpl:
         )
 
     async def acquire(self, spec: dict[str, Any]) -> LeaseRecord:
+        # Releases the client had not sent yet ride along: one call instead of two.
+        self._release_all(spec.get("releases", ()))
         request = self._request(spec)
         if not self.ready.is_set():
             await self.ready.wait()
-        key = request.idempotency_key
-        if key is not None and key in self.cancelled_keys:
-            raise AcquireTimeout(f"request {key} was cancelled before it arrived")
         now = time.time()
         request_id, decisions = self.scheduler.submit(request, now)
-        if key is not None:
-            self.requests_by_key[key] = request_id
         mine = next((d for d in decisions if getattr(d, "request_id", None) == request_id), None)
         future: asyncio.Future[Decision] | None = None
         if mine is None:
@@ -363,6 +428,8 @@ class CoordinatorImpl:
             if future is None:
                 future = self.futures[request_id] = asyncio.get_running_loop().create_future()
         self._apply(decisions)
+        if mine is None and request.pools:
+            self._pool_wanted_now(request)
         if mine is None:
             assert future is not None
             mine = await asyncio.shield(future)
@@ -373,18 +440,30 @@ class CoordinatorImpl:
 
     async def cancel(self, idempotency_key: str) -> None:
         """The caller gave up on the request with this key, whatever its state."""
-        request_id = self.requests_by_key.pop(idempotency_key, None)
-        if request_id is None:
-            self.cancelled_keys.add(idempotency_key)  # it may still be on its way
-            return
-        self._apply(self.scheduler.cancel(request_id, time.time()))
+        self._apply(self.scheduler.cancel_key(idempotency_key, time.time()))
 
     async def release(self, lease_id: str, token: str) -> None:
         self._apply(self.scheduler.release(lease_id, token, time.time()))
 
+    async def release_many(self, pairs: list[tuple[str, str]]) -> None:
+        """Releases sent in one call; a bad one is logged, the others still happen."""
+        self._release_all(pairs)
+
+    def _release_all(self, pairs: Any) -> None:
+        for lease_id, token in pairs:
+            try:
+                self._apply(self.scheduler.release(lease_id, token, time.time()))
+            except ResourceError as exc:
+                log.warning("release of %s refused: %s", lease_id, exc)
+
     async def renew(self, lease_id: str, token: str, ttl: float | None = None) -> float:
-        lease = self.scheduler.renew(lease_id, token, time.time(), ttl)
-        self._tell_agents("add", lease, lease)
+        # Agents are not told: a restart gives every restored lease a fresh TTL anyway.
+        return self.scheduler.renew(lease_id, token, time.time(), ttl).expires_at
+
+    async def rebind(self, lease_id: str, token: str, holder: dict[str, Any]) -> float:
+        """Another process (a ``@leased`` task's worker) holds the lease from now on."""
+        lease = self.scheduler.rebind(lease_id, token, Holder(**holder), time.time())
+        self._tell_agents(lease)
         return lease.expires_at
 
     async def adopt(self, record: LeaseRecord) -> float:
@@ -397,7 +476,7 @@ class CoordinatorImpl:
             self._apply(decisions)
             if decisions:
                 raise LeaseRevoked(f"lease {record.lease_id}: its node is gone")
-            self._tell_agents("add", record, record)
+            self._tell_agents(record)
         return await self.renew(record.lease_id, record.token)
 
     async def watch(self, holder_key: str, timeout: float = WATCH_TIMEOUT_S) -> dict[str, Any]:

@@ -18,6 +18,13 @@ def _fmt_wait(seconds: float | None) -> str:
     return "n/a" if seconds is None else f"{seconds:.1f} s"
 
 
+def _pressure(waiting: float, free: float, capacity: float) -> float:
+    """Waiting demand against free capacity, comparable across units: free counts as
+    at least 1% of the capacity (a bare ``max(free, 1)`` in core units would rank one
+    waiting core, 1000 milli-units, above ten requests waiting on a full pool)."""
+    return waiting / max(free, capacity / 100, 1e-9)
+
+
 def find_bottlenecks(snap: dict[str, Any]) -> list[dict[str, Any]]:
     """Findings, most binding first."""
     findings: list[dict[str, Any]] = []
@@ -28,7 +35,7 @@ def find_bottlenecks(snap: dict[str, Any]) -> list[dict[str, Any]]:
         waiting, free = row["waiting"], max(0, row["free"])
         if waiting <= 0:
             continue
-        pressure = waiting / max(free, 1)
+        pressure = _pressure(waiting, free, row["capacity"] - row["reserve"])
         findings.append(
             {
                 "kind": "resource",
@@ -54,7 +61,7 @@ def find_bottlenecks(snap: dict[str, Any]) -> list[dict[str, Any]]:
             {
                 "kind": "pool",
                 "name": name,
-                "pressure": pool["waiting"] / max(pool["free"], 1),
+                "pressure": _pressure(pool["waiting"], max(0, pool["free"]), pool["size"]),
                 "figures": {**pool, "p95_wait_s": p95, "oldest_wait_s": oldest},
                 "message": (
                     f"{name} pool: {pool['in_use']}/{pool['size']} in use, "

@@ -14,7 +14,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
-from anya_resource.core.model import LeaseRecord, ReclaimReason
+from anya_resource.core.model import Holder, LeaseRecord, ReclaimReason
 from anya_resource.errors import NotLeaseHolder
 
 EPOCH_SHIFT = 40
@@ -71,11 +71,7 @@ class LeaseTable:
             raise ValueError(f"lease id {lease.lease_id} is already active")
         self.active[lease.lease_id] = lease
         self.by_node.setdefault(lease.node_id, {})[lease.lease_id] = lease
-        holder_key = lease.holder.key
-        if holder_key is not None:
-            self.by_holder.setdefault(holder_key, set()).add(lease.lease_id)
-        if lease.holder.job_id is not None and not lease.detached:
-            self.by_job.setdefault(lease.holder.job_id, set()).add(lease.lease_id)
+        self._index_holder(lease)
         self.by_request[lease.request_id] = lease.lease_id
         if lease.preemptible:
             self.preemptible_version += 1
@@ -100,6 +96,23 @@ class LeaseTable:
             self.ended.popitem(last=False)
         return lease
 
+    def _index_holder(self, lease: LeaseRecord) -> None:
+        # A detached lease outlives its holder and its job: only its TTL ends it.
+        if lease.detached:
+            return
+        holder_key = lease.holder.key
+        if holder_key is not None:
+            self.by_holder.setdefault(holder_key, set()).add(lease.lease_id)
+        if lease.holder.job_id is not None:
+            self.by_job.setdefault(lease.holder.job_id, set()).add(lease.lease_id)
+
+    def rebind(self, lease: LeaseRecord, holder: Holder) -> None:
+        """Another process holds ``lease`` from now on (a task took it over)."""
+        _discard(self.by_holder, lease.holder.key, lease.lease_id)
+        _discard(self.by_job, lease.holder.job_id, lease.lease_id)
+        lease.holder = holder
+        self._index_holder(lease)
+
     def extend(self, lease: LeaseRecord, expires_at: float) -> None:
         lease.expires_at = expires_at
         heapq.heappush(self._expiry, (expires_at, lease.lease_id))
@@ -110,7 +123,13 @@ class LeaseTable:
         while self._expiry and self._expiry[0][0] <= now:
             expires_at, lease_id = heapq.heappop(self._expiry)
             lease = self.active.get(lease_id)
-            if lease is not None and lease.expires_at == expires_at:
+            # Two renewals to the same instant leave equal entries; they pop one after
+            # the other, and the lease must be due once.
+            if (
+                lease is not None
+                and lease.expires_at == expires_at
+                and (not due or due[-1] is not lease)
+            ):
                 due.append(lease)
         return due
 

@@ -80,6 +80,10 @@ class NodeLedger:
         self.reserve = reserve
         self.shrunk = {r for r in NODE_RESOURCES if self.granted[r] > self.limit(r)}
 
+    def mark_overcommit(self, resources: Iterable[str]) -> None:
+        """After re-taking earlier grants (a restore): mark what now passes the limit."""
+        self.shrunk.update(r for r in resources if self.granted[r] > self.limit(r))
+
     def overcommitted_by_shrink(self, resource: str) -> bool:
         return resource in self.shrunk
 

@@ -12,6 +12,7 @@ from anya_resource.errors import InvalidRequest
 from anya_resource.quantities import to_units
 
 MAX_TIMEOUT = 365 * 86400.0
+MAX_PRIORITY = 1_000_000  # the range the policy allows its classes; aging adds floats to it
 
 
 def build_request(
@@ -55,6 +56,11 @@ def build_request(
             f"resources: {dict(resources)!r} asks for nothing; expected amounts > 0"
         )
     level = policy.priority_level(priority)
+    if not -MAX_PRIORITY <= level <= MAX_PRIORITY:
+        raise InvalidRequest(
+            f"priority: got {priority!r}, expected a class name or an int in "
+            f"[{-MAX_PRIORITY}, {MAX_PRIORITY}]"
+        )
     name = priority.value if isinstance(priority, Priority) else str(priority)
     return Request(
         resources=node_amounts,

@@ -29,6 +29,7 @@ from anya_resource.core.model import (
     Amounts,
     Decision,
     Grant,
+    Holder,
     LeaseRecord,
     LeaseState,
     NodeSample,
@@ -134,10 +135,22 @@ class Scheduler:
             node = NodeLedger(node_id, capacity, reserve_for(capacity, self.policy.reserve))
             self.nodes[node_id] = node
             self.placer.add(node)
-        else:
-            node.resize(capacity, reserve_for(capacity, self.policy.reserve))
-            self.placer.note_freed(node)
-        return self._settle(now, Freed(nodes={node_id}))
+            return self._settle(now, Freed(nodes={node_id}))
+        shrank = any(capacity[r] < node.capacity.get(r, 0) for r in NODE_RESOURCES)
+        node.resize(capacity, reserve_for(capacity, self.policy.reserve))
+        self.placer.note_freed(node)
+        decisions: list[Decision] = []
+        freed = Freed(nodes={node_id})
+        if shrank:
+            # As at node_down: what can never fit any more is rejected, not left waiting,
+            # and the head's hold is placed again (this node may be too small for it now).
+            for waiter in list(self.queue.by_id.values()):
+                if (reason := self.never_fits(waiter.request)) is not None:
+                    self._reject(waiter, RejectReason.INFEASIBLE, reason, decisions)
+            self.reservation = None
+            freed.everything = True
+        decisions.extend(self._settle(now, freed))
+        return decisions
 
     def node_down(self, node_id: str, now: float) -> list[Decision]:
         """A node is gone: its leases are reclaimed, its waiters placed again or rejected."""
@@ -196,10 +209,7 @@ class Scheduler:
             known = self._keys.get(request.idempotency_key)
             if known is not None:
                 return self._replay(request.idempotency_key, known)
-        if request.node is not None and request.node not in self.nodes:
-            raise InvalidRequest(
-                f"node: {request.node!r} is not an alive node; expected one of {sorted(self.nodes)}"
-            )
+        self._check_node(request)
         reason = self.never_fits(request)
         if reason is not None:
             raise Infeasible(reason)
@@ -242,6 +252,24 @@ class Scheduler:
             decisions.extend(self._settle(now, freed))
         return decisions
 
+    def cancel_key(self, key: str, now: float) -> list[Decision]:
+        """Cancel by idempotency key, whatever became of the request.
+
+        A key not seen yet is remembered as cancelled, so the request, if it is still
+        on its way, is refused when it arrives instead of being granted to nobody.
+        """
+        known = self._keys.get(key)
+        if known is None:
+            self._remember_key(key, ("rejected", "cancelled:cancelled before it arrived"))
+            return []
+        kind, ident = known
+        if kind == "request":
+            return self.cancel(ident, now)
+        lease = self.leases.active.get(ident) if kind == "lease" else None
+        if lease is None:
+            return []
+        return self.cancel(lease.request_id, now)
+
     def release(self, lease_id: str, token: object, now: float) -> list[Decision]:
         """The holder gives the lease back. Idempotent for the holder."""
         lease = self.leases.active.get(lease_id)
@@ -278,9 +306,16 @@ class Scheduler:
                 f"lease {lease_id} was revoked ({lease.revoke_reason}); release it by "
                 f"{lease.revoke_deadline}"
             )
+        if now >= lease.expires_at:
+            # Not renewed within its TTL: the next tick reclaims it; it is never revived.
+            raise LeaseExpired(f"lease {lease_id} expired at {lease.expires_at}; acquire anew")
         if ttl is None:
             ttl = lease.ttl
-        elif isinstance(ttl, bool) or not 0 < ttl <= self.policy.lease.max_ttl:
+        elif (
+            isinstance(ttl, bool)
+            or not isinstance(ttl, int | float)
+            or not 0 < ttl <= self.policy.lease.max_ttl
+        ):
             raise InvalidRequest(f"ttl: got {ttl!r}, expected (0, {self.policy.lease.max_ttl}]")
         self.leases.extend(lease, now + ttl)
         return lease
@@ -307,6 +342,15 @@ class Scheduler:
             freed.everything = True  # aging changed who is first
         decisions.extend(self._settle(now, freed))
         return decisions
+
+    def rebind(self, lease_id: str, token: object, holder: Holder, now: float) -> LeaseRecord:
+        """Hand ``lease`` over to another process (a ``@leased`` task's worker).
+
+        The new holder's death reclaims it from now on; the old holder's does not.
+        """
+        lease = self.renew(lease_id, token, now)
+        self.leases.rebind(lease, holder)
+        return lease
 
     def holder_died(self, holder_key: str, now: float) -> list[Decision]:
         """Everything a dead process held or waited for goes back."""
@@ -353,6 +397,7 @@ class Scheduler:
                 decisions.append(Reclaim(lease.lease_id, lease.node_id, ReclaimReason.NODE_LOST))
                 continue
             self._charge(lease, node)
+            node.mark_overcommit(lease.resources)
             self.leases.add(lease)
             if lease.idempotency_key is not None:
                 self._remember_key(lease.idempotency_key, ("lease", lease.lease_id))
@@ -372,6 +417,7 @@ class Scheduler:
         """How many of ``count`` such requests would be granted now; changes nothing."""
         if isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= 100_000:
             raise InvalidRequest(f"count: got {count!r}, expected a whole number in [1, 100000]")
+        self._check_node(request)
         return what_if(self, request, count, now)
 
     def lease_list(self) -> list[dict[str, Any]]:
@@ -388,6 +434,8 @@ class Scheduler:
             return decisions
         if not freed:
             return decisions
+        held = self.reservation
+        held_nodes = dict(held.nodes) if held is not None else {}
         while True:
             head = self.queue.best(now)
             if head is None:
@@ -397,7 +445,12 @@ class Scheduler:
             if node is None:
                 break
             self._grant(head, node, now, decisions)
+            if held is not None and self.reservation is not held:
+                # The head's hold went with its grant: what it held back is free again.
+                _widen(freed, held, held_nodes)
         self._reserve_for(head, now, decisions)
+        if held is not None and (self.reservation is not held or held.nodes != held_nodes):
+            _widen(freed, held, held_nodes)  # the hold moved (preemption chose another node)
         scope = None if freed.everything else freed
         for best in self.queue.group_bests(now):
             if best.request.shape != head.request.shape:
@@ -571,7 +624,9 @@ class Scheduler:
         if waiter.request_id in self.queue:
             self._dequeue(waiter)
         lease_id, fencing, token = self.leases.next_ids()
-        quota = self.tenants.get(request.tenant)
+        # A tenant the policy does not name has no guarantee: all it holds is borrowed,
+        # its first lease too (granted before it has a quota record).
+        quota = self._quota(request.tenant)
         lease = LeaseRecord(
             lease_id=lease_id,
             request_id=waiter.request_id,
@@ -590,7 +645,7 @@ class Scheduler:
             holder=request.holder,
             detached=request.detached,
             idempotency_key=request.idempotency_key,
-            borrowed=quota is not None and quota.would_borrow(tenant_demand(request)),
+            borrowed=quota.would_borrow(tenant_demand(request)),
         )
         self._charge(lease, node)
         self.leases.add(lease)
@@ -685,6 +740,12 @@ class Scheduler:
         reason, _, message = ident.partition(":")
         return f"replay-{key}", [Reject(f"replay-{key}", RejectReason(reason), message)]
 
+    def _check_node(self, request: Request) -> None:
+        if request.node is not None and request.node not in self.nodes:
+            raise InvalidRequest(
+                f"node: {request.node!r} is not an alive node; expected one of {sorted(self.nodes)}"
+            )
+
     def _lease_of_request(self, request_id: str) -> LeaseRecord | None:
         lease_id = self.leases.by_request.get(request_id)
         return None if lease_id is None else self.leases.active.get(lease_id)
@@ -741,6 +802,13 @@ class Scheduler:
                 return None
         where = f"node {request.node}" if request.node else "any node"
         return f"{dict(request.resources)} is larger than {where} can ever grant (capacity minus reserve)"
+
+
+def _widen(freed: Freed, held: Reservation, held_nodes: Mapping[str, Amounts]) -> None:
+    """Add to ``freed`` where a reservation that is gone or moved held capacity back."""
+    freed.nodes.update(held_nodes)
+    freed.pools.update(held.pools)
+    freed.tenants.add(held.tenant)
 
 
 def _lease_demand(lease: LeaseRecord) -> Amounts:

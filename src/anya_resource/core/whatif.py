@@ -104,7 +104,9 @@ def _refund(scheduler: Scheduler, request: Request, node: NodeLedger) -> None:
 def _lift(scheduler: Scheduler, lease: LeaseRecord) -> None:
     """Take a victim's capacity out of the ledgers for the dry run (kept in the table)."""
     lease.state = LeaseState.REVOKING  # so that it is not chosen twice
-    scheduler.nodes[lease.node_id].give_back(lease.resources)
+    node = scheduler.nodes[lease.node_id]
+    node.give_back(lease.resources)
+    scheduler.placer.note_freed(node)  # else the placer's bound still says it is full
     for pool, slots in lease.pools.items():
         scheduler.pools[pool].in_use -= slots
     scheduler.tenants[lease.tenant].refund({**lease.resources, **lease.pools})
@@ -112,7 +114,9 @@ def _lift(scheduler: Scheduler, lease: LeaseRecord) -> None:
 
 def _restore(scheduler: Scheduler, lease: LeaseRecord) -> None:
     lease.state = LeaseState.ACTIVE
-    scheduler.nodes[lease.node_id].take(lease.resources)
+    node = scheduler.nodes[lease.node_id]
+    node.take(lease.resources)
+    node.mark_overcommit(lease.resources)  # a shrunk node's overcommit stays marked
     for pool, slots in lease.pools.items():
         scheduler.pools[pool].in_use += slots
     scheduler.tenants[lease.tenant].charge({**lease.resources, **lease.pools})
