@@ -48,6 +48,11 @@ def current_lease() -> Lease:
     return lease
 
 
+def _set_actor_lease(lease: Lease) -> None:
+    global _actor_lease
+    _actor_lease = lease
+
+
 def _manager() -> SyncResourceManager:
     global _sync_manager
     with _sync_lock:
@@ -186,9 +191,12 @@ class LeasedActorClass:
 def _leased_subclass(cls: type) -> type:
     class Leased(cls):  # type: ignore[misc, valid-type]
         def __init__(self, __lease: Lease, *args: Any, **kwargs: Any) -> None:
-            global _actor_lease
-            self.__renewer = _adopt_here(__lease)
-            _actor_lease = __lease
+            # This class travels to the worker by value; the module it names must be
+            # the worker's real one, where current_lease() looks.
+            from anya_resource.integrations import ray_tasks
+
+            self.__renewer = ray_tasks._adopt_here(__lease)
+            ray_tasks._set_actor_lease(__lease)
             super().__init__(*args, **kwargs)
 
     Leased.__name__ = cls.__name__
