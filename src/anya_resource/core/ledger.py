@@ -27,10 +27,19 @@ class NodeLedger:
     alive: bool = True
     # Resources whose capacity report fell below what was already granted.
     shrunk: set[str] = field(default_factory=set)
+    limits: Amounts = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self._set_limits()
+
+    def _set_limits(self) -> None:
+        self.limits = {
+            r: max(0, self.capacity.get(r, 0) - self.reserve.get(r, 0)) for r in NODE_RESOURCES
+        }
 
     def limit(self, resource: str) -> int:
         """Capacity minus reserve: the ceiling no grant may pass."""
-        return max(0, self.capacity.get(resource, 0) - self.reserve.get(resource, 0))
+        return self.limits.get(resource, 0)
 
     def grantable(self, resource: str) -> int:
         if resource in self.pressured:
@@ -45,7 +54,7 @@ class NodeLedger:
         granted = self.granted
         pressured = self.pressured
         for resource, amount in demand.items():
-            limit = self.capacity.get(resource, 0) - self.reserve.get(resource, 0)
+            limit = self.limits.get(resource, 0)
             used = granted[resource]
             if resource in pressured:
                 limit = min(limit, used)
@@ -78,6 +87,7 @@ class NodeLedger:
         """A new capacity report; what is already granted stays granted."""
         self.capacity = capacity
         self.reserve = reserve
+        self._set_limits()
         self.shrunk = {r for r in NODE_RESOURCES if self.granted[r] > self.limit(r)}
 
     def mark_overcommit(self, resources: Iterable[str]) -> None:

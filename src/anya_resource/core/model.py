@@ -51,15 +51,18 @@ class Request:
     idempotency_key: str | None = None
     holder: Holder = field(default_factory=Holder)
     detached: bool = False
+    shape: tuple[Any, ...] = field(init=False, repr=False, compare=False)
 
-    @property
-    def shape(self) -> tuple[Any, ...]:
-        """Requests of one shape fit, or do not fit, in exactly the same places."""
-        return (
-            tuple(sorted(self.resources.items())),
-            tuple(sorted(self.pools.items())),
-            self.tenant,
-            self.node,
+    def __post_init__(self) -> None:
+        object.__setattr__(
+            self,
+            "shape",
+            (
+                tuple(sorted(self.resources.items())),
+                tuple(sorted(self.pools.items())),
+                self.tenant,
+                self.node,
+            ),
         )
 
 

@@ -21,7 +21,10 @@ if TYPE_CHECKING:
 
 
 def choose_victims(
-    scheduler: Scheduler, request: Request, effective_priority: float
+    scheduler: Scheduler,
+    request: Request,
+    effective_priority: float,
+    only_nodes: set[str] | None = None,
 ) -> tuple[str | None, list[LeaseRecord]] | None:
     """``(node_id, victims)`` that make room for ``request``, or None if none can."""
     quota = scheduler.tenants.get(request.tenant)
@@ -58,7 +61,7 @@ def choose_victims(
         return (None, pool_victims) if pool_victims else None
     taken = {lease.lease_id for lease in pool_victims}
     best: tuple[str, list[LeaseRecord]] | None = None
-    for node in _candidate_nodes(scheduler, request):
+    for node in _candidate_nodes(scheduler, request, only_nodes):
         shortfall = _node_shortfall(node, request.resources, pool_victims)
         if not shortfall:
             return (node.node_id, pool_victims) if pool_victims else None
@@ -75,15 +78,22 @@ def choose_victims(
     return best[0], pool_victims + best[1]
 
 
-def _candidate_nodes(scheduler: Scheduler, request: Request) -> Iterable[NodeLedger]:
+def _candidate_nodes(
+    scheduler: Scheduler, request: Request, only_nodes: set[str] | None = None
+) -> Iterable[NodeLedger]:
     if request.node is not None:
         node = scheduler.nodes.get(request.node)
+        if only_nodes is not None and request.node not in only_nodes:
+            return []
         return [node] if node is not None else []
-    return [
-        node
-        for node in scheduler.placer.nodes
-        if all(node.limit(r) >= a for r, a in request.resources.items())
-    ]
+    nodes = scheduler.placer.nodes
+    if only_nodes is not None:
+        position = scheduler.placer._position
+        nodes = [
+            nodes[position[i]]
+            for i in sorted((i for i in only_nodes if i in position), key=position.__getitem__)
+        ]
+    return [node for node in nodes if all(node.limit(r) >= a for r, a in request.resources.items())]
 
 
 def _node_shortfall(

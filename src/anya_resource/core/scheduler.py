@@ -119,7 +119,8 @@ class Scheduler:
         self._keys: dict[str, tuple[str, str]] = {}  # idempotency key -> (kind, id)
         self._revocations: list[tuple[float, str]] = []
         self._revoking_for: dict[str, set[str]] = {}  # head request -> leases revoked for it
-        self._preempt_memo: tuple[str, int, int, int] | None = None
+        self._preempt_memo: tuple[str, int, int, bool] | None = None
+        self._preempt_dirty: set[str] = set()
         self._sequence = 0
         self.last_now = 0.0
 
@@ -139,6 +140,7 @@ class Scheduler:
         shrank = any(capacity[r] < node.capacity.get(r, 0) for r in NODE_RESOURCES)
         node.resize(capacity, reserve_for(capacity, self.policy.reserve))
         self.placer.note_freed(node)
+        self._preempt_dirty.add(node.node_id)
         decisions: list[Decision] = []
         freed = Freed(nodes={node_id})
         if shrank:
@@ -193,6 +195,7 @@ class Scheduler:
             self._revoke_for_pressure(node, resource, now, decisions)
         if was - node.pressured:
             self.placer.note_freed(node)
+            self._preempt_dirty.add(node.node_id)
             decisions.extend(self._settle(now, Freed(nodes={node_id})))
         return decisions
 
@@ -436,8 +439,13 @@ class Scheduler:
             return decisions
         held = self.reservation
         held_nodes = dict(held.nodes) if held is not None else {}
+        keep = held if not freed.everything else None
         while True:
-            head = self.queue.best(now)
+            # After a release, the reserved head stays first; aging may change who is
+            # first only with time, and tick() passes over everything.
+            kept = self.queue.by_id.get(keep.request_id) if keep is not None else None
+            head: Waiter | None = kept if kept is not None else self.queue.best(now)
+            keep = None
             if head is None:
                 self.reservation = None
                 return decisions
@@ -452,7 +460,33 @@ class Scheduler:
         if held is not None and (self.reservation is not held or held.nodes != held_nodes):
             _widen(freed, held, held_nodes)  # the hold moved (preemption chose another node)
         scope = None if freed.everything else freed
-        for best in self.queue.group_bests(now):
+        if scope is None:
+            bests = self.queue.group_bests(now)
+        else:
+            head_shape = head.request.shape
+            rank = self.queue.rank
+            most_free: dict[str, int] = {}
+            for node_id in scope.nodes:
+                node = self.nodes.get(node_id)
+                if node is not None:
+                    for r in NODE_RESOURCES:
+                        most_free[r] = max(most_free.get(r, 0), node.free(r))
+            bests = []
+            for shape, group in self.queue.groups.items():
+                if shape == head_shape:
+                    continue
+                request = next(iter(next(iter(group.classes.values())).values())).request
+                if (
+                    request.resources
+                    and request.tenant not in scope.tenants
+                    and not scope.pools & request.pools.keys()
+                    and any(a > most_free.get(r, 0) for r, a in request.resources.items())
+                ):
+                    continue
+                if self.place(request, self.reservation, scope) is not None:
+                    bests.append(min(group.heads(), key=lambda w: rank(w, now)))
+            bests.sort(key=lambda w: rank(w, now))
+        for best in bests:
             if best.request.shape != head.request.shape:
                 self._grant_shape(best, scope, now, decisions)
         return decisions
@@ -573,10 +607,21 @@ class Scheduler:
             if pending:
                 return  # wait for the leases already revoked for it
         effective = self.queue.effective(head, now)
-        memo = (head.request_id, self.leases.preemptible_version, int(effective), len(self.nodes))
-        if self.leases.preemptible_count == 0 or memo == self._preempt_memo:
+        if self.leases.preemptible_count == 0:
             return
-        plan = choose_victims(self, head.request, effective)
+        request = head.request
+        quota = self.tenants.get(request.tenant)
+        reclaims = quota is not None and quota.below_guarantee(
+            {**request.resources, **request.pools}
+        )
+        memo = (head.request_id, int(effective), len(self.nodes), reclaims)
+        only: set[str] | None = None
+        if memo == self._preempt_memo and not request.pools:
+            if not self._preempt_dirty:
+                return
+            only = self._preempt_dirty
+        self._preempt_dirty = set()
+        plan = choose_victims(self, head.request, effective, only)
         if plan is None:
             self._preempt_memo = memo  # nothing changed since: nothing to find
             return
@@ -663,6 +708,8 @@ class Scheduler:
         decisions.append(Grant(waiter.request_id, lease, waited))
 
     def _charge(self, lease: LeaseRecord, node: NodeLedger) -> None:
+        if lease.preemptible:
+            self._preempt_dirty.add(node.node_id)
         node.take(lease.resources)
         for pool, slots in lease.pools.items():
             self.pools[pool].in_use += slots
@@ -676,6 +723,7 @@ class Scheduler:
         if node is not None:
             node.give_back(lease.resources)
             self.placer.note_freed(node)
+            self._preempt_dirty.add(node.node_id)
             freed.nodes.add(node.node_id)
         for pool, slots in lease.pools.items():
             self.pools[pool].in_use -= slots
