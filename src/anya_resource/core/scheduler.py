@@ -357,29 +357,40 @@ class Scheduler:
 
     def holder_died(self, holder_key: str, now: float) -> list[Decision]:
         """Everything a dead process held or waited for goes back."""
-        decisions: list[Decision] = []
-        freed = Freed()
-        for lease_id in list(self.leases.by_holder.get(holder_key, ())):
-            self._reclaim(self.leases.active[lease_id], ReclaimReason.HOLDER_DIED, decisions, freed)
-        for waiter in list(self.queue.by_id.values()):
-            if waiter.request.holder.key == holder_key:
-                self._reject(
-                    waiter, RejectReason.HOLDER_DIED, "the waiting process died", decisions
-                )
-                freed.everything = True
-        decisions.extend(self._settle(now, freed))
-        return decisions
+        return self._end_all(
+            self.leases.by_holder.get(holder_key, ()),
+            ReclaimReason.HOLDER_DIED,
+            lambda request: request.holder.key == holder_key,
+            "the waiting process died",
+            now,
+        )
 
     def job_ended(self, job_id: str, now: float) -> list[Decision]:
         """A Ray job finished: its leases go back, except detached ones."""
+        return self._end_all(
+            self.leases.by_job.get(job_id, ()),
+            ReclaimReason.JOB_ENDED,
+            lambda request: request.holder.job_id == job_id and not request.detached,
+            f"job {job_id} ended",
+            now,
+        )
+
+    def _end_all(
+        self,
+        lease_ids: Iterable[str],
+        reason: ReclaimReason,
+        waits_for: Callable[[Request], bool],
+        message: str,
+        now: float,
+    ) -> list[Decision]:
+        """Reclaim ``lease_ids`` and reject the waiters ``waits_for`` picks out."""
         decisions: list[Decision] = []
         freed = Freed()
-        for lease_id in list(self.leases.by_job.get(job_id, ())):
-            self._reclaim(self.leases.active[lease_id], ReclaimReason.JOB_ENDED, decisions, freed)
+        for lease_id in list(lease_ids):
+            self._reclaim(self.leases.active[lease_id], reason, decisions, freed)
         for waiter in list(self.queue.by_id.values()):
-            holder = waiter.request.holder
-            if holder.job_id == job_id and not waiter.request.detached:
-                self._reject(waiter, RejectReason.HOLDER_DIED, f"job {job_id} ended", decisions)
+            if waits_for(waiter.request):
+                self._reject(waiter, RejectReason.HOLDER_DIED, message, decisions)
                 freed.everything = True
         decisions.extend(self._settle(now, freed))
         return decisions

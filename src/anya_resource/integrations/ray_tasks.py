@@ -15,6 +15,7 @@ the admission control. GPUs are asked for from Ray as well, so that Ray sets
 from __future__ import annotations
 
 import contextvars
+import dataclasses
 import logging
 import threading
 from collections.abc import Callable
@@ -207,17 +208,7 @@ def _leased_subclass(cls: type) -> type:
 
 def _portable(lease: Lease) -> Lease:
     """A copy of the lease without the caller's manager, to ship to the task."""
-    return Lease(
-        lease_id=lease.lease_id,
-        token=lease.token,
-        fencing_token=lease.fencing_token,
-        node_id=lease.node_id,
-        resources=dict(lease.resources),
-        priority=lease.priority,
-        tenant=lease.tenant,
-        expires_at=lease.expires_at,
-        _record=lease._record,
-    )
+    return dataclasses.replace(lease, on_revoked=None, _manager=None, _run_sync=None)
 
 
 def leased(target: Any = None, /, **options: Any) -> Any:
