@@ -32,6 +32,7 @@ from anya_resource.actors import deploy
 from anya_resource.actors.translate import RETRYABLE, translate
 from anya_resource.config import Policy, Priority
 from anya_resource.core import Holder, LeaseRecord
+from anya_resource.core.history import decode as decode_history
 from anya_resource.errors import (
     AcquireTimeout,
     LeaseExpired,
@@ -85,6 +86,7 @@ class ResourceManager:
         # together one loop turn later (one Ray call for many).
         self._outgoing: list[tuple[str, str]] = []
         self._flush_scheduled = False
+        self._watch_cursor = 0
         self.held: dict[str, Lease] = {}
         self._pending_releases: set[asyncio.Task[None]] = set()
         self._background: list[asyncio.Task[None]] = []
@@ -328,14 +330,16 @@ class ResourceManager:
         key = self._holder.key
         while self.held or self._pending_releases:
             try:
-                reply = await self._coordinator.watch.remote(key)
+                reply = await self._coordinator.watch.remote(key, self._watch_cursor)
             except RETRYABLE:
+                self._watch_cursor = 0  # a new coordinator counts events afresh
                 await self._readopt()
                 continue
             except Exception as exc:
                 log.warning("watch failed: %s", exc)
                 await asyncio.sleep(1.0)
                 continue
+            self._watch_cursor = reply["cursor"]
             if self._epoch is not None and reply["epoch"] != self._epoch:
                 await self._readopt()
             for event in reply["events"]:
@@ -400,6 +404,15 @@ class ResourceManager:
         """Every active lease in the cluster (without tokens)."""
         result: list[dict[str, Any]] = await self._call(lambda c: c.lease_list.remote())
         return result
+
+    async def history(self, seconds: float | None = None) -> list[dict[str, Any]]:
+        """Compact snapshots of the last ``seconds`` (None: all kept), oldest first.
+
+        One per heartbeat over the last hour by default; see ``core.history`` for the
+        fields (core units, like ``snapshot()``).
+        """
+        blobs: list[bytes] = await self._call(lambda c: c.history.remote(seconds))
+        return decode_history(blobs)
 
     async def close(self) -> None:
         """Release everything this manager holds and stop its background tasks."""
@@ -494,6 +507,9 @@ class SyncResourceManager:
 
     def leases(self) -> list[dict[str, Any]]:
         return self._run(self._async.leases())
+
+    def history(self, seconds: float | None = None) -> list[dict[str, Any]]:
+        return self._run(self._async.history(seconds))
 
     def close(self) -> None:
         self._run(self._async.close())

@@ -100,6 +100,12 @@ class PoolPolicy(_Strict):
     max_lifetime_s: float = Field(default=1800.0, gt=0)
     leak_threshold_s: float = Field(default=60.0, gt=0)
     connect_timeout_s: float = Field(default=10.0, gt=0)
+    # Checking a connection before handing it out: postgres runs this SQL (default: an
+    # empty query, the cheapest round trip), bitcoin-rpc calls this method with no params,
+    # http sends GET to this path (default for both: no call, only a local check).
+    validate_query: str | None = None
+    # Only connections idle at least this long are checked with a round trip (0: always).
+    validate_idle_s: float = Field(default=1.0, ge=0)
 
 
 class PressurePolicy(_Strict):
