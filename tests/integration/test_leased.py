@@ -24,7 +24,7 @@ POLICY = {
 
 @pytest.fixture(scope="module")
 def sync() -> Iterator[SyncResourceManager]:
-    with local_ray(num_cpus=4, memory=8 * GiB):
+    with local_ray(num_cpus=2, memory=8 * GiB):
         manager = SyncResourceManager.connect(policy=POLICY)
         yield manager
         manager.close()

@@ -57,6 +57,7 @@ from anya_resource.core import (
     check_invariants,
 )
 from anya_resource.core.bottleneck import binding
+from anya_resource.core.history import HistoryRing, compact
 from anya_resource.errors import (
     AcquireTimeout,
     Infeasible,
@@ -65,6 +66,7 @@ from anya_resource.errors import (
     ResourceError,
 )
 from anya_resource.health import NodeHealth, ResourceHealth, node_cpu_percent, node_memory_percent
+from anya_resource.metrics import CoordinatorMetrics
 from anya_resource.quantities import MILLI
 
 log = logging.getLogger(__name__)
@@ -75,6 +77,7 @@ TICK_S = 0.05
 # clients' re-registration during the learning period makes up for.
 FLUSH_S = 0.25
 WATCH_TIMEOUT_S = 30.0
+MAX_PENDING_EVENTS = 1000
 POOL_WANTED_S = 0.25  # how often holders of a pool's slots hear that others wait for it
 
 
@@ -139,7 +142,11 @@ class CoordinatorImpl:
         # Per node: lease id -> record to add, or None to remove; the last word wins.
         self.outbox: dict[str, dict[str, LeaseRecord | None]] = {}
         self.unsent: set[str] = set()  # granted since the last flush: no agent has heard
-        self.revocations: dict[str, list[dict[str, Any]]] = {}
+        # Per holder process: (sequence, event), kept until a watch call acknowledges it
+        # by asking for what came after. A watch call abandoned by its client can then
+        # never swallow an event.
+        self.revocations: dict[str, list[tuple[int, dict[str, Any]]]] = {}
+        self.event_seq = 0
         self.routes: dict[str, tuple[Holder, set[str]]] = {}
         self.watchers: dict[str, asyncio.Event] = {}
         self.dead_jobs: set[str] = set()
@@ -147,6 +154,13 @@ class CoordinatorImpl:
         self.learning_until = 0.0
         self.started_at = time.time()
         self.pool_hinted_at: dict[str, float] = {}  # pool -> last pool_wanted sent (pools)
+        # -- adaptive allocation, metrics, history (begin) --
+        # What Ray reports for each node, kept so that every heartbeat can re-cap it by
+        # what the node's agent measured of the machine.
+        self.reported_capacity: dict[str, dict[str, int]] = {}
+        self.metrics = CoordinatorMetrics()
+        self.history_ring = HistoryRing(self.policy.heartbeat_s)
+        # -- adaptive allocation, metrics, history (end) --
         self._tasks = [
             asyncio.get_running_loop().create_task(self._bootstrap()),
         ]
@@ -168,6 +182,7 @@ class CoordinatorImpl:
             loop.create_task(self._node_loop()),
             loop.create_task(self._flush_loop()),
             loop.create_task(self._pool_wanted_loop()),
+            loop.create_task(self._observe_loop()),
         ]
 
     async def _recover_from_agents(self) -> None:
@@ -201,6 +216,18 @@ class CoordinatorImpl:
             await asyncio.sleep(FLUSH_S)
             await self._flush()
 
+    async def _observe_loop(self) -> None:
+        """Once per heartbeat: metrics to Ray, and an entry of the history ring."""
+        while True:
+            await asyncio.sleep(self.policy.heartbeat_s)
+            try:
+                self.metrics.flush(self.scheduler)
+                now = time.time()
+                if self.history_ring.due(now):
+                    self.history_ring.add(compact(self.scheduler, now), now)
+            except Exception:  # observing must never stop the coordinator
+                log.exception("metrics or history failed; trying again next heartbeat")
+
     # -- nodes and agents ---------------------------------------------------------------
 
     async def _sync_nodes(self) -> None:
@@ -208,6 +235,7 @@ class CoordinatorImpl:
         now = time.time()
         alive = {n["NodeID"]: n for n in nodes if n.get("Alive")}
         for node_id, node in alive.items():
+            self.reported_capacity[node_id] = ray_capacity(node)
             if node_id not in self.scheduler.nodes:
                 self._apply(self.scheduler.node_up(node_id, self._capacity(node_id, node), now))
             if node_id not in self.agents:
@@ -221,12 +249,17 @@ class CoordinatorImpl:
                 self._node_lost(node_id, now)
 
     def _capacity(self, node_id: str, node: dict[str, Any]) -> dict[str, int]:
-        capacity = ray_capacity(node)
+        return self._capped(node_id, ray_capacity(node))
+
+    def _capped(self, node_id: str, reported: dict[str, int]) -> dict[str, int]:
+        capacity = dict(reported)
         health = self.node_health.get(node_id)
         if health is not None:
             # Never grant more than the machine physically has.
             capacity["memory"] = min(capacity["memory"], health.memory_total)
             capacity["cpu"] = min(capacity["cpu"], round(health.cpu_count * MILLI))
+            if health.gpus > 0:  # 0 may only mean NVML is missing: then Ray's figure stands
+                capacity["gpu"] = min(capacity["gpu"], health.gpus * MILLI)
         return capacity
 
     def _node_lost(self, node_id: str, now: float) -> None:
@@ -235,6 +268,7 @@ class CoordinatorImpl:
         self.agents.pop(node_id, None)
         self.node_health.pop(node_id, None)
         self.last_heartbeat.pop(node_id, None)
+        self.reported_capacity.pop(node_id, None)
         self.outbox.pop(node_id, None)
 
     def _start_agent(self, node_id: str) -> Any:
@@ -266,6 +300,7 @@ class CoordinatorImpl:
     # -- carrying out decisions ----------------------------------------------------------
 
     def _apply(self, decisions: list[Decision]) -> None:
+        self.metrics.decisions(decisions)
         for decision in decisions:
             if isinstance(decision, Grant):
                 self._resolve(decision.request_id, decision)
@@ -319,7 +354,10 @@ class CoordinatorImpl:
         key = holder.key
         if key is None:
             return
-        self.revocations.setdefault(key, []).append(event)
+        self.event_seq += 1
+        pending = self.revocations.setdefault(key, [])
+        pending.append((self.event_seq, event))
+        del pending[:-MAX_PENDING_EVENTS]
         watcher = self.watchers.get(key)
         if watcher is not None:
             watcher.set()
@@ -383,7 +421,8 @@ class CoordinatorImpl:
                     continue
                 told.add((key, pool))
                 event = {"kind": "pool_wanted", "pool": pool}
-                if event not in self.revocations.get(key, []):  # not yet heard: once is enough
+                heard = [e for _, e in self.revocations.get(key, [])]
+                if event not in heard:  # not yet heard: once is enough
                     self._tell_holder(lease.holder, event)
 
     # -- the API the client calls ---------------------------------------------------------
@@ -479,14 +518,23 @@ class CoordinatorImpl:
             self._tell_agents(record)
         return await self.renew(record.lease_id, record.token)
 
-    async def watch(self, holder_key: str, timeout: float = WATCH_TIMEOUT_S) -> dict[str, Any]:
-        """Long poll: revocations of this process's leases, and the current epoch."""
-        event = self.watchers.setdefault(holder_key, asyncio.Event())
-        if not self.revocations.get(holder_key):
+    async def watch(
+        self, holder_key: str, after: int = 0, timeout: float = WATCH_TIMEOUT_S
+    ) -> dict[str, Any]:
+        """Long poll: events for this process's leases after ``after``, and the epoch."""
+        pending = self.revocations.setdefault(holder_key, [])
+        pending[:] = [(seq, e) for seq, e in pending if seq > after]  # acknowledged
+        if not pending:
+            event = self.watchers.setdefault(holder_key, asyncio.Event())
+            event.clear()
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(event.wait(), timeout=min(timeout, WATCH_TIMEOUT_S))
-        event.clear()
-        return {"epoch": self.epoch, "events": self.revocations.pop(holder_key, [])}
+        events = [(seq, e) for seq, e in self.revocations.get(holder_key, []) if seq > after]
+        return {
+            "epoch": self.epoch,
+            "events": [e for _, e in events],
+            "cursor": max((seq for seq, _ in events), default=after),
+        }
 
     async def snapshot(self) -> dict[str, Any]:
         snap = self.scheduler.snapshot(time.time())
@@ -495,6 +543,14 @@ class CoordinatorImpl:
 
     async def lease_list(self) -> list[dict[str, Any]]:
         return self.scheduler.lease_list()
+
+    async def history(self, seconds: float | None = None) -> list[bytes]:
+        """The history entries of the last ``seconds`` (None: all), JSON-encoded.
+
+        Encoded as stored: the client decodes them, so that a long history does not
+        hold up this event loop.
+        """
+        return self.history_ring.since(time.time(), seconds)
 
     async def what_if(self, spec: dict[str, Any], count: int) -> dict[str, Any]:
         request = self._request({**spec, "idempotency_key": None, "timeout": None})
@@ -524,7 +580,7 @@ class CoordinatorImpl:
         oldest = max(snap["queue"]["oldest_wait"].values(), default=0.0)
         if oldest > self.policy.health.wait_threshold_s:
             top = binding(snap["bottlenecks"])
-            what = top["message"] if top else "capacity"
+            what = top["text"] if top else "capacity"
             reasons.append(
                 f"requests waiting {oldest:.1f} s (> {self.policy.health.wait_threshold_s:g} s): {what}"
             )
@@ -553,6 +609,17 @@ class CoordinatorImpl:
             return {"known": False}
         for holder_key in dead_holders:
             self._apply(self.scheduler.holder_died(holder_key, now))
+        # -- adaptive allocation (begin) --
+        # Grantable capacity follows the machine: Ray's figure capped by what the agent
+        # measured just now (a cgroup limit lowered at run time, a wrong --memory), then
+        # minus the reserve, which node_up recomputes from the new capacity.
+        reported = self.reported_capacity.get(node_id)
+        if reported is not None:
+            capacity = self._capped(node_id, reported)
+            if capacity != ledger.capacity:
+                log.info("node %s capacity now %s", node_id, capacity)
+                self._apply(self.scheduler.node_up(node_id, capacity, now))
+        # -- adaptive allocation (end) --
         memory_capacity = ledger.capacity.get("memory", 0)
         cpu_capacity = ledger.capacity.get("cpu", 0) / MILLI
         self._apply(

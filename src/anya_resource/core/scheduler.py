@@ -66,6 +66,10 @@ class Reservation:
     pools: Amounts
     tenant: str
     tenant_amounts: Amounts
+    # The head's own tenant is at its hard limit: until that tenant gives something back
+    # the head cannot run wherever capacity is, so it holds no node capacity or pool
+    # slots (that would only keep other tenants waiting) and preempts nobody.
+    tenant_limited: bool = False
 
 
 @dataclass(slots=True)
@@ -116,6 +120,7 @@ class Scheduler:
         self.counters = Counters()
         self.waits: dict[str, deque[float]] = {}
         self.waiting_demand: Amounts = {}
+        self.samples: dict[str, NodeSample] = {}  # the last measured use of each node
         self._keys: dict[str, tuple[str, str]] = {}  # idempotency key -> (kind, id)
         self._revocations: list[tuple[float, str]] = []
         self._revoking_for: dict[str, set[str]] = {}  # head request -> leases revoked for it
@@ -161,6 +166,7 @@ class Scheduler:
             return []
         node.alive = False
         self.placer.remove(node_id)
+        self.samples.pop(node_id, None)
         decisions: list[Decision] = []
         freed = Freed(everything=True)
         for lease in list(self.leases.by_node.get(node_id, {}).values()):
@@ -181,6 +187,7 @@ class Scheduler:
         node = self.nodes.get(node_id)
         if node is None:
             return []
+        self.samples[node_id] = sample
         pressure = self.policy.pressure
         was = set(node.pressured)
         _hysteresis(
@@ -576,12 +583,30 @@ class Scheduler:
     def _reserve_for(self, head: Waiter, now: float, decisions: list[Decision]) -> None:
         request = head.request
         current = self.reservation
+        quota = self.tenants.get(request.tenant)
+        limited = quota is not None and not quota.within_limit(tenant_demand(request))
         if (
             current is not None
             and current.request_id == head.request_id
+            and current.tenant_limited == limited
             and (current.node_id is None or current.node_id in self.nodes)
         ):
-            self._maybe_preempt(head, now, decisions)
+            if not limited:
+                self._maybe_preempt(head, now, decisions)
+            return
+        if limited:
+            # Only the tenant's own quota is held (so its later, smaller requests do not
+            # overtake the head); capacity stays with the others until the tenant frees
+            # some, when this is placed again (``tenant_limited`` no longer matches).
+            self.reservation = Reservation(
+                request_id=head.request_id,
+                node_id=None,
+                nodes={},
+                pools={},
+                tenant=request.tenant,
+                tenant_amounts=tenant_demand(request),
+                tenant_limited=True,
+            )
             return
         node_id = request.node
         if node_id is None and request.resources:
