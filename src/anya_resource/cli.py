@@ -192,6 +192,42 @@ def simulate(
         Console().print(render_simulation(summary))
 
 
+@app.command()
+def demo(
+    nodes: Annotated[
+        int, typer.Option(min=1, max=16, help="Nodes of the embedded cluster, head included.")
+    ] = 3,
+    duration: Annotated[
+        float, typer.Option(min=1.0, max=86_400.0, help="Seconds to run the workload.")
+    ] = 30.0,
+    address: Annotated[
+        str | None,
+        typer.Option(help="Run on this Ray cluster (HOST:PORT) instead of an embedded one."),
+    ] = None,
+    as_json: Annotated[
+        Path | None,
+        typer.Option("--json", help="Also write the final report as JSON to this file."),
+    ] = None,
+) -> None:
+    """Run the mixed ML + Bitcoin-transaction workload on leases, with a live table."""
+    # Imported here so that `anya-resource --help` stays fast.
+    from anya_resource.demo import DemoOptions, render_report, run_demo
+
+    console = Console()
+    options = DemoOptions(nodes=nodes, duration=duration, address=address, live=console.is_terminal)
+    try:
+        report = run_demo(options, console)
+    except KeyboardInterrupt:  # a second Ctrl-C: the cluster is down, nothing to report
+        _fail("interrupted; the cluster was shut down", 130)
+    console.print(render_report(report))
+    if as_json is not None:
+        as_json.write_text(json.dumps(report, indent=2) + "\n")
+
+
 def main() -> None:
     """Console-script entry point (``anya-resource``)."""
     app()
+
+
+# The operator commands (up, down, status, leases, what-if) register on `app` above.
+from anya_resource import cli_ops as _cli_ops  # noqa: E402, F401

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from rich import box
 from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
@@ -121,3 +122,282 @@ def render_simulation(summary: SimSummary) -> RenderableType:
         simulation_utilisation(summary),
         bottleneck_text(summary.bottleneck),
     )
+
+
+# -- operator views: status, leases, what-if (``cli_ops``) -----------------------------
+
+
+def _used(granted: int, grantable: int) -> Text:
+    if grantable <= 0:
+        return Text("-" if granted == 0 else "over", style="dim" if granted == 0 else "red")
+    share = granted / grantable
+    style = "red" if share >= 0.9 else "yellow" if share >= 0.7 else "green"
+    return Text(f"{share * 100:.0f}%", style=style)
+
+
+def _short(node_id: str | None) -> str:
+    return (node_id or "-")[:12]
+
+
+def _shown_resources(snapshot: dict[str, Any]) -> list[str]:
+    """Resources some node has (a cluster without GPUs gets no gpu rows)."""
+    return [
+        name
+        for name, row in snapshot.get("resources", {}).items()
+        if row.get("capacity", 0) > 0 or row.get("granted", 0) > 0 or row.get("waiting", 0) > 0
+    ]
+
+
+def _amounts(amounts: dict[str, Any], pools: dict[str, Any] | None = None) -> str:
+    parts = [f"{r} {format_amount(r, a)}" for r, a in amounts.items() if a]
+    parts += [f"{p} {n}" for p, n in (pools or {}).items() if n]
+    return ", ".join(parts) or "-"
+
+
+def status_overview(snapshot: dict[str, Any], health: dict[str, Any]) -> Text:
+    queue = snapshot.get("queue", {})
+    text = Text()
+    if health.get("is_healthy"):
+        text.append("healthy", style="bold green")
+    else:
+        text.append("UNHEALTHY", style="bold red")
+    alive = sum(1 for node in snapshot.get("nodes", {}).values() if node.get("alive"))
+    text.append(
+        f"  {alive} node(s), {snapshot.get('leases', 0)} lease(s), "
+        f"{queue.get('waiting', 0)} waiting, epoch {snapshot.get('epoch', '-')}, "
+        f"placement {snapshot.get('placement', '-')}; "
+        f"memory {health.get('memory_usage_percent', 0.0):.0f} %, "
+        f"cpu {health.get('cpu_percent', 0.0):.0f} % (busiest node)"
+    )
+    for reason in health.get("reasons", []):
+        text.append("\n  - " + reason, style="red")
+    return text
+
+
+def _node_label(node_id: str, node: dict[str, Any], sample: dict[str, Any] | None) -> Text:
+    label = Text(_short(node_id), style="bold")
+    if sample is None:
+        label.append("\nno heartbeat", style="dim")
+    else:
+        label.append(f"\n{sample.get('address', '')}", style="dim")
+        label.append(
+            f"\nmem {sample['memory_percent']:.0f}%\ncpu {sample['cpu_percent']:.0f}%", style="dim"
+        )
+        if sample.get("missed_heartbeats"):
+            label.append(f"\n{sample['missed_heartbeats']} missed beats", style="red")
+    label.append(f"\n{node.get('leases', 0)} lease(s)", style="dim")
+    notes = [] if node.get("alive", True) else ["DOWN"]
+    notes += [f"{r} pressure" for r in node.get("pressured", [])]
+    if notes:
+        label.append("\n" + ", ".join(notes), style="red")
+    return label
+
+
+def _resource_cells(resource: str, row: dict[str, Any]) -> list[str | Text]:
+    return [
+        resource,
+        format_amount(resource, row["capacity"]),
+        format_amount(resource, row["reserve"]),
+        format_amount(resource, row["grantable"]),
+        format_amount(resource, row["granted"]),
+        format_amount(resource, max(0, row["free"])),
+        _used(row["granted"], row["grantable"]),
+    ]
+
+
+def status_nodes(snapshot: dict[str, Any], health: dict[str, Any]) -> Table:
+    """One row per node and resource: capacity, reserve, grantable, granted, free, used.
+
+    Under each node id: its address and measured memory and CPU use (the last heartbeat).
+    """
+    measured = {node["node_id"]: node for node in health.get("nodes", [])}
+    table = Table(
+        title="Nodes",
+        title_justify="left",
+        box=box.SIMPLE_HEAD,
+        collapse_padding=True,
+        pad_edge=False,
+    )
+    table.add_column("node", no_wrap=True)
+    table.add_column("resource", no_wrap=True)
+    for column in ("capacity", "reserve", "grantable", "granted", "free", "used"):
+        table.add_column(column, justify="right", no_wrap=True)
+    resources = _shown_resources(snapshot)
+    for node_id, node in snapshot.get("nodes", {}).items():
+        label = _node_label(node_id, node, measured.get(node_id))
+        for index, resource in enumerate(resources):
+            table.add_row(
+                label if index == 0 else "",
+                *_resource_cells(resource, node["resources"][resource]),
+                end_section=index == len(resources) - 1,
+            )
+    for index, resource in enumerate(resources):
+        row = snapshot["resources"][resource]
+        waiting = row.get("waiting", 0)
+        label = Text("cluster", style="bold") if index == 0 else Text("")
+        if waiting:
+            label.append(f"\n{format_amount(resource, waiting)} {resource} waiting", style="yellow")
+        table.add_row(label, *_resource_cells(resource, row))
+    return table
+
+
+def status_pools(snapshot: dict[str, Any]) -> Table:
+    table = Table(title="Pools", title_justify="left")
+    table.add_column("pool", style="bold")
+    for column in ("size", "in use", "free", "waiting", "used"):
+        table.add_column(column, justify="right")
+    for name, pool in snapshot.get("pools", {}).items():
+        table.add_row(
+            name,
+            str(pool["size"]),
+            str(pool["in_use"]),
+            str(max(0, pool["free"])),
+            str(pool["waiting"]),
+            _used(pool["in_use"], pool["size"]),
+        )
+    return table
+
+
+def status_tenants(snapshot: dict[str, Any]) -> Table:
+    table = Table(title="Tenants", title_justify="left")
+    table.add_column("tenant", style="bold")
+    for column in ("using", "guaranteed", "limit", "waiting"):
+        table.add_column(column)
+    for name, tenant in snapshot.get("tenants", {}).items():
+        table.add_row(
+            name,
+            _amounts(tenant.get("usage", {})),
+            _amounts(tenant.get("guaranteed", {})),
+            _amounts(tenant["limit"]) if tenant.get("limit") else "none",
+            _amounts(tenant.get("waiting", {})),
+        )
+    return table
+
+
+def status_queue(snapshot: dict[str, Any]) -> Table:
+    queue = snapshot.get("queue", {})
+    waits = snapshot.get("waits", {})
+    table = Table(title="Waits per priority", title_justify="left")
+    table.add_column("priority", style="bold")
+    for column in ("waiting now", "oldest", "granted after waiting", "p50", "p95", "p99"):
+        table.add_column(column, justify="right")
+    names = list(dict.fromkeys([*waits, *queue.get("by_priority", {})]))
+    for name in names:
+        row = waits.get(name, {})
+        table.add_row(
+            name,
+            str(queue.get("by_priority", {}).get(name, 0)),
+            _seconds(queue.get("oldest_wait", {}).get(name)),
+            str(row.get("count", 0)),
+            _seconds(row.get("p50")),
+            _seconds(row.get("p95")),
+            _seconds(row.get("p99")),
+        )
+    return table
+
+
+def bottlenecks_text(findings: list[dict[str, Any]]) -> Text:
+    if not findings:
+        return Text("Bottlenecks: none; nothing is waiting and no node is hot.")
+    text = Text("Bottlenecks", style="bold")
+    for finding in findings:
+        text.append(f"\n  {finding['kind']:<8} ", style="dim")
+        text.append(finding["message"])
+        text.append("\n           -> " + finding["recommendation"], style="cyan")
+    return text
+
+
+def render_status(snapshot: dict[str, Any], health: dict[str, Any]) -> RenderableType:
+    """``anya-resource status``: health, nodes, pools, tenants, waits, bottlenecks."""
+    parts: list[RenderableType] = [
+        status_overview(snapshot, health),
+        status_nodes(snapshot, health),
+    ]
+    if snapshot.get("pools"):
+        parts.append(status_pools(snapshot))
+    if snapshot.get("tenants"):
+        parts.append(status_tenants(snapshot))
+    if snapshot.get("waits") or snapshot.get("queue", {}).get("by_priority"):
+        parts.append(status_queue(snapshot))
+    parts.append(bottlenecks_text(health.get("bottlenecks") or snapshot.get("bottlenecks", [])))
+    return Group(*parts)
+
+
+def _holder(holder: dict[str, Any]) -> str:
+    where = f"pid {holder.get('pid')}" if holder.get("pid") is not None else "-"
+    if holder.get("node_id"):
+        where += f"@{_short(holder['node_id'])}"
+    if holder.get("actor_id"):
+        where += f"\nactor {holder['actor_id'][:12]}"
+    elif holder.get("job_id"):
+        where += f"\njob {holder['job_id']}"
+    return where
+
+
+def _expires(expires_at: float, now: float) -> str:
+    left = expires_at - now
+    return "expired" if left <= 0 else f"in {_seconds(left)}"
+
+
+def leases_table(leases: list[dict[str, Any]], now: float, title: str = "Leases") -> Table:
+    """``anya-resource leases``: who holds what, where, until when."""
+    table = Table(title=title, title_justify="left")
+    table.add_column("lease", style="bold")
+    table.add_column("tenant")
+    table.add_column("priority")
+    table.add_column("node")
+    table.add_column("resources")
+    table.add_column("holder")
+    table.add_column("expires", justify="right")
+    table.add_column("state")
+    for lease in leases:
+        state = lease.get("state", "")
+        if lease.get("preemptible"):
+            state += ", preemptible"
+        table.add_row(
+            lease["lease_id"],
+            lease.get("tenant", "-"),
+            str(lease.get("priority", "-")),
+            _short(lease.get("node_id")),
+            _amounts(lease.get("resources", {}), lease.get("pools", {})),
+            _holder(lease.get("holder", {})),
+            _expires(lease.get("expires_at", now), now),
+            state,
+        )
+    return table
+
+
+def render_what_if(result: dict[str, Any], request: str, now: float) -> RenderableType:
+    """``anya-resource what-if``: how many would be granted now, where, preempting what."""
+    requested = result["requested"]
+    fits = result["granted_now"] + result["granted_after_preemption"]
+    summary = Table(
+        title=f"What if {requested} x ({request})", show_header=False, title_justify="left"
+    )
+    summary.add_column("what", style="bold")
+    summary.add_column("value")
+    if result["granted_now"] == requested:
+        verdict = Text("all fit now", style="green")
+    elif fits == requested:
+        verdict = Text(
+            f"all fit, {result['granted_after_preemption']} only by preempting", style="yellow"
+        )
+    else:
+        verdict = Text(f"{fits} of {requested} fit", style="yellow" if fits else "red")
+    summary.add_row("verdict", verdict)
+    summary.add_row("granted at once", str(result["granted_now"]))
+    summary.add_row("granted after preemption", str(result["granted_after_preemption"]))
+    summary.add_row("would wait", str(result["would_wait"]))
+    if result.get("nodes"):
+        summary.add_row(
+            "placed on",
+            ", ".join(f"{_short(node)} x {n}" for node, n in result["nodes"].items()),
+        )
+    if result.get("infeasible"):
+        summary.add_row("infeasible", Text(result["infeasible"], style="red"))
+    if result.get("blocked_by"):
+        summary.add_row("blocked by", result["blocked_by"])
+    parts: list[RenderableType] = [summary]
+    if result.get("preempted"):
+        parts.append(leases_table(result["preempted"], now, title="Leases that would be preempted"))
+    return Group(*parts)
