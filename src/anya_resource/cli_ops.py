@@ -35,13 +35,18 @@ import typer
 from rich.console import Console
 
 from anya_resource.cli import PROG, app
-from anya_resource.errors import InvalidRequest, ManagerUnavailable
+from anya_resource.errors import InvalidRequest, ManagerUnavailable, ResourceError
 
 if TYPE_CHECKING:
     from anya_resource.client import ResourceManager
     from anya_resource.config import Policy
 
 T = TypeVar("T")
+
+
+class DeployConflict(ResourceError):
+    """``up`` or ``down`` would undo something: another policy is deployed, leases are held."""
+
 
 DEFAULT_RAY_PORT = 6379
 PROBE_TIMEOUT_S = 5.0
@@ -51,8 +56,8 @@ AddressOption = Annotated[
     str | None,
     typer.Option(
         "--address",
-        help="The Ray cluster: HOST:PORT of its head (GCS), ray://HOST:PORT or 'auto' "
-        "(the cluster this machine belongs to). Default: $RAY_ADDRESS.",
+        help="The Ray cluster: HOST:PORT of its head (GCS), or 'auto' (the cluster this "
+        "machine belongs to). Default: $RAY_ADDRESS.",
         show_default=False,
     ),
 ]
@@ -91,6 +96,12 @@ def _target(address: str | None, local: bool) -> str | None:
         os.environ.pop("RAY_ADDRESS", None)
         return None
     target = (address or os.environ.get("RAY_ADDRESS") or "").strip()
+    if target == "local":
+        raise typer.BadParameter(
+            "'local' would start a throwaway Ray, not join a cluster "
+            "(status, leases and what-if take --local for that)",
+            param_hint="'--address'",
+        )
     if not target:
         raise typer.BadParameter(
             "no cluster given: pass --address HOST:PORT or set RAY_ADDRESS "
@@ -549,7 +560,7 @@ def up(
                 stored is not None
                 and Policy.model_validate_json(stored).model_dump_json() != wanted
             ):
-                raise ManagerUnavailable(
+                raise DeployConflict(
                     f"anya-resource is already up on {target} with another policy; "
                     f"run `{PROG} down --address {target}` first to change it"
                 )
@@ -617,7 +628,7 @@ def down(
                 held = []  # a broken coordinator is exactly what one may want to remove
             if held and not force:
                 tenants = sorted({str(lease.get("tenant")) for lease in held})
-                raise ManagerUnavailable(
+                raise DeployConflict(
                     f"{len(held)} lease(s) are held (tenants: {', '.join(tenants)}); their "
                     "holders would lose them: release them first, or pass --force"
                 )
