@@ -210,7 +210,6 @@ def _connect(target: str | None, timeout: float) -> None:
     from anya_resource.actors import deploy
 
     if target is None:
-        _bind_to_loopback()
         late = f"a local Ray instance did not start within {timeout:g} s"
         with _watchdog(timeout, lambda: late, 2):
             deploy.ensure_ray(None)
@@ -238,20 +237,6 @@ def _loopback_only() -> bool:
         "0",
         "false",
     )
-
-
-def _bind_to_loopback() -> None:
-    """Make a throwaway local Ray listen on 127.0.0.1 only (never on the machine's address).
-
-    Ray reads ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER`` once, when it is imported (which the
-    ``anya_resource`` package already did), so the constant is set as the variable would.
-    The Ray processes started next read the variable themselves.
-    """
-    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    from ray._private import ray_constants
-
-    ray_constants.ENABLE_RAY_CLUSTER = False
 
 
 def _disconnect() -> None:

@@ -30,6 +30,21 @@ _lock = threading.Lock()
 _handles: dict[str, Any] = {}
 
 
+def bind_to_loopback() -> None:
+    """Make every Ray started from this process listen on 127.0.0.1 only.
+
+    Ray reads ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER`` once, when ``ray`` is imported,
+    and advertises the machine's address unless it is 0. The command line imports
+    ``ray`` (through the package) before a command runs, so the flag read at import
+    is set here too; the environment carries it to the processes Ray starts.
+    """
+    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    from ray._private import ray_constants
+
+    ray_constants.ENABLE_RAY_CLUSTER = False
+
+
 def ensure_ray(address: str | None = None) -> None:
     """Connect to ``address`` (or ``RAY_ADDRESS``), else start a private Ray on loopback."""
     if ray.is_initialized():
@@ -40,8 +55,7 @@ def ensure_ray(address: str | None = None) -> None:
             ray.init(address=target, logging_level=logging.WARNING, log_to_driver=False)
         else:
             # Bind to loopback: without this Ray 2.60 advertises the machine's address.
-            os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-            os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+            bind_to_loopback()
             ray.init(address="local", include_dashboard=False, logging_level=logging.WARNING)
     except (ConnectionError, RuntimeError, ValueError) as exc:
         where = target or "a new local Ray instance"

@@ -8,12 +8,13 @@ process bound to 127.0.0.1.
 from __future__ import annotations
 
 import logging
-import os
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
+
+from anya_resource.actors.deploy import bind_to_loopback
 
 if TYPE_CHECKING:
     from anya_resource.client import SyncResourceManager
@@ -21,21 +22,6 @@ if TYPE_CHECKING:
 GiB = 1024**3
 OBJECT_STORE_BYTES = 256 * 1024**2  # per node; the workload ships ~1 MiB of inputs
 AGENTS_TIMEOUT_S = 90.0  # agents start slowly on a loaded machine
-
-
-def bind_to_loopback() -> None:
-    """Make every Ray started from this process listen on 127.0.0.1 only.
-
-    Ray reads ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER`` once, when ``ray`` is imported,
-    and advertises the machine's address unless it is 0. The command line imports
-    ``ray`` (through the package) before a command runs, so the flag read at import
-    is set here too; the environment carries it to the processes Ray starts.
-    """
-    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    from ray._private import ray_constants
-
-    ray_constants.ENABLE_RAY_CLUSTER = False
 
 
 @dataclass(frozen=True)
