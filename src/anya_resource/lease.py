@@ -42,10 +42,6 @@ class Lease:
     _manager: ResourceManager | None = field(default=None, repr=False)
     _run_sync: Callable[[Coroutine[Any, Any, Any]], Any] | None = field(default=None, repr=False)
 
-    @classmethod
-    def from_record(cls, record: LeaseRecord, manager: ResourceManager | None = None) -> Lease:
-        return cls(**lease_fields(record), _record=record, _manager=manager)
-
     def check(self) -> None:
         """Raise ``LeaseRevoked`` / ``LeaseExpired`` if the lease may no longer be used."""
         if self.revoked:

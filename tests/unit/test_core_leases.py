@@ -247,3 +247,21 @@ def _req(policy: Any, cpu: float, node: str | None = None, key: str | None = Non
     from anya_resource.core import build_request
 
     return build_request(policy, {"cpu": cpu}, node=node, idempotency_key=key)
+
+
+def test_restore_with_fresh_ttl_gives_each_lease_a_full_ttl_from_now() -> None:
+    from anya_resource.config import Policy
+    from anya_resource.core import Scheduler, build_request
+
+    policy = Policy.model_validate({"reserve": {"memory": 0, "cpu": 0}})
+    before = Scheduler(policy, epoch=0)
+    before.node_up("n1", {"memory": 1 << 30, "cpu": 2000}, 0.0)
+    _, decisions = before.submit(build_request(policy, {"cpu": 1}, ttl=10), 0.0)
+    lease = decisions[0].lease  # type: ignore[union-attr]
+    after = Scheduler(policy, epoch=1)
+    after.node_up("n1", {"memory": 1 << 30, "cpu": 2000}, 50.0)
+    # Down for 50 s: without a fresh TTL the lease would expire at the first tick.
+    assert after.restore([lease], 50.0, fresh_ttl=True) == []
+    assert lease.expires_at == 60.0
+    assert after.tick(59.0) == [] and len(after.leases) == 1
+    assert [d.reason.value for d in after.tick(60.5)] == ["expired"]  # type: ignore[union-attr]

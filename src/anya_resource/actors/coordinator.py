@@ -110,13 +110,6 @@ def reject_error(reject: Reject) -> ResourceError:
     return LeaseRevoked(reject.message)
 
 
-def _with_grace(records: list[LeaseRecord], now: float) -> list[LeaseRecord]:
-    """Restored leases get a full TTL: their holders could not renew while we were down."""
-    for record in records:
-        record.expires_at = max(record.expires_at, now + record.ttl)
-    return records
-
-
 class CoordinatorImpl:
     """The actor's body (``Coordinator`` below is its Ray actor class)."""
 
@@ -152,7 +145,6 @@ class CoordinatorImpl:
         self.dead_jobs: set[str] = set()
         self.ready = asyncio.Event()
         self.learning_until = 0.0
-        self.started_at = time.time()
         self.pool_hinted_at: dict[str, float] = {}  # pool -> last pool_wanted sent (pools)
         # -- adaptive allocation, metrics, history (begin) --
         # What Ray reports for each node, kept so that every heartbeat can re-cap it by
@@ -194,7 +186,7 @@ class CoordinatorImpl:
                 log.warning("agent %s gave no lease table: %s", node_id, exc)
                 continue
             records.extend(table)
-        self._apply(self.scheduler.restore(_with_grace(records, time.time()), time.time()))
+        self._apply(self.scheduler.restore(records, time.time(), fresh_ttl=True))
         check_invariants(self.scheduler)
 
     async def _tick_loop(self) -> None:
@@ -511,7 +503,7 @@ class CoordinatorImpl:
         if active is None:
             if record.lease_id in self.scheduler.leases.ended:
                 return await self.renew(record.lease_id, record.token)  # raises why it ended
-            decisions = self.scheduler.restore(_with_grace([record], time.time()), time.time())
+            decisions = self.scheduler.restore([record], time.time(), fresh_ttl=True)
             self._apply(decisions)
             if decisions:
                 raise LeaseRevoked(f"lease {record.lease_id}: its node is gone")
@@ -668,14 +660,9 @@ def coordinator_options() -> dict[str, Any]:
     }
 
 
-def serialise_policy(policy: Policy) -> str:
-    return policy.model_dump_json()
-
-
 __all__ = [
     "Coordinator",
     "CoordinatorImpl",
     "coordinator_options",
     "ray_capacity",
-    "serialise_policy",
 ]

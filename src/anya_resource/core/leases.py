@@ -45,10 +45,7 @@ class LeaseTable:
         self.by_holder: dict[str, set[str]] = {}
         self.by_job: dict[str, set[str]] = {}
         self.by_request: dict[str, str] = {}
-        # Bumped whenever the set of preemptible leases changes: lets the scheduler
-        # skip a preemption search that found nothing and would find nothing again.
-        self.preemptible_version = 0
-        self.preemptible_count = 0
+        self.preemptible_count = 0  # none: no preemption search is worth starting
         self.ended: OrderedDict[str, EndedLease] = OrderedDict()
         self._expiry: list[tuple[float, str]] = []
         self.highest_fencing = epoch << EPOCH_SHIFT
@@ -74,7 +71,6 @@ class LeaseTable:
         self._index_holder(lease)
         self.by_request[lease.request_id] = lease.lease_id
         if lease.preemptible:
-            self.preemptible_version += 1
             self.preemptible_count += 1
         heapq.heappush(self._expiry, (lease.expires_at, lease.lease_id))
         self.highest_fencing = max(self.highest_fencing, lease.fencing_token)
@@ -87,7 +83,6 @@ class LeaseTable:
             del self.by_node[lease.node_id]
         self.by_request.pop(lease.request_id, None)
         if lease.preemptible:
-            self.preemptible_version += 1
             self.preemptible_count -= 1
         _discard(self.by_holder, lease.holder.key, lease_id)
         _discard(self.by_job, lease.holder.job_id, lease_id)

@@ -119,11 +119,3 @@ def reserve_for(capacity: Mapping[str, int], reserve_policy: Mapping[str, object
         else:
             reserve[resource] = to_units(resource, value)
     return reserve
-
-
-def sum_amounts(items: Iterable[Mapping[str, int]]) -> Amounts:
-    total: Amounts = {}
-    for amounts in items:
-        for resource, amount in amounts.items():
-            total[resource] = total.get(resource, 0) + amount
-    return total

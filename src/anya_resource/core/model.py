@@ -66,6 +66,15 @@ class Request:
         )
 
 
+def charged(resources: Amounts, pools: Amounts) -> Amounts:
+    """What a request or lease charges its tenant: node resources and pool slots alike."""
+    return {**resources, **pools} if pools else resources
+
+
+def tenant_demand(request: Request) -> Amounts:
+    return charged(request.resources, request.pools)
+
+
 class LeaseState(str, enum.Enum):
     ACTIVE = "active"
     REVOKING = "revoking"  # revoked; the holder has until ``revoke_deadline`` to let go

@@ -77,9 +77,6 @@ class TenantQuota:
             {r: a for r, a in demand.items() if r in self.guaranteed}
         )
 
-    def borrowing_now(self) -> bool:
-        return any(used > self.guaranteed.get(r, 0) for r, used in self.usage.items() if used)
-
     def charge(self, demand: Mapping[str, int]) -> None:
         for resource, amount in demand.items():
             self.usage[resource] = self.usage.get(resource, 0) + amount

@@ -39,6 +39,8 @@ from anya_resource.core.model import (
     RejectReason,
     Request,
     Revoke,
+    charged,
+    tenant_demand,
 )
 from anya_resource.core.placement import Placer
 from anya_resource.core.preemption import choose_victims
@@ -94,13 +96,6 @@ class Counters:
     revoked: dict[str, int] = field(default_factory=dict)
 
 
-def tenant_demand(request: Request) -> Amounts:
-    """What a request charges its tenant: node resources and pool slots alike."""
-    if not request.pools:
-        return request.resources
-    return {**request.resources, **request.pools}
-
-
 class Scheduler:
     def __init__(
         self,
@@ -127,7 +122,6 @@ class Scheduler:
         self._preempt_memo: tuple[str, int, int, bool] | None = None
         self._preempt_dirty: set[str] = set()
         self._sequence = 0
-        self.last_now = 0.0
 
     # -- nodes ------------------------------------------------------------------
 
@@ -214,7 +208,6 @@ class Scheduler:
         A retried request (same idempotency key) returns the first one's id and
         its grant, if it had one: never a second grant.
         """
-        self.last_now = now
         if request.idempotency_key is not None:
             known = self._keys.get(request.idempotency_key)
             if known is not None:
@@ -332,7 +325,6 @@ class Scheduler:
 
     def tick(self, now: float) -> list[Decision]:
         """Time passed: expiries, timeouts, revocation deadlines, aging."""
-        self.last_now = now
         decisions: list[Decision] = []
         freed = Freed()
         for lease in self.leases.expired(now):
@@ -402,17 +394,22 @@ class Scheduler:
         decisions.extend(self._settle(now, freed))
         return decisions
 
-    def restore(self, records: Iterable[LeaseRecord], now: float) -> list[Decision]:
+    def restore(
+        self, records: Iterable[LeaseRecord], now: float, fresh_ttl: bool = False
+    ) -> list[Decision]:
         """Recovery: put back leases granted before a restart, counted once each.
 
         A lease on a node that is not (or no longer) known is reclaimed, and a
         lease that no longer fits is kept (it was granted) but blocks new grants
-        there until enough is released.
+        there until enough is released. With ``fresh_ttl`` each lease gets a full
+        TTL from ``now``: its holder could not renew while the coordinator was down.
         """
         decisions: list[Decision] = []
         for lease in records:
             if lease.lease_id in self.leases.active:
                 continue
+            if fresh_ttl:
+                lease.expires_at = max(lease.expires_at, now + lease.ttl)
             node = self.nodes.get(lease.node_id)
             if node is None:
                 decisions.append(Reclaim(lease.lease_id, lease.node_id, ReclaimReason.NODE_LOST))
@@ -749,7 +746,7 @@ class Scheduler:
         node.take(lease.resources)
         for pool, slots in lease.pools.items():
             self.pools[pool].in_use += slots
-        self._quota(lease.tenant).charge(_lease_demand(lease))
+        self._quota(lease.tenant).charge(charged(lease.resources, lease.pools))
 
     def _reclaim(
         self, lease: LeaseRecord, reason: ReclaimReason, decisions: list[Decision], freed: Freed
@@ -764,7 +761,7 @@ class Scheduler:
         for pool, slots in lease.pools.items():
             self.pools[pool].in_use -= slots
             freed.pools.add(pool)
-        self._quota(lease.tenant).refund(_lease_demand(lease))
+        self._quota(lease.tenant).refund(charged(lease.resources, lease.pools))
         self._forget_idle_tenant(lease.tenant)
         freed.tenants.add(lease.tenant)
         self.counters.reclaimed[reason.value] = self.counters.reclaimed.get(reason.value, 0) + 1
@@ -893,12 +890,6 @@ def _widen(freed: Freed, held: Reservation, held_nodes: Mapping[str, Amounts]) -
     freed.nodes.update(held_nodes)
     freed.pools.update(held.pools)
     freed.tenants.add(held.tenant)
-
-
-def _lease_demand(lease: LeaseRecord) -> Amounts:
-    if not lease.pools:
-        return lease.resources
-    return {**lease.resources, **lease.pools}
 
 
 def _hysteresis(node: NodeLedger, resource: str, percent: float, high: float, low: float) -> None:

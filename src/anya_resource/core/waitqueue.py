@@ -129,8 +129,3 @@ class WaitQueue:
             if waiter is not None:
                 due.append(waiter)
         return due
-
-    def next_deadline(self) -> float | None:
-        while self._deadlines and self._deadlines[0][2] not in self.by_id:
-            heapq.heappop(self._deadlines)
-        return self._deadlines[0][0] if self._deadlines else None

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from anya_resource.core.ledger import NodeLedger
-from anya_resource.core.model import LeaseRecord, LeaseState, Request
+from anya_resource.core.model import LeaseRecord, LeaseState, Request, charged, tenant_demand
 from anya_resource.core.preemption import choose_victims
 
 if TYPE_CHECKING:
@@ -89,7 +89,7 @@ def _charge(scheduler: Scheduler, request: Request, node: NodeLedger) -> None:
         scheduler.pools[pool].in_use += slots
     quota = scheduler.tenants.get(request.tenant)
     if quota is not None:
-        quota.charge({**request.resources, **request.pools})
+        quota.charge(tenant_demand(request))
 
 
 def _refund(scheduler: Scheduler, request: Request, node: NodeLedger) -> None:
@@ -98,7 +98,7 @@ def _refund(scheduler: Scheduler, request: Request, node: NodeLedger) -> None:
         scheduler.pools[pool].in_use -= slots
     quota = scheduler.tenants.get(request.tenant)
     if quota is not None:
-        quota.refund({**request.resources, **request.pools})
+        quota.refund(tenant_demand(request))
 
 
 def _lift(scheduler: Scheduler, lease: LeaseRecord) -> None:
@@ -109,7 +109,7 @@ def _lift(scheduler: Scheduler, lease: LeaseRecord) -> None:
     scheduler.placer.note_freed(node)  # else the placer's bound still says it is full
     for pool, slots in lease.pools.items():
         scheduler.pools[pool].in_use -= slots
-    scheduler.tenants[lease.tenant].refund({**lease.resources, **lease.pools})
+    scheduler.tenants[lease.tenant].refund(charged(lease.resources, lease.pools))
 
 
 def _restore(scheduler: Scheduler, lease: LeaseRecord) -> None:
@@ -119,4 +119,4 @@ def _restore(scheduler: Scheduler, lease: LeaseRecord) -> None:
     node.mark_overcommit(lease.resources)  # a shrunk node's overcommit stays marked
     for pool, slots in lease.pools.items():
         scheduler.pools[pool].in_use += slots
-    scheduler.tenants[lease.tenant].charge({**lease.resources, **lease.pools})
+    scheduler.tenants[lease.tenant].charge(charged(lease.resources, lease.pools))
