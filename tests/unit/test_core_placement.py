@@ -14,17 +14,24 @@ from tests.unit.core_support import GIB, Harness, grants, make_policy
 
 @pytest.fixture
 def fits_calls(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[int]]:
-    """Counts every ``NodeLedger.fits`` call: the unit of work of a placement."""
+    """Counts every check of one node (``fits``, ``headroom_if_fits``): a placement's work."""
     calls = [0]
-    original = NodeLedger.fits
+    fits, headroom_if_fits = NodeLedger.fits, NodeLedger.headroom_if_fits
 
-    def counting(
+    def counting_fits(
         self: NodeLedger, demand: Mapping[str, int], held: Mapping[str, int] | None = None
     ) -> bool:
         calls[0] += 1
-        return original(self, demand, held)
+        return fits(self, demand, held)
 
-    monkeypatch.setattr(NodeLedger, "fits", counting)
+    def counting_headroom(
+        self: NodeLedger, demand: Mapping[str, int], held: Mapping[str, int] | None = None
+    ) -> float | None:
+        calls[0] += 1
+        return headroom_if_fits(self, demand, held)
+
+    monkeypatch.setattr(NodeLedger, "fits", counting_fits)
+    monkeypatch.setattr(NodeLedger, "headroom_if_fits", counting_headroom)
     yield calls
 
 

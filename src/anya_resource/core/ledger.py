@@ -47,7 +47,12 @@ class NodeLedger:
         return self.limit(resource)
 
     def free(self, resource: str) -> int:
-        return self.grantable(resource) - self.granted[resource]
+        # grantable() - granted, written out: this runs on every grant and release.
+        limit = self.limits.get(resource, 0)
+        used = self.granted[resource]
+        if resource in self.pressured and used < limit:
+            return 0
+        return limit - used
 
     def fits(self, demand: Mapping[str, int], held: Mapping[str, int] | None = None) -> bool:
         """Whether ``demand`` fits in what is free, after ``held`` (a reservation)."""
@@ -64,14 +69,36 @@ class NodeLedger:
                 return False
         return True
 
+    def headroom_if_fits(
+        self, demand: Mapping[str, int], held: Mapping[str, int] | None = None
+    ) -> float | None:
+        """``headroom_after(demand)`` if ``demand`` fits after ``held``, else None.
+
+        ``fits`` and ``headroom_after`` in one pass over the demand: placement asks
+        both of every node it looks at.
+        """
+        total = 0.0
+        granted, limits, pressured = self.granted, self.limits, self.pressured
+        for resource, amount in demand.items():
+            limit = limits.get(resource, 0)
+            used = granted[resource]
+            ceiling = used if resource in pressured and used < limit else limit
+            taken = used + held.get(resource, 0) if held else used
+            if taken + amount > ceiling:
+                return None
+            if limit > 0:
+                total += (limit - used - amount) / limit
+        return total / (len(demand) or 1)
+
     def headroom_after(self, demand: Mapping[str, int]) -> float:
         """Mean fraction of the demanded resources left free after the grant (0..1)."""
         total = 0.0
+        limits, granted = self.limits, self.granted
         for resource, amount in demand.items():
-            limit = self.limit(resource)
+            limit = limits.get(resource, 0)
             if limit > 0:
-                total += (limit - self.granted[resource] - amount) / limit
-        return total / max(1, len(demand))
+                total += (limit - granted[resource] - amount) / limit
+        return total / (len(demand) or 1)
 
     def take(self, demand: Mapping[str, int]) -> None:
         for resource, amount in demand.items():

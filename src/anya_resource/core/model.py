@@ -140,6 +140,8 @@ class NodeSample:
 
 
 # -- decisions -----------------------------------------------------------------
+# Decisions are read, never changed, but not ``frozen``: a frozen dataclass costs three
+# times as much to create, and two of them are created per grant and release.
 
 
 class RejectReason(str, enum.Enum):
@@ -160,21 +162,21 @@ class ReclaimReason(str, enum.Enum):
     CANCELLED = "cancelled"  # granted to a waiter that had already given up
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Grant:
     request_id: str
     lease: LeaseRecord
     waited: float
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Reject:
     request_id: str
     reason: RejectReason
     message: str
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Revoke:
     """The holder must let go by ``deadline``; the capacity is reclaimed then at the latest."""
 
@@ -184,7 +186,7 @@ class Revoke:
     deadline: float
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Reclaim:
     """The lease is gone and its capacity is free again."""
 

@@ -15,7 +15,7 @@ fullest node found.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 
 from anya_resource.core.ledger import NodeLedger
 from anya_resource.core.model import NODE_RESOURCES
@@ -50,10 +50,10 @@ class Placer:
         if self._last_packed is not None and self._last_packed.node_id == node_id:
             self._last_packed = None
 
-    def note_freed(self, node: NodeLedger) -> None:
-        """Capacity went up on ``node``: the bound must still be an upper bound."""
+    def note_freed(self, node: NodeLedger, resources: Iterable[str] = NODE_RESOURCES) -> None:
+        """Capacity went up on ``node`` (for ``resources``): the bound must stay an upper bound."""
         bound = self.free_bound
-        for resource in NODE_RESOURCES:
+        for resource in resources:
             free = node.free(resource)
             if free > bound[resource]:
                 bound[resource] = free
@@ -75,41 +75,51 @@ class Placer:
         for resource, amount in demand.items():
             if amount > bound[resource]:
                 return None
-        if self.strategy == "pack":
+        pack = self.strategy == "pack"
+        if pack:
             last = self._last_packed
             if last is not None and last.alive and last.fits(demand, held.get(last.node_id)):
                 return last
-        found = self._search(demand, held)
-        if not found:
-            return None
-        if self.strategy == "pack":
-            choice = min(found, key=lambda n: n.headroom_after(demand))
+        choice = self._search(demand, held, pack)
+        if choice is None:
+            self._tighten_bound()
+        elif pack:
             self._last_packed = choice
-            return choice
-        return max(found, key=lambda n: n.headroom_after(demand) * n.health_factor)
+        return choice
 
     def _search(
-        self, demand: Mapping[str, int], held: Mapping[str, Mapping[str, int]]
-    ) -> list[NodeLedger]:
+        self, demand: Mapping[str, int], held: Mapping[str, Mapping[str, int]], pack: bool
+    ) -> NodeLedger | None:
+        """The best of the first ``choices`` nodes that fit, from the cursor on.
+
+        ``spread`` takes the most headroom after the grant weighted by health, ``pack``
+        the least headroom; the first found wins a tie.
+        """
         nodes = self.nodes
         count = len(nodes)
         if count == 0:
-            return []
-        found: list[NodeLedger] = []
+            return None
+        best: NodeLedger | None = None
+        best_score = 0.0
+        found = 0
         start = self._cursor % count
         examined = 0
         for examined in range(1, count + 1):
-            node = nodes[(start + examined - 1) % count]
-            if node.alive and node.fits(demand, held.get(node.node_id)):
-                found.append(node)
-                if len(found) >= self.choices:
-                    break
+            index = start + examined - 1
+            node = nodes[index if index < count else index - count]
+            if node.alive:
+                headroom = node.headroom_if_fits(demand, held.get(node.node_id) if held else None)
+                if headroom is not None:
+                    score = -headroom if pack else headroom * node.health_factor
+                    if best is None or score > best_score:
+                        best, best_score = node, score
+                    found += 1
+                    if found >= self.choices:
+                        break
             if found and examined >= self.max_examine:
                 break
         self._cursor = start + examined
-        if not found:
-            self._tighten_bound()
-        return found
+        return best
 
     def _tighten_bound(self) -> None:
         # After a full scan the exact maximum costs nothing extra to know.

@@ -56,6 +56,7 @@ from anya_resource.errors import (
 
 WAIT_SAMPLES = 2048  # recent waits kept per priority class, for percentiles
 KEY_MEMORY = 100_000  # idempotency keys remembered
+NEVER_FITS_MEMORY = 4096  # shapes whose feasibility is remembered until the nodes change
 
 
 @dataclass(slots=True)
@@ -122,6 +123,8 @@ class Scheduler:
         self._preempt_memo: tuple[str, int, int, bool] | None = None
         self._preempt_dirty: set[str] = set()
         self._sequence = 0
+        self._maybe_idle: set[str] = set()  # tenants not in the policy that gave back
+        self._never_fits: dict[tuple[Any, ...], str | None] = {}  # shape -> reason; see never_fits
 
     # -- nodes ------------------------------------------------------------------
 
@@ -130,6 +133,7 @@ class Scheduler:
         capacity = {r: int(capacity.get(r, 0)) for r in NODE_RESOURCES}
         if any(v < 0 for v in capacity.values()):
             raise InvalidRequest(f"node {node_id}: negative capacity {capacity}")
+        self._never_fits.clear()
         node = self.nodes.get(node_id)
         if node is None:
             node = NodeLedger(node_id, capacity, reserve_for(capacity, self.policy.reserve))
@@ -158,6 +162,7 @@ class Scheduler:
         node = self.nodes.pop(node_id, None)
         if node is None:
             return []
+        self._never_fits.clear()
         node.alive = False
         self.placer.remove(node_id)
         self.samples.pop(node_id, None)
@@ -327,6 +332,7 @@ class Scheduler:
         """Time passed: expiries, timeouts, revocation deadlines, aging."""
         decisions: list[Decision] = []
         freed = Freed()
+        self._forget_idle_tenants()
         for lease in self.leases.expired(now):
             self._reclaim(lease, ReclaimReason.EXPIRED, decisions, freed)
         while self._revocations and self._revocations[0][0] <= now:
@@ -453,6 +459,16 @@ class Scheduler:
         if not freed:
             return decisions
         held = self.reservation
+        if (
+            held is not None
+            and not freed.everything
+            and self.leases.preemptible_count == 0
+            and held.request_id in self.queue
+            and self.queue.none_can_use(self._most_free(freed.nodes), freed.pools, freed.tenants)
+        ):
+            # The head still cannot run, nothing waiting can use what came back, and
+            # with nothing preemptible its hold cannot move: the pass would change nothing.
+            return decisions
         held_nodes = dict(held.nodes) if held is not None else {}
         keep = held if not freed.everything else None
         while True:
@@ -480,12 +496,7 @@ class Scheduler:
         else:
             head_shape = head.request.shape
             rank = self.queue.rank
-            most_free: dict[str, int] = {}
-            for node_id in scope.nodes:
-                node = self.nodes.get(node_id)
-                if node is not None:
-                    for r in NODE_RESOURCES:
-                        most_free[r] = max(most_free.get(r, 0), node.free(r))
+            most_free = self._most_free(scope.nodes)
             bests = []
             for shape, group in self.queue.groups.items():
                 if shape == head_shape:
@@ -505,6 +516,18 @@ class Scheduler:
             if best.request.shape != head.request.shape:
                 self._grant_shape(best, scope, now, decisions)
         return decisions
+
+    def _most_free(self, node_ids: Iterable[str]) -> dict[str, int]:
+        """The most of each node resource free on any of ``node_ids``."""
+        most_free: dict[str, int] = {}
+        for node_id in node_ids:
+            node = self.nodes.get(node_id)
+            if node is not None:
+                for r in NODE_RESOURCES:
+                    free = node.free(r)
+                    if free > most_free.get(r, free - 1):
+                        most_free[r] = free
+        return most_free
 
     def _grant_shape(
         self, waiter: Waiter, scope: Freed | None, now: float, decisions: list[Decision]
@@ -705,25 +728,26 @@ class Scheduler:
         # A tenant the policy does not name has no guarantee: all it holds is borrowed,
         # its first lease too (granted before it has a quota record).
         quota = self._quota(request.tenant)
+        # Positional: the keyword form costs twice as much, and this runs per grant.
         lease = LeaseRecord(
-            lease_id=lease_id,
-            request_id=waiter.request_id,
-            token=token,
-            fencing_token=fencing,
-            node_id=node.node_id,
-            resources=request.resources,
-            pools=request.pools,
-            priority=request.priority,
-            priority_name=request.priority_name,
-            tenant=request.tenant,
-            ttl=request.ttl,
-            granted_at=now,
-            expires_at=now + request.ttl,
-            preemptible=request.preemptible,
-            holder=request.holder,
-            detached=request.detached,
-            idempotency_key=request.idempotency_key,
-            borrowed=quota.would_borrow(tenant_demand(request)),
+            lease_id,
+            waiter.request_id,
+            token,
+            fencing,
+            node.node_id,
+            request.resources,
+            request.pools,
+            request.priority,
+            request.priority_name,
+            request.tenant,
+            request.ttl,
+            now,
+            now + request.ttl,
+            request.preemptible,
+            request.holder,
+            request.detached,
+            request.idempotency_key,
+            quota.would_borrow(tenant_demand(request)),
         )
         self._charge(lease, node)
         self.leases.add(lease)
@@ -755,14 +779,15 @@ class Scheduler:
         node = self.nodes.get(lease.node_id)
         if node is not None:
             node.give_back(lease.resources)
-            self.placer.note_freed(node)
+            self.placer.note_freed(node, lease.resources)
             self._preempt_dirty.add(node.node_id)
             freed.nodes.add(node.node_id)
         for pool, slots in lease.pools.items():
             self.pools[pool].in_use -= slots
             freed.pools.add(pool)
         self._quota(lease.tenant).refund(charged(lease.resources, lease.pools))
-        self._forget_idle_tenant(lease.tenant)
+        if lease.tenant not in self.policy.tenants:
+            self._maybe_idle.add(lease.tenant)
         freed.tenants.add(lease.tenant)
         self.counters.reclaimed[reason.value] = self.counters.reclaimed.get(reason.value, 0) + 1
         decisions.append(Reclaim(lease.lease_id, lease.node_id, reason))
@@ -773,11 +798,15 @@ class Scheduler:
             quota = self.tenants[tenant] = TenantQuota(tenant)
         return quota
 
-    def _forget_idle_tenant(self, tenant: str) -> None:
-        # Tenants named after Ray jobs come and go; don't keep them forever.
-        quota = self.tenants[tenant]
-        if tenant not in self.policy.tenants and not any(quota.usage.values()):
-            del self.tenants[tenant]
+    def _forget_idle_tenants(self) -> None:
+        # Tenants named after Ray jobs come and go; don't keep them forever. Done at
+        # the tick rather than at each release, so that a tenant that takes and gives
+        # back all the time keeps one record instead of a new one per grant.
+        for tenant in self._maybe_idle:
+            quota = self.tenants.get(tenant)
+            if quota is not None and not any(quota.usage.values()):
+                del self.tenants[tenant]
+        self._maybe_idle.clear()
 
     def _enqueue(self, waiter: Waiter) -> None:
         self.queue.push(waiter)
@@ -863,7 +892,19 @@ class Scheduler:
         return shortest or "no single node has all of it free at once (or the head holds it)"
 
     def never_fits(self, request: Request) -> str | None:
-        """Why ``request`` can never be granted, or None."""
+        """Why ``request`` can never be granted, or None.
+
+        Remembered per shape until the nodes change: pool sizes and tenant limits
+        come from the policy and never change under a running scheduler.
+        """
+        if request.shape in self._never_fits:
+            return self._never_fits[request.shape]
+        if len(self._never_fits) >= NEVER_FITS_MEMORY:
+            self._never_fits.clear()
+        reason = self._never_fits[request.shape] = self._never_fits_now(request)
+        return reason
+
+    def _never_fits_now(self, request: Request) -> str | None:
         for pool, slots in request.pools.items():
             if slots > self.pools[pool].size:
                 return f"pool {pool!r} has {self.pools[pool].size} slots; {slots} were asked for"

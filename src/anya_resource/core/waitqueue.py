@@ -9,13 +9,18 @@ constraint). Requests of one shape fit in exactly the same places, so when the
 best of a shape does not fit, none of that shape does: a scheduling pass looks
 at one waiter per shape, not at every waiter. That keeps the cost of a decision
 flat as the queue grows to 100,000 requests of a few dozen shapes.
+
+The queue also keeps, per node resource, the smallest amount any shape asks for
+(its *floor*), and which tenants and pools the shapes use. A release that frees
+less than the floor of a resource every shape asks for, and touches none of those
+tenants and pools, can serve no waiter: the scheduler then skips the pass.
 """
 
 from __future__ import annotations
 
 import heapq
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -57,12 +62,68 @@ class ShapeGroup:
             yield fifo[next(iter(fifo))]
 
 
+class Floor:
+    """The smallest amount of each resource the shapes ask for, and who asks at all.
+
+    A lazy min-heap per resource (amounts whose count fell to zero are dropped when
+    they surface), so a shape coming or going costs O(log shapes), not a rescan.
+    """
+
+    __slots__ = ("_counts", "_heaps", "asking", "pools", "tenants")
+
+    def __init__(self) -> None:
+        self.asking: dict[str, int] = {}  # resource -> shapes that ask for it
+        self.tenants: dict[str, int] = {}  # tenant -> shapes
+        self.pools: dict[str, int] = {}  # pool -> shapes
+        self._counts: dict[tuple[str, int], int] = {}
+        self._heaps: dict[str, list[int]] = {}
+
+    def add(self, shape: tuple[Any, ...]) -> None:
+        resources, pools, tenant = shape[0], shape[1], shape[2]
+        for resource, amount in resources:
+            self.asking[resource] = self.asking.get(resource, 0) + 1
+            key = (resource, amount)
+            count = self._counts.get(key, 0)
+            self._counts[key] = count + 1
+            if count == 0:
+                heapq.heappush(self._heaps.setdefault(resource, []), amount)
+        for pool, _ in pools:
+            self.pools[pool] = self.pools.get(pool, 0) + 1
+        self.tenants[tenant] = self.tenants.get(tenant, 0) + 1
+
+    def remove(self, shape: tuple[Any, ...]) -> None:
+        resources, pools, tenant = shape[0], shape[1], shape[2]
+        for resource, amount in resources:
+            _decrement(self.asking, resource)
+            _decrement(self._counts, (resource, amount))
+        for pool, _ in pools:
+            _decrement(self.pools, pool)
+        _decrement(self.tenants, tenant)
+
+    def smallest(self, resource: str) -> int:
+        heap = self._heaps.get(resource)
+        while heap:
+            if (resource, heap[0]) in self._counts:
+                return heap[0]
+            heapq.heappop(heap)
+        return 0
+
+
+def _decrement(counts: dict[Any, int], key: Any) -> None:
+    left = counts[key] - 1
+    if left:
+        counts[key] = left
+    else:
+        del counts[key]
+
+
 class WaitQueue:
     def __init__(self, per_second: float, max_boost: float) -> None:
         self.per_second = per_second
         self.max_boost = max_boost
         self.by_id: dict[str, Waiter] = {}
         self.groups: dict[tuple[Any, ...], ShapeGroup] = {}
+        self.floor = Floor()
         self._deadlines: list[tuple[float, int, str]] = []
 
     def __len__(self) -> int:
@@ -81,6 +142,7 @@ class WaitQueue:
         group = self.groups.get(shape)
         if group is None:
             group = self.groups[shape] = ShapeGroup(shape)
+            self.floor.add(shape)
         group.push(waiter)
         if waiter.deadline is not None:
             heapq.heappush(self._deadlines, (waiter.deadline, waiter.seq, waiter.request_id))
@@ -94,7 +156,27 @@ class WaitQueue:
         group.remove(waiter)
         if not group.classes:
             del self.groups[shape]
+            self.floor.remove(shape)
         return waiter
+
+    def none_can_use(
+        self, most_free: Mapping[str, int], pools: Iterable[str], tenants: Iterable[str]
+    ) -> bool:
+        """Whether no waiting shape could use what was freed (settled queue assumed).
+
+        ``most_free`` is the most of each node resource free on any node that gained
+        capacity; ``pools`` and ``tenants`` are the pools and tenants that gave back.
+        """
+        floor = self.floor
+        if any(t in floor.tenants for t in tenants) or any(p in floor.pools for p in pools):
+            return False
+        if not most_free:
+            return True  # no node gained anything: only pools or tenants could matter
+        shapes = len(self.groups)
+        for resource, free in most_free.items():
+            if floor.asking.get(resource, 0) == shapes and floor.smallest(resource) > free:
+                return True
+        return False
 
     def rank(self, waiter: Waiter, now: float) -> tuple[float, int]:
         """Sort key: higher effective priority first, then first come."""
