@@ -67,6 +67,8 @@ class TenantQuota:
 
     def would_borrow(self, demand: Mapping[str, int]) -> bool:
         """Whether granting ``demand`` takes the tenant past its guaranteed share."""
+        if not self.guaranteed:
+            return any(demand.values())  # nothing is guaranteed: all it takes is borrowed
         return any(
             self.usage.get(r, 0) + a > self.guaranteed.get(r, 0) for r, a in demand.items() if a
         )

@@ -464,7 +464,7 @@ class Scheduler:
             and not freed.everything
             and self.leases.preemptible_count == 0
             and held.request_id in self.queue
-            and self.queue.none_can_use(self._most_free(freed.nodes), freed.pools, freed.tenants)
+            and self.queue.none_can_use(self._free_on(freed.nodes), freed.pools, freed.tenants)
         ):
             # The head still cannot run, nothing waiting can use what came back, and
             # with nothing preemptible its hold cannot move: the pass would change nothing.
@@ -516,6 +516,11 @@ class Scheduler:
             if best.request.shape != head.request.shape:
                 self._grant_shape(best, scope, now, decisions)
         return decisions
+
+    def _free_on(self, node_ids: Iterable[str]) -> Callable[[str], list[int]]:
+        """What is free of a resource on each of ``node_ids``, asked one resource at a time."""
+        nodes = [node for node_id in node_ids if (node := self.nodes.get(node_id)) is not None]
+        return lambda resource: [node.free(resource) for node in nodes]
 
     def _most_free(self, node_ids: Iterable[str]) -> dict[str, int]:
         """The most of each node resource free on any of ``node_ids``."""

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import heapq
 from collections import OrderedDict
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -160,22 +160,27 @@ class WaitQueue:
         return waiter
 
     def none_can_use(
-        self, most_free: Mapping[str, int], pools: Iterable[str], tenants: Iterable[str]
+        self,
+        free_on: Callable[[str], Iterable[int]],
+        pools: Iterable[str],
+        tenants: Iterable[str],
     ) -> bool:
         """Whether no waiting shape could use what was freed (settled queue assumed).
 
-        ``most_free`` is the most of each node resource free on any node that gained
+        ``free_on(resource)`` gives what is free of it on each node that gained
         capacity; ``pools`` and ``tenants`` are the pools and tenants that gave back.
+        True when some resource every shape asks for is, on each of those nodes,
+        below the least any shape asks for.
         """
         floor = self.floor
-        if any(t in floor.tenants for t in tenants) or any(p in floor.pools for p in pools):
+        if not floor.tenants.keys().isdisjoint(tenants) or not floor.pools.keys().isdisjoint(pools):
             return False
-        if not most_free:
-            return True  # no node gained anything: only pools or tenants could matter
         shapes = len(self.groups)
-        for resource, free in most_free.items():
-            if floor.asking.get(resource, 0) == shapes and floor.smallest(resource) > free:
-                return True
+        for resource, asking in floor.asking.items():
+            if asking == shapes:
+                smallest = floor.smallest(resource)
+                if all(free < smallest for free in free_on(resource)):
+                    return True
         return False
 
     def rank(self, waiter: Waiter, now: float) -> tuple[float, int]:
