@@ -9,7 +9,7 @@ import pytest
 
 from anya_resource.core import NodeSample, check_invariants
 from anya_resource.core.ledger import NodeLedger
-from tests.unit.core_support import GIB, Harness, grants, make_policy
+from tests.unit.core_support import GIB, Harness, caps, grants, make_policy
 
 
 @pytest.fixture
@@ -137,3 +137,20 @@ def test_pools_only_lease_is_recorded_on_its_holders_node() -> None:
     grant = h.acquire({"pools": {"default": 1}}, holder=holder)
     assert grant.lease.node_id == "n0002"
     assert h.snap()["pools"]["default"]["in_use"] == 1
+
+
+def test_a_scarce_resource_is_searched_among_the_nodes_that_have_it(
+    fits_calls: list[int],
+) -> None:
+    h = Harness(make_policy(placement="spread"))
+    gpu_nodes = {f"n{i:04d}" for i in range(7, 1000, 200)}  # 5 of 1,000
+    for i in range(1000):
+        node_id = f"n{i:04d}"
+        h.node(node_id, cpu=4, memory=8 * GIB, gpu=2 if node_id in gpu_nodes else 0)
+    fits_calls[0] = 0
+    placed = [h.acquire({"gpu": 1}).lease.node_id for _ in range(10)]
+    assert set(placed) == gpu_nodes  # two each: spread over the five
+    assert fits_calls[0] <= 10 * 5  # never a walk over the 995 nodes without a GPU
+    h.s.node_up("n0007", caps(cpu=4, memory=8 * GIB, gpu=0), h.now)  # its GPUs went away
+    assert "n0007" not in {n.node_id for n in h.s.placer.candidates({"gpu": 1000})}
+    check_invariants(h.s)

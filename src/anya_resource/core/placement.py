@@ -6,7 +6,9 @@ Two cheap tricks keep a decision flat at 1,000 nodes:
   a full scan and only ever raised in between, rejects a request that fits
   nowhere in O(1) (the common case for a request that must wait);
 * the search starts at a rotating cursor and stops after it found ``choices``
-  nodes that fit (power of k choices), so a roomy cluster costs O(k).
+  nodes that fit (power of k choices), so a roomy cluster costs O(k);
+* it walks only the nodes that have any of the scarcest resource asked for (the
+  5 GPU nodes of 1,000, say), so a scarce resource does not make it O(nodes).
 
 ``spread`` takes, among the nodes found, the most headroom after the grant
 weighted by node health; ``pack`` first tries the node it packed last, then the
@@ -33,22 +35,52 @@ class Placer:
         self._cursor = 0
         self._last_packed: NodeLedger | None = None
         self.free_bound: dict[str, int] = dict.fromkeys(NODE_RESOURCES, 0)
+        # resource -> the nodes whose limit of it is above 0, in joining order
+        self._having: dict[str, list[NodeLedger]] = {r: [] for r in NODE_RESOURCES}
 
     # -- membership ---------------------------------------------------------
 
     def add(self, node: NodeLedger) -> None:
         self._position[node.node_id] = len(self.nodes)
         self.nodes.append(node)
+        self._index(node)
         self.note_freed(node)
 
     def remove(self, node_id: str) -> None:
         position = self._position.pop(node_id)
+        removed = self.nodes[position]
         last = self.nodes.pop()
         if last.node_id != node_id:
             self.nodes[position] = last
             self._position[last.node_id] = position
+        self._unindex(removed)
         if self._last_packed is not None and self._last_packed.node_id == node_id:
             self._last_packed = None
+
+    def resized(self, node: NodeLedger) -> None:
+        """``node`` reported a new capacity: its place in the index, and the bound."""
+        self._unindex(node)
+        self._index(node)
+        self.note_freed(node)
+
+    def _index(self, node: NodeLedger) -> None:
+        for resource, limit in node.limits.items():
+            if limit > 0:
+                self._having[resource].append(node)
+
+    def _unindex(self, node: NodeLedger) -> None:
+        for having in self._having.values():
+            if node in having:
+                having.remove(node)
+
+    def candidates(self, demand: Mapping[str, int]) -> list[NodeLedger]:
+        """The nodes that have some of every resource asked for: those having the scarcest."""
+        nodes = self.nodes
+        for resource in demand:
+            having = self._having[resource]
+            if len(having) < len(nodes):
+                nodes = having
+        return nodes
 
     def note_freed(self, node: NodeLedger, resources: Iterable[str] = NODE_RESOURCES) -> None:
         """Capacity went up on ``node`` (for ``resources``): the bound must stay an upper bound."""
@@ -95,7 +127,7 @@ class Placer:
         ``spread`` takes the most headroom after the grant weighted by health, ``pack``
         the least headroom; the first found wins a tie.
         """
-        nodes = self.nodes
+        nodes = self.candidates(demand)
         count = len(nodes)
         if count == 0:
             return None

@@ -142,7 +142,7 @@ class Scheduler:
             return self._settle(now, Freed(nodes={node_id}))
         shrank = any(capacity[r] < node.capacity.get(r, 0) for r in NODE_RESOURCES)
         node.resize(capacity, reserve_for(capacity, self.policy.reserve))
-        self.placer.note_freed(node)
+        self.placer.resized(node)
         self._preempt_dirty.add(node.node_id)
         decisions: list[Decision] = []
         freed = Freed(nodes={node_id})
@@ -649,7 +649,7 @@ class Scheduler:
     def _soonest_node(self, demand: Amounts) -> str | None:
         """The node with the smallest shortfall: where the head will fit soonest."""
         best_id, best_gap = None, float("inf")
-        for node in self.placer.nodes:
+        for node in self.placer.candidates(demand):
             gap = 0.0
             for resource, amount in demand.items():
                 limit = node.limit(resource)
@@ -923,7 +923,11 @@ class Scheduler:
                 )
         if not request.resources:
             return None if self.nodes else "no node is alive"
-        candidates = [self.nodes[request.node]] if request.node else self.nodes.values()
+        candidates = (
+            [self.nodes[request.node]]
+            if request.node
+            else self.placer.candidates(request.resources)
+        )
         for node in candidates:
             if all(node.limit(r) >= a for r, a in request.resources.items()):
                 return None
