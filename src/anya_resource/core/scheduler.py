@@ -462,13 +462,17 @@ class Scheduler:
         if (
             held is not None
             and not freed.everything
-            and self.leases.preemptible_count == 0
             and held.request_id in self.queue
             and self.queue.none_can_use(self._free_on(freed.nodes), freed.pools, freed.tenants)
         ):
-            # The head still cannot run, nothing waiting can use what came back, and
-            # with nothing preemptible its hold cannot move: the pass would change nothing.
-            return decisions
+            # The head still cannot run and nothing waiting can use what came back: all
+            # that may change is whom the head preempts, which may move its hold.
+            held_nodes = dict(held.nodes)
+            self._reserve_for(self.queue.by_id[held.request_id], now, decisions)
+            if self.reservation is held and held.nodes == held_nodes:
+                return decisions
+            _widen(freed, held, held_nodes)  # where it held back is free for others now
+            held = self.reservation
         held_nodes = dict(held.nodes) if held is not None else {}
         keep = held if not freed.everything else None
         while True:
