@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import os
 import threading
@@ -30,6 +31,7 @@ import ray
 
 from anya_resource.actors import deploy
 from anya_resource.actors.translate import RETRYABLE, translate
+from anya_resource.actors.wire import lease_from_wire
 from anya_resource.config import Policy, Priority
 from anya_resource.core import Holder, LeaseRecord
 from anya_resource.core.history import decode as decode_history
@@ -82,6 +84,9 @@ class ResourceManager:
         self._policy = policy
         self._holder = current_holder()
         self._holder_fields = asdict(self._holder)
+        # Idempotency keys: unique per manager (a random prefix), then a counter.
+        self._key_prefix = uuid.uuid4().hex + "-"
+        self._key_count = itertools.count()
         # Releases not sent yet: they ride along with the next acquire, or go out
         # together one loop turn later (one Ray call for many).
         self._outgoing: list[tuple[str, str]] = []
@@ -220,12 +225,12 @@ class ResourceManager:
         kind: type[Any],
         on_revoked: Callable[[Lease], None] | None,
     ) -> Any:
-        key = uuid.uuid4().hex
+        key = f"{self._key_prefix}{next(self._key_count)}"
         releases, self._outgoing = self._outgoing, []
         spec = {**spec, "idempotency_key": key, "releases": releases}
         deadline = None if timeout is None else time.monotonic() + timeout
         try:
-            record: LeaseRecord = await self._call(
+            wire: tuple[Any, ...] = await self._call(
                 lambda c: c.acquire.remote(self._remaining(spec, deadline)),
                 patience=RESTART_PATIENCE_S if timeout is None else timeout + RESTART_PATIENCE_S,
             )
@@ -239,6 +244,7 @@ class ResourceManager:
                 # wire. Cancelling by key gives it back, whatever state it is in.
                 self._send_later(lambda c: c.cancel.remote(key))
             raise
+        record = lease_from_wire(wire)
         lease = kind(**lease_fields(record), _record=record, _manager=self, on_revoked=on_revoked)
         if isinstance(lease, ResourceConnection):
             lease.pool = next(iter(record.pools), "")

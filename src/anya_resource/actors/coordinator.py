@@ -39,6 +39,7 @@ from anya_resource.actors.naming import (
     NAMESPACE,
     agent_name,
 )
+from anya_resource.actors.wire import lease_to_wire
 from anya_resource.config import Policy
 from anya_resource.core import (
     Decision,
@@ -444,7 +445,12 @@ class CoordinatorImpl:
             detached=spec.get("detached", False),
         )
 
-    async def acquire(self, spec: dict[str, Any]) -> LeaseRecord:
+    async def acquire(self, spec: dict[str, Any]) -> tuple[Any, ...]:
+        """Grant (or queue, then grant) a request; the lease goes back as a plain tuple.
+
+        ``wire.lease_from_wire`` rebuilds the ``LeaseRecord``: a dataclass would be
+        pickled on both sides of every acquire, a tuple goes through msgpack.
+        """
         # Releases the client had not sent yet ride along: one call instead of two.
         self._release_all(spec.get("releases", ()))
         request = self._request(spec)
@@ -465,7 +471,7 @@ class CoordinatorImpl:
             assert future is not None
             mine = await asyncio.shield(future)
         if isinstance(mine, Grant):
-            return mine.lease
+            return lease_to_wire(mine.lease)
         assert isinstance(mine, Reject)
         raise reject_error(mine)
 
