@@ -110,10 +110,14 @@ class CoordinatorMetrics:
         """Note the grants among ``decisions`` (cheap: no Ray call here)."""
         for decision in decisions:
             if isinstance(decision, Grant):
-                priority = decision.lease.priority_name
-                self._grants[priority] = self._grants.get(priority, 0) + 1
-                if len(self._waits) < MAX_PENDING_WAITS:
-                    self._waits.append((priority, decision.waited))
+                self.grant(decision)
+
+    def grant(self, grant: Grant) -> None:
+        """Note one grant: its priority class and how long it waited."""
+        priority = grant.lease.priority_name
+        self._grants[priority] = self._grants.get(priority, 0) + 1
+        if len(self._waits) < MAX_PENDING_WAITS:
+            self._waits.append((priority, grant.waited))
 
     def flush(self, scheduler: Scheduler) -> None:
         """Hand what was noted since the last flush to Ray, and set every gauge."""
