@@ -89,7 +89,9 @@ class ResourceManager:
         self._key_count = itertools.count()
         # Releases not sent yet: they ride along with the next acquire, or go out
         # together one loop turn later (one Ray call for many).
-        self._outgoing: list[tuple[str, str]] = []
+        # Lists, not tuples: Ray sends a dict of lists and strings as msgpack, and pickles
+        # anything holding a tuple.
+        self._outgoing: list[list[str]] = []
         self._flush_scheduled = False
         self._watch_cursor = 0
         self.held: dict[str, Lease] = {}
@@ -230,7 +232,7 @@ class ResourceManager:
         spec = {**spec, "idempotency_key": key, "releases": releases}
         deadline = None if timeout is None else time.monotonic() + timeout
         try:
-            wire: tuple[Any, ...] = await self._call(
+            wire: bytes = await self._call(
                 lambda c: c.acquire.remote(self._remaining(spec, deadline)),
                 patience=RESTART_PATIENCE_S if timeout is None else timeout + RESTART_PATIENCE_S,
             )
@@ -271,7 +273,7 @@ class ResourceManager:
         if lease.released:
             return
         self._forget(lease)
-        self._outgoing.append((lease.lease_id, lease.token))
+        self._outgoing.append([lease.lease_id, lease.token])
         if not self._flush_scheduled:
             self._flush_scheduled = True
             asyncio.get_running_loop().call_soon(self._flush_releases)
@@ -334,7 +336,13 @@ class ResourceManager:
 
     async def _watch_loop(self) -> None:
         key = self._holder.key
-        while self.held or self._pending_releases:
+        # The first poll always goes out, even if the lease that started this loop is
+        # already given back: a loop that ended at once would be started again by the
+        # next acquire, two new tasks per lease. It ends after a whole poll with nothing
+        # held.
+        first = True
+        while first or self.held or self._pending_releases:
+            first = False
             try:
                 reply = await self._coordinator.watch.remote(key, self._watch_cursor)
             except RETRYABLE:

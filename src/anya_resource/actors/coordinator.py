@@ -452,11 +452,11 @@ class CoordinatorImpl:
             detached=spec.get("detached", False),
         )
 
-    async def acquire(self, spec: dict[str, Any]) -> tuple[Any, ...]:
-        """Grant (or queue, then grant) a request; the lease goes back as a plain tuple.
+    async def acquire(self, spec: dict[str, Any]) -> bytes:
+        """Grant (or queue, then grant) a request; the lease goes back as bytes.
 
-        ``wire.lease_from_wire`` rebuilds the ``LeaseRecord``: a dataclass would be
-        pickled on both sides of every acquire, a tuple goes through msgpack.
+        ``wire.lease_from_wire`` rebuilds the ``LeaseRecord``: Ray passes bytes through
+        as they are, where it would pickle a dataclass on both sides of every acquire.
         """
         # Releases the client had not sent yet ride along: one call instead of two.
         self._release_all(spec.get("releases", ()))
@@ -489,8 +489,8 @@ class CoordinatorImpl:
     async def release(self, lease_id: str, token: str) -> None:
         self._apply(self.scheduler.release(lease_id, token, time.time()))
 
-    async def release_many(self, pairs: list[tuple[str, str]]) -> None:
-        """Releases sent in one call; a bad one is logged, the others still happen."""
+    async def release_many(self, pairs: list[list[str]]) -> None:
+        """Releases sent in one call, ``[lease_id, token]`` each; a bad one is only logged."""
         self._release_all(pairs)
 
     def _release_all(self, pairs: Any) -> None:
