@@ -74,6 +74,8 @@ class LeaseTable:
         self.by_job: dict[str, set[str]] = {}
         self.by_request: dict[str, str] = {}
         self.preemptible_count = 0  # none: no preemption search is worth starting
+        # node -> its preemptible leases: a preemption search looks at these only
+        self.preemptible_by_node: dict[str, dict[str, LeaseRecord]] = {}
         self.ended: OrderedDict[str, EndedLease] = OrderedDict()
         self._expiry: list[tuple[float, str]] = []
         self.highest_fencing = epoch << EPOCH_SHIFT
@@ -100,6 +102,7 @@ class LeaseTable:
         self.by_request[lease.request_id] = lease.lease_id
         if lease.preemptible:
             self.preemptible_count += 1
+            self.preemptible_by_node.setdefault(lease.node_id, {})[lease.lease_id] = lease
         heapq.heappush(self._expiry, (lease.expires_at, lease.lease_id))
         self.highest_fencing = max(self.highest_fencing, lease.fencing_token)
 
@@ -112,6 +115,10 @@ class LeaseTable:
         self.by_request.pop(lease.request_id, None)
         if lease.preemptible:
             self.preemptible_count -= 1
+            preemptible = self.preemptible_by_node[lease.node_id]
+            del preemptible[lease_id]
+            if not preemptible:
+                del self.preemptible_by_node[lease.node_id]
         _discard(self.by_holder, lease.holder.key, lease_id)
         _discard(self.by_job, lease.holder.job_id, lease_id)
         self.ended[lease_id] = EndedLease(lease.token, reason, lease.revoke_reason)

@@ -114,7 +114,7 @@ class Placer:
                 return last
         choice = self._search(demand, held, pack)
         if choice is None:
-            self._tighten_bound()
+            self._tighten_bound(demand)
         elif pack:
             self._last_packed = choice
         return choice
@@ -153,8 +153,17 @@ class Placer:
         self._cursor = start + examined
         return best
 
-    def _tighten_bound(self) -> None:
-        # After a full scan the exact maximum costs nothing extra to know.
-        self.free_bound = {
-            r: max((n.free(r) for n in self.nodes if n.alive), default=0) for r in NODE_RESOURCES
-        }
+    def _tighten_bound(self, demand: Mapping[str, int]) -> None:
+        # The search just found no room anywhere: make the bound exact for what was
+        # asked, so that the next request as large is turned away in O(1). Only the
+        # nodes that have a resource can have any of it free (the others' free is at
+        # most 0, hence the floor of 0: the bound stays an upper bound).
+        bound = self.free_bound
+        for resource in demand:
+            most = 0
+            for node in self._having[resource]:
+                if node.alive:
+                    free = node.free(resource)
+                    if free > most:
+                        most = free
+            bound[resource] = most

@@ -25,8 +25,13 @@ def choose_victims(
     request: Request,
     effective_priority: float,
     only_nodes: set[str] | None = None,
+    fits_nowhere: bool = False,
 ) -> tuple[str | None, list[LeaseRecord]] | None:
-    """``(node_id, victims)`` that make room for ``request``, or None if none can."""
+    """``(node_id, victims)`` that make room for ``request``, or None if none can.
+
+    ``fits_nowhere``: the caller knows ``request`` fits on no node as things are (a
+    blocked head), so only nodes with preemptible leases are worth a look.
+    """
     quota = scheduler.tenants.get(request.tenant)
     reclaims = quota is not None and quota.below_guarantee({**request.resources, **request.pools})
 
@@ -61,13 +66,13 @@ def choose_victims(
         return (None, pool_victims) if pool_victims else None
     taken = {lease.lease_id for lease in pool_victims}
     best: tuple[str, list[LeaseRecord]] | None = None
-    for node in _candidate_nodes(scheduler, request, only_nodes):
+    for node in _candidate_nodes(scheduler, request, only_nodes, fits_nowhere):
         shortfall = _node_shortfall(node, request.resources, pool_victims)
         if not shortfall:
             return (node.node_id, pool_victims) if pool_victims else None
         on_node = [
             lease
-            for lease in scheduler.leases.by_node.get(node.node_id, {}).values()
+            for lease in scheduler.leases.preemptible_by_node.get(node.node_id, {}).values()
             if lease.lease_id not in taken and eligible(lease)
         ]
         chosen = _cover(sorted(on_node, key=order), shortfall, lambda lease: lease.resources)
@@ -79,7 +84,10 @@ def choose_victims(
 
 
 def _candidate_nodes(
-    scheduler: Scheduler, request: Request, only_nodes: set[str] | None = None
+    scheduler: Scheduler,
+    request: Request,
+    only_nodes: set[str] | None = None,
+    fits_nowhere: bool = False,
 ) -> Iterable[NodeLedger]:
     if request.node is not None:
         node = scheduler.nodes.get(request.node)
@@ -87,11 +95,17 @@ def _candidate_nodes(
             return []
         return [node] if node is not None else []
     nodes = scheduler.placer.nodes
-    if only_nodes is not None:
+    look_at: Iterable[str] | None = only_nodes
+    if fits_nowhere and not request.pools:
+        # A node helps only with victims on it (without pool victims to count in, no
+        # node has room as it is), so nodes without preemptible leases are skipped.
+        having = scheduler.leases.preemptible_by_node.keys()
+        look_at = having if only_nodes is None else only_nodes & having
+    if look_at is not None:
         position = scheduler.placer._position
         nodes = [
             nodes[position[i]]
-            for i in sorted((i for i in only_nodes if i in position), key=position.__getitem__)
+            for i in sorted((i for i in look_at if i in position), key=position.__getitem__)
         ]
     return [node for node in nodes if all(node.limit(r) >= a for r, a in request.resources.items())]
 

@@ -686,7 +686,7 @@ class Scheduler:
                 return
             only = self._preempt_dirty
         self._preempt_dirty = set()
-        plan = choose_victims(self, head.request, effective, only)
+        plan = choose_victims(self, head.request, effective, only, fits_nowhere=True)
         if plan is None:
             self._preempt_memo = memo  # nothing changed since: nothing to find
             return
