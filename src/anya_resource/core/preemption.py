@@ -75,6 +75,8 @@ def choose_victims(
             for lease in scheduler.leases.preemptible_by_node.get(node.node_id, {}).values()
             if lease.lease_id not in taken and eligible(lease)
         ]
+        if not _could_cover(on_node, shortfall):
+            continue  # all of them together would not make room: no need to order them
         chosen = _cover(sorted(on_node, key=order), shortfall, lambda lease: lease.resources)
         if chosen is not None and (best is None or _cost(chosen) < _cost(best[1])):
             best = (node.node_id, chosen)
@@ -120,6 +122,13 @@ def _node_shortfall(
                 freed[resource] = freed.get(resource, 0) + amount
     gaps = {r: a - node.free(r) - freed.get(r, 0) for r, a in demand.items()}
     return {r: gap for r, gap in gaps.items() if gap > 0}
+
+
+def _could_cover(leases: list[LeaseRecord], shortfall: Amounts) -> bool:
+    for resource, gap in shortfall.items():
+        if sum(lease.resources.get(resource, 0) for lease in leases) < gap:
+            return False
+    return True
 
 
 def _cover(
