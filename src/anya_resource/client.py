@@ -327,6 +327,8 @@ class ResourceManager:
     async def _renew_loop(self) -> None:
         while True:
             await asyncio.sleep(RENEW_CHECK_S)
+            if not ray.is_initialized():
+                return  # see _watch_loop
             now = time.time()
             for lease in list(self.held.values()):
                 ttl = lease._record.ttl if lease._record else 60.0
@@ -340,12 +342,17 @@ class ResourceManager:
         # already given back: a loop that ended at once would be started again by the
         # next acquire, two new tasks per lease. It ends after a whole poll with nothing
         # held.
+        # It also ends when Ray was shut down under it: a call on a handle would then
+        # start a new Ray instance of its own (Ray's auto-init), not on loopback, behind
+        # the caller's back.
         first = True
-        while first or self.held or self._pending_releases:
+        while (first or self.held or self._pending_releases) and ray.is_initialized():
             first = False
             try:
                 reply = await self._coordinator.watch.remote(key, self._watch_cursor)
             except RETRYABLE:
+                if not ray.is_initialized():
+                    return
                 self._watch_cursor = 0  # a new coordinator counts events afresh
                 await self._readopt()
                 continue
