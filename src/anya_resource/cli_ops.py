@@ -36,6 +36,7 @@ from rich.console import Console
 
 from anya_resource.cli import PROG, app
 from anya_resource.errors import InvalidRequest, ManagerUnavailable, ResourceError
+from anya_resource.quantities import number_or_text
 
 if TYPE_CHECKING:
     from anya_resource.client import ResourceManager
@@ -317,16 +318,6 @@ def _print_json(data: Any) -> None:
 # -- resources on the command line ----------------------------------------------------------
 
 
-def _scalar(text: str) -> int | float | str:
-    """``"1"`` -> 1, ``"0.5"`` -> 0.5, ``"4GiB"`` stays a string (parsed by the API)."""
-    for kind in (int, float):
-        try:
-            return kind(text)
-        except ValueError:
-            pass
-    return text
-
-
 def parse_resources(text: str) -> dict[str, Any]:
     """``memory=4GiB,cpu=1,postgres=2`` or a JSON object, as ``acquire`` takes it."""
     stripped = text.strip()
@@ -349,7 +340,7 @@ def parse_resources(text: str) -> dict[str, Any]:
             raise InvalidRequest(f"RESOURCES: got {item.strip()!r} in {text!r}; {expected}")
         if name in resources:
             raise InvalidRequest(f"RESOURCES: {name!r} given twice in {text!r}")
-        resources[name] = _scalar(amount)
+        resources[name] = number_or_text(amount)
     return resources
 
 

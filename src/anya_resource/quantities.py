@@ -123,6 +123,18 @@ def parse_count(value: object, what: str = "slot count") -> int:
     return value
 
 
+def number_or_text(text: str) -> int | float | str:
+    """An amount as written on a command line: ``"1"`` -> 1, ``"0.5"`` -> 0.5, and
+    ``"4GiB"`` stays a string (``to_units`` parses it). Plain numbers become numbers
+    because pool slots must be ints."""
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
 def to_units(resource: str, value: object) -> int:
     """The core's integer amount for ``value`` of ``resource`` (pools: slots)."""
     what = f"amount of {resource!r}"

@@ -40,7 +40,7 @@ from anya_resource.core.bottleneck import binding
 from anya_resource.core.model import NODE_RESOURCES
 from anya_resource.core.views import percentile
 from anya_resource.errors import Infeasible, InvalidRequest
-from anya_resource.quantities import to_units
+from anya_resource.quantities import number_or_text, to_units
 
 DEFAULT_PRIORITY_MIX = "critical:5,high:15,normal:40,low:30,batch:10"
 # Relative weight, then the request as ``build_request`` takes it.
@@ -163,18 +163,8 @@ def parse_size(text: str) -> tuple[float, dict[str, Any]]:
                 "size",
                 f"got {text!r}, expected WEIGHT:resource=amount,... such as 30:cpu=2,memory=4GiB",
             )
-        resources[name.strip()] = _amount(amount.strip())
+        resources[name.strip()] = number_or_text(amount.strip())
     return weight, resources
-
-
-def _amount(text: str) -> int | float | str:
-    """Plain numbers as numbers (pool slots must be ints); "4GiB" stays as written."""
-    for kind in (int, float):
-        try:
-            return kind(text)
-        except ValueError:
-            pass
-    return text
 
 
 def _number(what: str, text: str) -> float:

@@ -20,6 +20,7 @@ from anya_resource.quantities import (
     format_amount,
     format_bytes,
     from_units,
+    number_or_text,
     parse_bytes,
     parse_cores,
     parse_count,
@@ -444,3 +445,13 @@ def test_format_bytes_parses_back_within_rounding(nbytes: int) -> None:
 )
 def test_format_amount(resource: str, amount: int, expected: str) -> None:
     assert format_amount(resource, amount) == expected
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [("1", 1), ("0.5", 0.5), ("4GiB", "4GiB"), ("1e3", 1000.0), ("postgres", "postgres")],
+)
+def test_number_or_text(text: str, expected: object) -> None:
+    value = number_or_text(text)
+    assert value == expected
+    assert type(value) is type(expected)
