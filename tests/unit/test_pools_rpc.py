@@ -1,7 +1,8 @@
-"""Bitcoin Core JSON-RPC replies and pool credentials, without a network."""
+"""Bitcoin Core JSON-RPC replies, pool credentials and connectors, without a network."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from decimal import Decimal
 from pathlib import Path
@@ -10,7 +11,7 @@ import httpx
 import pytest
 
 from anya_resource.config import PoolPolicy
-from anya_resource.errors import ConfigError, ResourceError
+from anya_resource.errors import ConfigError, InvalidRequest, ResourceError
 from anya_resource.pools import (
     ConnectionFailed,
     RpcAuthError,
@@ -18,8 +19,13 @@ from anya_resource.pools import (
     RpcError,
     RpcWorkQueueExceeded,
 )
+from anya_resource.pools.bitcoin import AsyncBitcoin, BlockingBitcoin
+from anya_resource.pools.connectors import ThreadedConnector
 from anya_resource.pools.credentials import CookieAuth, http_auth
+from anya_resource.pools.http_client import AsyncHttp, BlockingHttp
 from anya_resource.pools.jsonrpc import request_body, result_of
+from anya_resource.pools.kinds import connector_for
+from anya_resource.pools.postgres import AsyncPostgres, BlockingPostgres
 
 
 def test_request_body_is_json_rpc_1_with_exact_amounts() -> None:
@@ -96,3 +102,27 @@ def test_password_comes_from_the_named_variable(monkeypatch: pytest.MonkeyPatch)
 
 def test_no_credentials_configured() -> None:
     assert http_auth("rpc", PoolPolicy(size=1, kind="http")) is None
+
+
+@pytest.mark.parametrize(
+    ("kind", "async_connector", "blocking_connector"),
+    [
+        ("postgres", AsyncPostgres, BlockingPostgres),
+        ("bitcoin-rpc", AsyncBitcoin, BlockingBitcoin),
+        ("http", AsyncHttp, BlockingHttp),
+    ],
+)
+def test_each_kind_has_its_connector_and_blocking_twin(
+    kind: str, async_connector: type, blocking_connector: type
+) -> None:
+    policy = PoolPolicy(size=2, kind=kind, url="http://127.0.0.1:1", dsn="postgresql:///x")
+    assert isinstance(connector_for("p", policy, "async"), async_connector)
+    threaded = connector_for("p", policy, "sync")
+    assert isinstance(threaded, ThreadedConnector)
+    assert isinstance(threaded._blocking, blocking_connector)
+    asyncio.run(threaded.shutdown())
+
+
+def test_slot_pools_have_no_connector() -> None:
+    with pytest.raises(InvalidRequest, match="kind 'slot' has no connections"):
+        connector_for("p", PoolPolicy(size=1, kind="slot"), "async")

@@ -6,6 +6,7 @@ callers use blocking connections from their own threads.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Literal
 
 from anya_resource.config import PoolPolicy
@@ -18,30 +19,23 @@ from anya_resource.pools.postgres import AsyncPostgres, BlockingPostgres
 Flavour = Literal["async", "sync"]
 MAX_THREADS = 8  # per blocking pool: enough for opens and resets, not one per slot
 
+# Each kind with connections: its async connector and its blocking twin.
+KINDS: dict[
+    str,
+    tuple[Callable[[str, PoolPolicy], Connector], Callable[[str, PoolPolicy], BlockingConnector]],
+] = {
+    "postgres": (AsyncPostgres, BlockingPostgres),
+    "bitcoin-rpc": (AsyncBitcoin, BlockingBitcoin),
+    "http": (AsyncHttp, BlockingHttp),
+}
+
 
 def connector_for(name: str, policy: PoolPolicy, flavour: Flavour) -> Connector:
     """The connector of pool ``name``; ``slot`` pools have no connections."""
+    if policy.kind not in KINDS:
+        raise InvalidRequest(f"pool {name!r}: kind {policy.kind!r} has no connections")
+    make_async, make_blocking = KINDS[policy.kind]
     if flavour == "async":
-        return _async_connector(name, policy)
-    blocking = _blocking_connector(name, policy)
+        return make_async(name, policy)
+    blocking = make_blocking(name, policy)
     return ThreadedConnector(blocking, name, workers=min(policy.size, MAX_THREADS))
-
-
-def _async_connector(name: str, policy: PoolPolicy) -> Connector:
-    if policy.kind == "postgres":
-        return AsyncPostgres(name, policy)
-    if policy.kind == "bitcoin-rpc":
-        return AsyncBitcoin(name, policy)
-    if policy.kind == "http":
-        return AsyncHttp(name, policy)
-    raise InvalidRequest(f"pool {name!r}: kind {policy.kind!r} has no connections")
-
-
-def _blocking_connector(name: str, policy: PoolPolicy) -> BlockingConnector:
-    if policy.kind == "postgres":
-        return BlockingPostgres(name, policy)
-    if policy.kind == "bitcoin-rpc":
-        return BlockingBitcoin(name, policy)
-    if policy.kind == "http":
-        return BlockingHttp(name, policy)
-    raise InvalidRequest(f"pool {name!r}: kind {policy.kind!r} has no connections")
