@@ -72,10 +72,11 @@ class NodeLedger:
     def headroom_if_fits(
         self, demand: Mapping[str, int], held: Mapping[str, int] | None = None
     ) -> float | None:
-        """``headroom_after(demand)`` if ``demand`` fits after ``held``, else None.
+        """Mean fraction of the demanded resources left free after the grant (0..1),
+        if ``demand`` fits after ``held``; None if it does not.
 
-        ``fits`` and ``headroom_after`` in one pass over the demand: placement asks
-        both of every node it looks at.
+        Fit and headroom in one pass over the demand: placement asks both of every
+        node it looks at.
         """
         total = 0.0
         granted, limits, pressured = self.granted, self.limits, self.pressured
@@ -88,16 +89,6 @@ class NodeLedger:
                 return None
             if limit > 0:
                 total += (limit - used - amount) / limit
-        return total / (len(demand) or 1)
-
-    def headroom_after(self, demand: Mapping[str, int]) -> float:
-        """Mean fraction of the demanded resources left free after the grant (0..1)."""
-        total = 0.0
-        limits, granted = self.limits, self.granted
-        for resource, amount in demand.items():
-            limit = limits.get(resource, 0)
-            if limit > 0:
-                total += (limit - granted[resource] - amount) / limit
         return total / (len(demand) or 1)
 
     def take(self, demand: Mapping[str, int]) -> None:

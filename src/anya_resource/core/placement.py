@@ -112,21 +112,45 @@ class Placer:
             last = self._last_packed
             if last is not None and last.alive and last.fits(demand, held.get(last.node_id)):
                 return last
-        choice = self._search(demand, held, pack)
+        choice = self._search(demand, held)
         if choice is None:
             self._tighten_bound(demand)
         elif pack:
             self._last_packed = choice
         return choice
 
-    def _search(
-        self, demand: Mapping[str, int], held: Mapping[str, Mapping[str, int]], pack: bool
-    ) -> NodeLedger | None:
-        """The best of the first ``choices`` nodes that fit, from the cursor on.
+    def score(
+        self, node: NodeLedger, demand: Mapping[str, int], held: Mapping[str, Mapping[str, int]]
+    ) -> float | None:
+        """How good ``node`` is for ``demand`` (higher is better); None if it does not fit.
 
-        ``spread`` takes the most headroom after the grant weighted by health, ``pack``
-        the least headroom; the first found wins a tie.
+        ``spread``: the headroom left after the grant, weighted by node health;
+        ``pack``: the less headroom left, the better.
         """
+        headroom = node.headroom_if_fits(demand, held.get(node.node_id) if held else None)
+        if headroom is None:
+            return None
+        return -headroom if self.strategy == "pack" else headroom * node.health_factor
+
+    def best_among(
+        self,
+        nodes: Iterable[NodeLedger],
+        demand: Mapping[str, int],
+        held: Mapping[str, Mapping[str, int]],
+    ) -> NodeLedger | None:
+        """The best-scoring of ``nodes`` (the first wins a tie); None if it fits on none."""
+        best: NodeLedger | None = None
+        best_score = 0.0
+        for node in nodes:
+            score = self.score(node, demand, held)
+            if score is not None and (best is None or score > best_score):
+                best, best_score = node, score
+        return best
+
+    def _search(
+        self, demand: Mapping[str, int], held: Mapping[str, Mapping[str, int]]
+    ) -> NodeLedger | None:
+        """The best-scoring of the first ``choices`` nodes that fit, from the cursor on."""
         nodes = self.candidates(demand)
         count = len(nodes)
         if count == 0:
@@ -140,9 +164,8 @@ class Placer:
             index = start + examined - 1
             node = nodes[index if index < count else index - count]
             if node.alive:
-                headroom = node.headroom_if_fits(demand, held.get(node.node_id) if held else None)
-                if headroom is not None:
-                    score = -headroom if pack else headroom * node.health_factor
+                score = self.score(node, demand, held)
+                if score is not None:
                     if best is None or score > best_score:
                         best, best_score = node, score
                     found += 1

@@ -528,15 +528,8 @@ class Scheduler:
 
     def _most_free(self, node_ids: Iterable[str]) -> dict[str, int]:
         """The most of each node resource free on any of ``node_ids``."""
-        most_free: dict[str, int] = {}
-        for node_id in node_ids:
-            node = self.nodes.get(node_id)
-            if node is not None:
-                for r in NODE_RESOURCES:
-                    free = node.free(r)
-                    if free > most_free.get(r, free - 1):
-                        most_free[r] = free
-        return most_free
+        free_on = self._free_on(node_ids)
+        return {r: max(frees) for r in NODE_RESOURCES if (frees := free_on(r))}
 
     def _grant_shape(
         self, waiter: Waiter, scope: Freed | None, now: float, decisions: list[Decision]
@@ -584,23 +577,9 @@ class Scheduler:
             and not scope.pools & request.pools.keys()
             and request.tenant not in scope.tenants
         ):
-            return self._best_of(scope.nodes, request.resources, held_nodes)
+            freed_nodes = (self.nodes[i] for i in scope.nodes if i in self.nodes)
+            return self.placer.best_among(freed_nodes, request.resources, held_nodes)
         return self.placer.choose(request.resources, held_nodes)
-
-    def _best_of(
-        self, node_ids: Iterable[str], demand: Amounts, held: Mapping[str, Amounts]
-    ) -> NodeLedger | None:
-        fitting = [
-            node
-            for node_id in node_ids
-            if (node := self.nodes.get(node_id)) is not None
-            and node.fits(demand, held.get(node_id))
-        ]
-        if not fitting:
-            return None
-        if self.policy.placement == "pack":
-            return min(fitting, key=lambda n: n.headroom_after(demand))
-        return max(fitting, key=lambda n: n.headroom_after(demand) * n.health_factor)
 
     def _home_node(self, request: Request) -> NodeLedger | None:
         """A pools-only lease is recorded on its holder's node (where the sockets live)."""
