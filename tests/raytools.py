@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Coroutine, Iterator, Mapping
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, TypeVar
 
 import ray
 from ray.cluster_utils import Cluster
 
+from anya_resource import ResourceManager
 from anya_resource.actors import deploy
 
+T = TypeVar("T")
 GiB = 1024**3
 FAST_FAILURE = {"health_check_period_ms": 100, "health_check_failure_threshold": 10}
 
@@ -23,13 +26,16 @@ def assert_loopback() -> None:
 
 
 @contextmanager
-def local_ray(num_cpus: int = 4, memory: int = 8 * GiB) -> Iterator[None]:
+def local_ray(
+    num_cpus: int = 4, memory: int = 8 * GiB, system_config: Mapping[str, Any] | None = None
+) -> Iterator[None]:
     ray.init(
         address="local",
         num_cpus=num_cpus,
         include_dashboard=False,
         logging_level="ERROR",
         _memory=memory,
+        _system_config=dict(system_config) if system_config else None,
     )
     assert_loopback()
     try:
@@ -63,6 +69,31 @@ def local_cluster(workers: int = 3, cpus: int = 2, memory: int = 4 * GiB) -> Ite
         deploy.forget_handles()
         ray.shutdown()
         cluster.shutdown()
+
+
+class Loop:
+    """One event loop in a thread for the whole module, as a long-lived client would have."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+
+    def run(self, coro: Coroutine[Any, Any, T], timeout: float = 120) -> T:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+
+def deployed(
+    loop: Loop, policy: Mapping[str, Any], nodes: int, timeout: float = 60
+) -> ResourceManager:
+    """A manager on a fresh deployment of ``policy``, once the agents of ``nodes`` report."""
+    manager = loop.run(ResourceManager.new(policy=policy))
+
+    async def agents_report() -> bool:
+        return len((await manager.check_resource_health()).nodes) == nodes
+
+    loop.run(eventually(agents_report, timeout=timeout))
+    return manager
 
 
 async def eventually(

@@ -26,8 +26,7 @@ from ray.cluster_utils import Cluster
 
 from anya_resource import AcquireTimeout, Lease, ResourceManager
 from anya_resource.actors import deploy
-from tests.integration.test_manager import Loop
-from tests.raytools import GiB, eventually, local_cluster, node_of
+from tests.raytools import GiB, Loop, eventually, local_cluster, node_of
 
 pytestmark = [pytest.mark.ray, pytest.mark.cluster]
 

@@ -12,8 +12,7 @@ from ray.cluster_utils import Cluster
 
 from anya_resource import ResourceManager, SyncResourceManager
 from anya_resource.actors.naming import NAMESPACE, agent_name
-from tests.integration.test_manager import Loop
-from tests.raytools import GiB, eventually, local_cluster, node_of
+from tests.raytools import GiB, Loop, deployed, eventually, local_cluster, node_of
 
 pytestmark = [pytest.mark.ray, pytest.mark.cluster]
 
@@ -38,13 +37,7 @@ def loop(cluster: Cluster) -> Loop:
 
 @pytest.fixture(scope="module")
 def manager(loop: Loop) -> ResourceManager:
-    manager = loop.run(ResourceManager.new(policy=POLICY))
-
-    async def all_agents_report() -> bool:
-        return len((await manager.check_resource_health()).nodes) == 4
-
-    loop.run(eventually(all_agents_report, timeout=60))
-    return manager
+    return deployed(loop, POLICY, nodes=4)
 
 
 def alive_nodes() -> list[str]:

@@ -27,10 +27,9 @@ from anya_resource import ResourceManager, SyncResourceManager
 from anya_resource.pools import AsyncBitcoinRpc, RpcWorkQueueExceeded, pool_statistics
 from anya_resource.pools.credentials import CookieAuth
 from anya_resource.pools.http_client import tls_context
-from tests.integration.test_manager import Loop
 from tests.integration.test_pools_bitcoind import FakeBitcoind
 from tests.integration.test_pools_postgres import Postgres
-from tests.raytools import GiB, eventually, local_cluster
+from tests.raytools import GiB, Loop, deployed, local_cluster
 
 pytestmark = [pytest.mark.ray, pytest.mark.cluster]
 
@@ -89,13 +88,7 @@ def manager(loop: Loop, pg: Postgres, node: FakeBitcoind, tmp_path_factory: Any)
             },
         },
     }
-    manager = loop.run(ResourceManager.new(policy=policy))
-
-    async def all_agents_report() -> bool:
-        return len((await manager.check_resource_health()).nodes) == 4
-
-    loop.run(eventually(all_agents_report, timeout=60))
-    return manager
+    return deployed(loop, policy, nodes=4)
 
 
 # -- what runs in the Ray tasks ------------------------------------------------------------

@@ -9,10 +9,9 @@ import signal
 import subprocess
 import sys
 import textwrap
-import threading
 import time
-from collections.abc import Coroutine, Iterator
-from typing import Any, TypeVar
+from collections.abc import Iterator
+from typing import Any
 
 import pytest
 import ray
@@ -27,10 +26,9 @@ from anya_resource import (
     SyncResourceManager,
 )
 from anya_resource.actors.naming import COORDINATOR_NAME, NAMESPACE
-from tests.raytools import GiB, eventually, local_ray
+from tests.raytools import GiB, Loop, deployed, eventually, local_ray
 
 pytestmark = pytest.mark.ray
-T = TypeVar("T")
 
 HEARTBEAT = 0.2
 POLICY = {
@@ -42,18 +40,6 @@ POLICY = {
 }
 
 
-class Loop:
-    """One event loop in a thread for the whole module, as a long-lived client would have."""
-
-    def __init__(self) -> None:
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.thread.start()
-
-    def run(self, coro: Coroutine[Any, Any, T], timeout: float = 120) -> T:
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
-
-
 @pytest.fixture(scope="module")
 def loop() -> Iterator[Loop]:
     # Grantable capacity is capped by what the machine has (2 cores on CI): stay within 2.
@@ -63,14 +49,7 @@ def loop() -> Iterator[Loop]:
 
 @pytest.fixture(scope="module")
 def manager(loop: Loop) -> ResourceManager:
-    manager = loop.run(ResourceManager.new(policy=POLICY))
-
-    async def agents_reporting() -> bool:
-        health = await manager.check_resource_health()
-        return len(health.nodes) == 1
-
-    loop.run(eventually(agents_reporting))
-    return manager
+    return deployed(loop, POLICY, nodes=1)
 
 
 def totals(snap: dict[str, Any]) -> tuple[Any, ...]:

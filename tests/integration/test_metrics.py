@@ -17,11 +17,9 @@ import pytest
 import ray
 
 from anya_resource import AcquireTimeout, ResourceManager
-from anya_resource.actors import deploy
 from anya_resource.core import NodeSample
 from anya_resource.metrics import METRICS, PREFIX, CoordinatorMetrics
-from tests.integration.test_manager import Loop
-from tests.raytools import GiB, assert_loopback, eventually
+from tests.raytools import GiB, Loop, deployed, eventually, local_ray
 from tests.unit.core_support import Harness, make_policy
 
 HEARTBEAT = 0.2
@@ -103,31 +101,13 @@ def test_a_failing_metrics_backend_disables_metrics_not_the_coordinator() -> Non
 
 @pytest.fixture(scope="module")
 def loop() -> Iterator[Loop]:
-    ray.init(
-        address="local",
-        num_cpus=2,
-        include_dashboard=False,
-        logging_level="ERROR",
-        _memory=4 * GiB,
-        _system_config={"metrics_report_interval_ms": 1000},
-    )
-    assert_loopback()
-    try:
+    with local_ray(num_cpus=2, memory=4 * GiB, system_config={"metrics_report_interval_ms": 1000}):
         yield Loop()
-    finally:
-        deploy.forget_handles()
-        ray.shutdown()
 
 
 @pytest.fixture(scope="module")
 def manager(loop: Loop) -> ResourceManager:
-    manager = loop.run(ResourceManager.new(policy=POLICY))
-
-    async def agent_reports() -> bool:
-        return len((await manager.check_resource_health()).nodes) == 1
-
-    loop.run(eventually(agent_reports, timeout=60))
-    return manager
+    return deployed(loop, POLICY, nodes=1)
 
 
 def scrape() -> list[tuple[str, dict[str, str], float]]:
