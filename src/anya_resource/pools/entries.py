@@ -62,10 +62,9 @@ class Entry:
 
     lease: Lease
     connection: Any
-    opened_at: float
     end_of_life: float
-    last_used: float
     granted_at: float = 0.0  # when its slot was granted (connections may be replaced on it)
+    last_used: float = 0.0  # when it last went idle (read only while it is idle)
     handle: PooledConnection | None = None  # who has it now (None: idle, or being checked)
     taken_at: float = 0.0
     stack: traceback.StackSummary | None = None

@@ -262,7 +262,7 @@ class ConnectionPool:
             return
         self._opening -= 1
         now = self._clock()
-        entry = Entry(lease, connection, now, self._end_of_life(now), now, granted_at=now)
+        entry = Entry(lease, connection, self._end_of_life(now), granted_at=now)
         self._busy.add(entry)
         self._by_lease[lease.lease_id] = entry
         self._deliver(entry)
@@ -292,9 +292,7 @@ class ConnectionPool:
         await self._close_connection(old)
         await asyncio.sleep(self._connector.settle_s)  # the server lets go of the old one
         entry.connection = await self._open_connection()
-        now = self._clock()
-        entry.opened_at, entry.last_used = now, now
-        entry.end_of_life = self._end_of_life(now)
+        entry.end_of_life = self._end_of_life(self._clock())
 
     def _end_of_life(self, opened_at: float) -> float:
         return end_of_life(opened_at, self.policy.max_lifetime_s)
@@ -320,7 +318,6 @@ class ConnectionPool:
         if not ready:
             self._discard(entry)
             return
-        entry.last_used = self._clock()
         self._deliver(entry)
 
     def slot_given_back(self, handle: PooledConnection) -> None:
