@@ -331,8 +331,7 @@ class ResourceManager:
                 return  # see _watch_loop
             now = time.time()
             for lease in list(self.held.values()):
-                ttl = lease._record.ttl if lease._record else 60.0
-                if lease.valid and lease.expires_at - now <= ttl * 2 / 3:
+                if lease.valid and lease.expires_at - now <= lease.ttl * 2 / 3:
                     with contextlib.suppress(ResourceError):
                         await self.renew(lease)
 

@@ -53,6 +53,11 @@ class Lease:
     def valid(self) -> bool:
         return not (self.revoked or self.expired or self.released)
 
+    @property
+    def ttl(self) -> float:
+        """The TTL it was granted with, which a renewal gives it again (60 s if unknown)."""
+        return self._record.ttl if self._record is not None else 60.0
+
     def seconds_left(self, now: float | None = None) -> float:
         return self.expires_at - (time.time() if now is None else now)
 

@@ -87,8 +87,7 @@ class _Renewer:
     def __init__(self, lease: Lease) -> None:
         self.lease = lease
         self.stop = threading.Event()
-        ttl = lease._record.ttl if lease._record is not None else 60.0
-        self.every = max(0.2, ttl / 3)
+        self.every = max(0.2, lease.ttl / 3)
         self.thread = threading.Thread(target=self._run, name="anya-lease-renew", daemon=True)
         self.thread.start()
 
