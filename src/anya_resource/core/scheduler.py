@@ -755,25 +755,44 @@ class Scheduler:
     def _charge(self, lease: LeaseRecord, node: NodeLedger) -> None:
         if lease.preemptible:
             self._preempt_dirty.add(node.node_id)
-        node.take(lease.resources)
-        for pool, slots in lease.pools.items():
+        self.count_in(node, lease.resources, lease.pools, self._quota(lease.tenant))
+
+    def count_in(
+        self, node: NodeLedger, resources: Amounts, pools: Amounts, quota: TenantQuota | None
+    ) -> None:
+        """Count ``resources`` on ``node``, ``pools`` slots and ``quota``'s usage as taken."""
+        node.take(resources)
+        for pool, slots in pools.items():
             self.pools[pool].in_use += slots
-        self._quota(lease.tenant).charge(charged(lease.resources, lease.pools))
+        if quota is not None:
+            quota.charge(charged(resources, pools))
+
+    def count_out(
+        self,
+        node: NodeLedger | None,
+        resources: Amounts,
+        pools: Amounts,
+        quota: TenantQuota | None,
+    ) -> None:
+        """Undo ``count_in`` (``node`` None: the node is gone, only pools and quota count)."""
+        if node is not None:
+            node.give_back(resources)
+            self.placer.note_freed(node, resources)
+        for pool, slots in pools.items():
+            self.pools[pool].in_use -= slots
+        if quota is not None:
+            quota.refund(charged(resources, pools))
 
     def _reclaim(
         self, lease: LeaseRecord, reason: ReclaimReason, decisions: list[Decision], freed: Freed
     ) -> None:
         self.leases.remove(lease.lease_id, reason)
         node = self.nodes.get(lease.node_id)
+        self.count_out(node, lease.resources, lease.pools, self._quota(lease.tenant))
         if node is not None:
-            node.give_back(lease.resources)
-            self.placer.note_freed(node, lease.resources)
             self._preempt_dirty.add(node.node_id)
             freed.nodes.add(node.node_id)
-        for pool, slots in lease.pools.items():
-            self.pools[pool].in_use -= slots
-            freed.pools.add(pool)
-        self._quota(lease.tenant).refund(charged(lease.resources, lease.pools))
+        freed.pools.update(lease.pools)
         if lease.tenant not in self.policy.tenants:
             self._maybe_idle.add(lease.tenant)
         freed.tenants.add(lease.tenant)

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from anya_resource.core.ledger import NodeLedger
-from anya_resource.core.model import LeaseRecord, LeaseState, Request, charged, tenant_demand
+from anya_resource.core.model import LeaseRecord, LeaseState, Request
 from anya_resource.core.preemption import choose_victims
 
 if TYPE_CHECKING:
@@ -67,14 +67,19 @@ def what_if(scheduler: Scheduler, request: Request, count: int, now: float) -> W
                 result.granted_after_preemption += 1
             else:
                 result.granted_now += 1
-            _charge(scheduler, request, node)
+            # A tenant without a record keeps none: the dry run leaves no trace.
+            scheduler.count_in(
+                node, request.resources, request.pools, scheduler.tenants.get(request.tenant)
+            )
             taken.append(node)
             result.nodes[node.node_id] = result.nodes.get(node.node_id, 0) + 1
         if len(taken) < count:
             result.blocked_by = scheduler.explain_block(request, held)
     finally:
         for node in taken:
-            _refund(scheduler, request, node)
+            scheduler.count_out(
+                node, request.resources, request.pools, scheduler.tenants.get(request.tenant)
+            )
         for lease in victims:
             _restore(scheduler, lease)
         scheduler.placer.restore(saved_placer)
@@ -83,40 +88,15 @@ def what_if(scheduler: Scheduler, request: Request, count: int, now: float) -> W
     return result
 
 
-def _charge(scheduler: Scheduler, request: Request, node: NodeLedger) -> None:
-    node.take(request.resources)
-    for pool, slots in request.pools.items():
-        scheduler.pools[pool].in_use += slots
-    quota = scheduler.tenants.get(request.tenant)
-    if quota is not None:
-        quota.charge(tenant_demand(request))
-
-
-def _refund(scheduler: Scheduler, request: Request, node: NodeLedger) -> None:
-    node.give_back(request.resources)
-    for pool, slots in request.pools.items():
-        scheduler.pools[pool].in_use -= slots
-    quota = scheduler.tenants.get(request.tenant)
-    if quota is not None:
-        quota.refund(tenant_demand(request))
-
-
 def _lift(scheduler: Scheduler, lease: LeaseRecord) -> None:
     """Take a victim's capacity out of the ledgers for the dry run (kept in the table)."""
     lease.state = LeaseState.REVOKING  # so that it is not chosen twice
     node = scheduler.nodes[lease.node_id]
-    node.give_back(lease.resources)
-    scheduler.placer.note_freed(node)  # else the placer's bound still says it is full
-    for pool, slots in lease.pools.items():
-        scheduler.pools[pool].in_use -= slots
-    scheduler.tenants[lease.tenant].refund(charged(lease.resources, lease.pools))
+    scheduler.count_out(node, lease.resources, lease.pools, scheduler.tenants[lease.tenant])
 
 
 def _restore(scheduler: Scheduler, lease: LeaseRecord) -> None:
     lease.state = LeaseState.ACTIVE
     node = scheduler.nodes[lease.node_id]
-    node.take(lease.resources)
+    scheduler.count_in(node, lease.resources, lease.pools, scheduler.tenants[lease.tenant])
     node.mark_overcommit(lease.resources)  # a shrunk node's overcommit stays marked
-    for pool, slots in lease.pools.items():
-        scheduler.pools[pool].in_use += slots
-    scheduler.tenants[lease.tenant].charge(charged(lease.resources, lease.pools))
