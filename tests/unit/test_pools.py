@@ -21,7 +21,8 @@ from anya_resource import AcquireTimeout, Lease, ManagerUnavailable
 from anya_resource.config import PoolPolicy
 from anya_resource.pools import ConnectionFailed, PooledConnection
 from anya_resource.pools.entries import LIFETIME_JITTER, Checkout, caller_stack, end_of_life
-from anya_resource.pools.pool import WANTED_HOLD_S, ConnectionPool
+from anya_resource.pools.pool import FAIR_TURN_S, WANTED_HOLD_S, ConnectionPool
+from tests.raytools import eventually
 
 T = TypeVar("T")
 
@@ -121,10 +122,25 @@ class Connector:
         return None
 
 
-def make_pool(size: int = 3, **settings: Any) -> tuple[ConnectionPool, Slots, Connector]:
+class Clock:
+    """A clock the test moves by hand: what the pool decides by time, without waiting."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+def make_pool(
+    size: int = 3, clock: Callable[[], float] = time.monotonic, **settings: Any
+) -> tuple[ConnectionPool, Slots, Connector]:
     policy = PoolPolicy(size=size, kind="postgres", **settings)
     slots, connector = Slots(size), Connector()
-    return ConnectionPool("db", policy, connector, slots), slots, connector
+    return ConnectionPool("db", policy, connector, slots, clock), slots, connector
 
 
 async def settle() -> None:
@@ -167,8 +183,11 @@ def test_a_released_connection_stays_warm_on_its_slot_then_idles_out() -> None:
         again = await pool.get(Checkout())
         assert again.connection is first and pool.statistics().connections_opened == 1
         await again.release()
-        await asyncio.sleep(0.6)
-        assert connector.open_now == 0 and slots.held == {}
+
+        async def idled_out() -> bool:
+            return connector.open_now == 0 and slots.held == {}
+
+        await eventually(idled_out, timeout=5, interval=0.02)
         assert pool.statistics().connections_closed == 1
         await pool.close()
 
@@ -237,13 +256,17 @@ def test_lifetime_jitter_spreads_expiry_below_max_lifetime() -> None:
 
 def test_a_connection_past_its_lifetime_is_replaced() -> None:
     async def scenario() -> None:
-        pool, _slots, _connector = make_pool(size=1, max_lifetime_s=0.2, idle_timeout_s=60)
+        clock = Clock()
+        pool, _slots, _connector = make_pool(
+            size=1, clock=clock, max_lifetime_s=0.2, idle_timeout_s=60
+        )
         conn = await pool.get(Checkout())
         old = conn.connection
         await conn.release()
-        await asyncio.sleep(0.3)
+        clock.advance(0.2)
         fresh = await pool.get(Checkout())
         assert fresh.connection is not old and old.closed
+        assert fresh.lease_id == conn.lease_id  # replaced on the same slot
         await fresh.release()
         await pool.close()
 
@@ -279,6 +302,7 @@ def test_a_connection_handed_over_as_the_waiter_gives_up_is_not_lost() -> None:
         stats = pool.statistics()
         assert stats.idle == 1 and stats.in_use == 0 and connector.open_now == 1
         again = await pool.get(Checkout(timeout=1))
+        assert again.connection is connector.opened[0] and len(connector.opened) == 1
         await again.release()
         await pool.close()
 
@@ -315,8 +339,14 @@ def test_a_connection_held_too_long_is_reported_with_the_takers_stack(
     async def scenario() -> None:
         pool, _slots, _connector = make_pool(size=1, leak_threshold_s=0.2)
         conn = await take(pool)
-        await asyncio.sleep(0.5)
-        assert pool.statistics().leaks == 1
+
+        async def reported() -> int:
+            return pool.statistics().leaks
+
+        await eventually(reported, timeout=5, interval=0.02)
+        pool.sweep()
+        pool.sweep()
+        assert pool.statistics().leaks == 1  # once per hand-out, however many sweeps
         await conn.release()
         await pool.close()
 
@@ -329,7 +359,8 @@ def test_a_connection_held_too_long_is_reported_with_the_takers_stack(
 
 def test_wanted_gives_idle_slots_back_at_once_and_returned_ones_for_a_while() -> None:
     async def scenario() -> None:
-        pool, slots, connector = make_pool(size=2, idle_timeout_s=60)
+        clock = Clock()
+        pool, slots, connector = make_pool(size=2, clock=clock, idle_timeout_s=60)
         a, b = await pool.get(Checkout()), await pool.get(Checkout())
         await a.release()
         assert len(slots.held) == 2
@@ -339,10 +370,35 @@ def test_wanted_gives_idle_slots_back_at_once_and_returned_ones_for_a_while() ->
         await b.release()  # within WANTED_HOLD_S: closed, not kept
         await settle()
         assert slots.held == {} and connector.open_now == 0
-        await asyncio.sleep(WANTED_HOLD_S)
+        clock.advance(WANTED_HOLD_S)
         c = await pool.get(Checkout())
         await c.release()  # the hint has lapsed: kept warm again
         assert len(slots.held) == 1
+        await pool.close()
+
+    run(scenario())
+
+
+def test_while_others_wait_a_slot_serves_callers_here_only_for_its_turn() -> None:
+    async def scenario() -> None:
+        clock = Clock()
+        pool, slots, connector = make_pool(size=1, clock=clock, idle_timeout_s=60)
+        held = await pool.get(Checkout())
+        pool.wanted()  # another process waits for this pool (the hint lasts WANTED_HOLD_S)
+        first = asyncio.create_task(pool.get(Checkout()))
+        await settle()
+        await held.release()  # within the slot's turn: straight to the caller waiting here
+        served = await first
+        assert served.lease_id == held.lease_id and slots.granted == 1
+        real = served.connection
+        clock.advance(FAIR_TURN_S)  # the turn is over, and the others still wait
+        second = asyncio.create_task(pool.get(Checkout()))
+        await settle()
+        await served.release()  # closed, and the slot goes back to the coordinator
+        again = await second  # which grants a slot anew (here: to the same process)
+        assert real.closed and again.lease_id != held.lease_id and slots.granted == 2
+        assert connector.open_now == 1
+        await again.release()
         await pool.close()
 
     run(scenario())
