@@ -30,6 +30,7 @@ from rich.text import Text
 from anya_resource.client import SyncResourceManager
 from anya_resource.core.bottleneck import binding
 from anya_resource.quantities import MILLI, format_amount
+from anya_resource.render import format_seconds
 from anya_resource.workloads.cluster import (
     embedded_cluster,
     existing_cluster,
@@ -199,12 +200,6 @@ def _drain(runner: Runner, manager: SyncResourceManager, say: _Narrator) -> dict
 # -- the live table --------------------------------------------------------------------
 
 
-def _seconds(value: float | int | None) -> str:
-    if value is None:
-        return "-"
-    return f"{value * 1000:.0f} ms" if value < 1 else f"{value:.2f} s"
-
-
 def _percent(value: float | None) -> str:
     return "-" if value is None else f"{value:.0f} %"
 
@@ -258,7 +253,7 @@ def classes_table(state: LiveState, runner: Runner) -> Table:
             str(state.running.get(kind.priority, 0)),
             str(waiting.get(kind.priority, 0)),
             str(len(waits)),
-            _seconds(wait_summary(waits)["p95"]),
+            format_seconds(wait_summary(waits)["p95"]),
         )
     return table
 
@@ -293,10 +288,10 @@ def _classes_report(report: dict[str, Any]) -> Table:
             row["job"],
             str(row["grants"]),
             str(row["failed"]),
-            _seconds(waits["p50"]),
-            _seconds(waits["p95"]),
-            _seconds(waits["p99"]),
-            _seconds(coordinator.get("p95")),
+            format_seconds(waits["p50"]),
+            format_seconds(waits["p95"]),
+            format_seconds(waits["p99"]),
+            format_seconds(coordinator.get("p95")),
         )
     return table
 

@@ -13,7 +13,8 @@ from anya_resource.quantities import format_amount
 from anya_resource.simulate import SimSummary
 
 
-def _seconds(value: float | int | None) -> str:
+def format_seconds(value: float | int | None) -> str:
+    """A wait for a table cell: ``0.25 -> '250 ms'``, ``3.5 -> '3.50 s'``, None -> ``-``."""
     if value is None:
         return "-"
     if value < 1:
@@ -82,10 +83,10 @@ def simulation_waits(summary: SimSummary) -> Table:
             str(row["granted"]),
             str(row["rejected"]),
             str(row["waiting"]),
-            _seconds(row["mean"]),
-            _seconds(row["p50"]),
-            _seconds(row["p95"]),
-            _seconds(row["p99"]),
+            format_seconds(row["mean"]),
+            format_seconds(row["p50"]),
+            format_seconds(row["p95"]),
+            format_seconds(row["p99"]),
         )
     return table
 
@@ -287,11 +288,11 @@ def status_queue(snapshot: dict[str, Any]) -> Table:
         table.add_row(
             name,
             str(queue.get("by_priority", {}).get(name, 0)),
-            _seconds(queue.get("oldest_wait", {}).get(name)),
+            format_seconds(queue.get("oldest_wait", {}).get(name)),
             str(row.get("count", 0)),
-            _seconds(row.get("p50")),
-            _seconds(row.get("p95")),
-            _seconds(row.get("p99")),
+            format_seconds(row.get("p50")),
+            format_seconds(row.get("p95")),
+            format_seconds(row.get("p99")),
         )
     return table
 
@@ -336,7 +337,7 @@ def _holder(holder: dict[str, Any]) -> str:
 
 def _expires(expires_at: float, now: float) -> str:
     left = expires_at - now
-    return "expired" if left <= 0 else f"in {_seconds(left)}"
+    return "expired" if left <= 0 else f"in {format_seconds(left)}"
 
 
 def leases_table(leases: list[dict[str, Any]], now: float, title: str = "Leases") -> Table:
