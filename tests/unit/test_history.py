@@ -9,9 +9,9 @@ from typing import Any
 import pytest
 
 from anya_resource.core import NodeSample
-from anya_resource.core.history import HistoryRing, compact, decode
+from anya_resource.core.history import MAX_BYTES, MAX_ENTRIES, HistoryRing, compact, decode
 from anya_resource.errors import InvalidRequest
-from tests.unit.core_support import GIB, Harness, make_policy
+from tests.unit.core_support import GIB, KIB, Harness, make_policy
 
 
 def entry(at: float, payload: str = "") -> dict[str, Any]:
@@ -128,3 +128,24 @@ def test_compact_entry_has_the_documented_shape_and_survives_json() -> None:
     full = h.snap()
     for resource, row in snap["resources"].items():
         assert row["free"] == full["resources"][resource]["free"]
+
+
+def entry_bytes(nodes: int) -> int:
+    """What one heartbeat of a cluster of ``nodes`` busy nodes costs the ring, in bytes."""
+    h = Harness(make_policy(pools={"default": {"size": 4}, "pg": {"size": 2}}))
+    for i in range(nodes):
+        node_id = f"{i:056x}"  # Ray node ids are 56 hex digits
+        h.node(node_id, cpu=8, memory=32 * GIB)
+        h.s.health(node_id, NodeSample(memory_percent=41.234, cpu_percent=12.3), h.now)
+        h.acquire({"cpu": 1, "memory": "1GiB"}, node=node_id)
+    ring = HistoryRing(heartbeat_s=1.0)
+    ring.add(compact(h.s, h.now), h.now)
+    return ring.bytes
+
+
+def test_entry_size_is_about_1_kb_for_4_nodes_and_an_hour_of_100_fits_the_budget() -> None:
+    """The sizes docs/operations.md quotes (~1 KB an entry for 4 nodes, ~17 KB for 100)."""
+    small, large = entry_bytes(4), entry_bytes(100)
+    assert KIB // 2 < small < 2 * KIB, small
+    assert 15 * KIB < large < 20 * KIB, large
+    assert MAX_ENTRIES * large <= MAX_BYTES  # an hour of 100 nodes, one entry a second
