@@ -34,3 +34,16 @@ def test_quick_run_has_figures_for_each_point(tmp_path: Path) -> None:
             assert row[key] > 0, (key, row)
     assert figures["summary"]["large_over_small"] > 0
     assert json.loads(out.read_text()) == figures
+
+
+def test_scarce_bench_places_gpu_cycles_on_the_few_gpu_nodes(tmp_path: Path) -> None:
+    spec = importlib.util.spec_from_file_location("scarce_bench", BENCH.parent / "scarce_bench.py")
+    assert spec is not None and spec.loader is not None
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out = tmp_path / "scarce_bench.json"
+    figures = bench.main(["--json", str(out)])
+    assert [row["nodes"] for row in figures["points"]] == list(bench.NODE_COUNTS)
+    assert [row["gpu_nodes"] for row in figures["points"]] == [1, 5]
+    assert all(row["gpu_us_per_cycle"] > 0 for row in figures["points"])
+    assert json.loads(out.read_text()) == figures
