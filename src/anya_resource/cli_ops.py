@@ -491,11 +491,13 @@ def _wait_ready(handle: Any, seconds: float) -> dict[str, Any]:
     while True:
         try:
             last = _ping(handle)
-            problem = f"{last.get('nodes', 0)} of {_alive_nodes()} agents started"
-            if last.get("ready") and last.get("nodes", 0) >= _alive_nodes():
-                return last
+            alive = _alive_nodes()
             if not last.get("ready"):
                 problem = "still recovering its lease tables"
+            elif last.get("nodes", 0) >= alive:
+                return last
+            else:
+                problem = f"{last.get('nodes', 0)} of {alive} agents started"
         except (ray.exceptions.RayError, TimeoutError) as exc:
             problem = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
         if time.monotonic() >= deadline:
