@@ -40,6 +40,18 @@ def wait_until_idle(sync: SyncResourceManager, timeout: float = 15) -> dict[str,
     raise AssertionError(f"leases still held: {sync.leases()}")
 
 
+def worker_holders(sync: SyncResourceManager, timeout: float = 20) -> list[dict[str, Any]]:
+    """Holders of leases that a task's worker has taken over from this process."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        # Held by the caller until the task has started and taken it over.
+        holders = [row["holder"] for row in sync.leases() if row["holder"]["pid"] != os.getpid()]
+        if holders:
+            return holders
+        time.sleep(0.1)
+    raise AssertionError(f"no lease taken over by a worker: {sync.leases()}")
+
+
 @leased(cpu=1, memory="64MiB", priority="high")
 def where_am_i(x: int) -> dict[str, Any]:
     lease = current_lease()
@@ -74,14 +86,9 @@ def test_lease_is_bound_to_the_tasks_worker_and_outlives_its_ttl(
     sync: SyncResourceManager,
 ) -> None:
     ref = sleeps.remote(5.0)  # longer than the 2 s TTL: the task renews it
-    deadline = time.monotonic() + 20
-    holders: list[Any] = []
-    while time.monotonic() < deadline and not holders:
-        # Held by the caller until the task has started and taken it over.
-        holders = [row["holder"] for row in sync.leases() if row["holder"]["pid"] != os.getpid()]
-        time.sleep(0.1)
+    holders = worker_holders(sync)
     pid = ray.get(ref)
-    assert holders and holders[0]["pid"] == pid
+    assert holders[0]["pid"] == pid
     wait_until_idle(sync)
 
 
@@ -93,7 +100,7 @@ def test_failed_task_releases(sync: SyncResourceManager) -> None:
 
 def test_cancelled_task_releases(sync: SyncResourceManager) -> None:
     ref = sleeps.remote(60.0)
-    time.sleep(1.0)
+    worker_holders(sync)  # the task runs and holds its lease: cancel it there
     ray.cancel(ref, force=True)
     with pytest.raises((ray.exceptions.TaskCancelledError, ray.exceptions.WorkerCrashedError)):
         ray.get(ref)
