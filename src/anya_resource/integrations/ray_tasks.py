@@ -32,6 +32,8 @@ from anya_resource.lease import Lease
 log = logging.getLogger(__name__)
 
 F = TypeVar("F", bound=Callable[..., Any])
+S = TypeVar("S", bound="_Leased")
+T = TypeVar("T")
 LEASE_OPTIONS = ("priority", "tenant", "timeout", "ttl", "preemptible", "node", "detached")
 RESOURCE_OPTIONS = ("memory", "cpu", "gpu", "disk", "pools")
 
@@ -130,61 +132,69 @@ def _run_task(fn: Callable[..., Any], lease: Lease, *args: Any, **kwargs: Any) -
         _give_back(lease)
 
 
-class LeasedFunction(Generic[F]):
+class _Leased:
+    """What ``@leased`` functions and classes share: options, and acquire-then-submit."""
+
+    def __init__(self, target: Any, options: dict[str, Any]) -> None:
+        self._target = target
+        self._options = options
+        self._resources, self._lease_options, self._ray_options = _split(options)
+
+    def options(self: S, **options: Any) -> S:
+        return type(self)(self._target, {**self._options, **options})
+
+    def _submit(
+        self, submit: Callable[[dict[str, Any], Lease], T]
+    ) -> tuple[SyncResourceManager, Lease, T]:
+        """Acquire the lease (waiting its turn), then ``submit(ray options, lease copy)``
+        pinned to the granted node; the lease goes back if the submission fails."""
+        manager = _manager()
+        lease = manager.acquire(self._resources, **self._lease_options)
+        try:
+            submitted = submit(_pinned(lease, self._ray_options), _portable(lease))
+        except BaseException:
+            manager.release(lease)
+            raise
+        return manager, lease, submitted
+
+
+class LeasedFunction(_Leased, Generic[F]):
     """What ``@leased`` makes of a function: ``.remote(...)`` and ``.options(...)``."""
 
     def __init__(self, fn: F, options: dict[str, Any]) -> None:
-        self._fn = fn
-        self._options = options
-        self._resources, self._lease_options, self._ray_options = _split(options)
+        super().__init__(fn, options)
         self._task: Any = ray.remote(_run_task)
         self.__name__ = getattr(fn, "__name__", "leased")
         self.__doc__ = fn.__doc__
 
-    def options(self, **options: Any) -> LeasedFunction[F]:
-        return LeasedFunction(self._fn, {**self._options, **options})
-
     def remote(self, *args: Any, **kwargs: Any) -> Any:
         """Acquire the lease (waiting its turn), then submit the task; an ObjectRef."""
-        manager = _manager()
-        lease = manager.acquire(self._resources, **self._lease_options)
-        try:
-            ref = self._task.options(**_pinned(lease, self._ray_options)).remote(
-                self._fn, _portable(lease), *args, **kwargs
+        manager, lease, ref = self._submit(
+            lambda options, portable: self._task.options(**options).remote(
+                self._target, portable, *args, **kwargs
             )
-        except BaseException:
-            manager.release(lease)
-            raise
+        )
         # The caller keeps renewing until the result is settled: the task may take a
         # while to start, and must not find its lease expired when it does.
         ref.future().add_done_callback(lambda _: manager.release_quietly(lease))
         return ref
 
 
-class LeasedActorClass:
+class LeasedActorClass(_Leased):
     """What ``@leased`` makes of a class: the lease lives as long as the actor."""
 
     def __init__(self, cls: type, options: dict[str, Any]) -> None:
-        self._cls = cls
-        self._options = options
-        self._resources, self._lease_options, self._ray_options = _split(options)
+        super().__init__(cls, options)
         self._actor: Any = ray.remote(_leased_subclass(cls))
 
-    def options(self, **options: Any) -> LeasedActorClass:
-        return LeasedActorClass(self._cls, {**self._options, **options})
-
     def remote(self, *args: Any, **kwargs: Any) -> Any:
-        manager = _manager()
-        lease = manager.acquire(self._resources, **self._lease_options)
-        try:
-            handle = self._actor.options(**_pinned(lease, self._ray_options)).remote(
-                _portable(lease), *args, **kwargs
-            )
-        except BaseException:
-            manager.release(lease)
-            raise
         # The actor's process holds and renews the lease once it has started; the caller
         # renews too until then (and after, harmlessly, while it lives).
+        _, _, handle = self._submit(
+            lambda options, portable: self._actor.options(**options).remote(
+                portable, *args, **kwargs
+            )
+        )
         return handle
 
 
