@@ -292,12 +292,12 @@ def test_hundred_rpc_callers_get_no_503_through_the_pool_and_503s_without(
         return [outcome for batch in ray.get(batches, timeout=240) for outcome in batch]
 
     pooled = run(direct=False)
-    pooled_peak = node.max_in_progress
+    pooled_peak = node.max_arrived  # calls at the node at once, refused ones too
     direct = run(direct=True)
     print(
         f"\nrpc: through the pool {pooled.count('503')} x 503 of {len(pooled)} "
-        f"(peak {pooled_peak} in progress); direct {direct.count('503')} x 503 of "
-        f"{len(direct)} (peak {node.max_in_progress})"
+        f"(at most {pooled_peak} calls at the node at once); direct {direct.count('503')} "
+        f"x 503 of {len(direct)} (at most {node.max_arrived} at once)"
     )
     assert pooled.count("ok") == 100 and pooled_peak <= node.rpcthreads + node.rpcworkqueue
     assert direct.count("503") > 0

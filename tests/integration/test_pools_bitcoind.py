@@ -17,6 +17,7 @@ import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -60,6 +61,8 @@ class FakeBitcoind:
         self.queued = 0
         self.in_progress = 0
         self.max_in_progress = 0
+        self.arrived = 0  # requests being answered now, refused ones too
+        self.max_arrived = 0
         self.calls = 0
         self.rejected = 0
         self.unauthorized = 0
@@ -88,9 +91,26 @@ class FakeBitcoind:
 
     def reset_counts(self) -> None:
         with self.lock:
-            self.max_in_progress = self.calls = self.rejected = self.unauthorized = 0
+            self.max_in_progress = self.max_arrived = 0
+            self.calls = self.rejected = self.unauthorized = 0
 
     # -- the node's side of one request ------------------------------------------------
+
+    @contextmanager
+    def answering(self) -> Iterator[None]:
+        """One request, from its arrival until just before its reply leaves.
+
+        ``max_in_progress`` cannot pass rpcthreads + rpcworkqueue (the node refuses the
+        rest); ``max_arrived`` can: it is what a cap on the callers has to keep down.
+        """
+        with self.lock:
+            self.arrived += 1
+            self.max_arrived = max(self.max_arrived, self.arrived)
+        try:
+            yield
+        finally:
+            with self.lock:
+                self.arrived -= 1
 
     def authorised(self, header: str | None) -> bool:
         if not header or not header.startswith("Basic "):
@@ -142,14 +162,20 @@ class FakeBitcoind:
 
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                with node.answering():
+                    status, payload, headers = self.answer(body)
+                # Sent after: a caller that has its reply is no longer counted as arrived.
+                self.reply(status, payload, headers)
+
+            def answer(self, body: bytes) -> tuple[int, bytes, dict[str, str]]:
                 if not node.authorised(self.headers.get("Authorization")):
                     with node.lock:
                         node.unauthorized += 1
-                    return self.reply(401, b"", {"WWW-Authenticate": 'Basic realm="jsonrpc"'})
+                    return 401, b"", {"WWW-Authenticate": 'Basic realm="jsonrpc"'}
                 if not node.enqueue():
-                    return self.reply(503, b"Work queue depth exceeded")
+                    return 503, b"Work queue depth exceeded", {}
                 status, reply = node.execute(body)
-                self.reply(status, json.dumps(reply).encode(), {"Content-Type": "application/json"})
+                return status, json.dumps(reply).encode(), {"Content-Type": "application/json"}
 
             def reply(
                 self, status: int, body: bytes, headers: dict[str, str] | None = None
