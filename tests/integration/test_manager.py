@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import random
 import signal
@@ -113,17 +114,16 @@ def test_priority_order_at_a_saturated_pool(manager: ResourceManager, loop: Loop
         async with manager.acquire_connection("rpc", priority=priority):
             order.append(priority)
 
+    async def waiting(count: int) -> bool:
+        return bool((await manager.snapshot())["pools"]["rpc"]["waiting"] == count)
+
     async def scenario() -> None:
         holder = await manager.acquire_connection("rpc")
         tasks = []
-        for priority in ["batch", "low", "normal", "high", "critical"]:
+        for count, priority in enumerate(["batch", "low", "normal", "high", "critical"], 1):
             tasks.append(asyncio.create_task(waiter(priority)))
-            await asyncio.sleep(0.1)  # arrival order: lowest first
-
-        async def all_waiting() -> bool:
-            return (await manager.snapshot())["pools"]["rpc"]["waiting"] == 5
-
-        await eventually(all_waiting)
+            # Arrival order, lowest first: each one queued before the next is sent.
+            await eventually(functools.partial(waiting, count))
         await manager.release(holder)
         await asyncio.gather(*tasks)
 
@@ -366,13 +366,17 @@ def test_coordinator_restart_keeps_the_ledger(manager: ResourceManager, loop: Lo
             return (await manager.snapshot())["queue"]["waiting"] == 1
 
         await eventually(one_waits)
-        before = totals(await manager.snapshot())
+        snap = await manager.snapshot()
+        before = totals(snap)
         fencing_before = max(lease.fencing_token for lease in held)
         coordinator = ray.get_actor(COORDINATOR_NAME, namespace=NAMESPACE)
         ray.kill(coordinator, no_restart=False)
-        await asyncio.sleep(0.5)
+        # The restarted coordinator (a new epoch), once it has the three leases back.
         after = await eventually(
-            lambda: _snapshot_when(manager, lambda s: s["leases"] == 3), timeout=60
+            lambda: _snapshot_when(
+                manager, lambda s: s["epoch"] > snap["epoch"] and s["leases"] == 3
+            ),
+            timeout=60,
         )
         assert totals(after)[:3] == before[:3]
         assert await _invariants() == []
