@@ -235,9 +235,9 @@ class CoordinatorImpl:
         now = time.time()
         alive = {n["NodeID"]: n for n in nodes if n.get("Alive")}
         for node_id, node in alive.items():
-            self.reported_capacity[node_id] = ray_capacity(node)
+            reported = self.reported_capacity[node_id] = ray_capacity(node)
             if node_id not in self.scheduler.nodes:
-                self._apply(self.scheduler.node_up(node_id, self._capacity(node_id, node), now))
+                self._apply(self.scheduler.node_up(node_id, self._capped(node_id, reported), now))
             if node_id not in self.agents:
                 self.agents[node_id] = self._start_agent(node_id)
         # An agent that has not reported yet is starting (slow on a loaded machine), not
@@ -247,9 +247,6 @@ class CoordinatorImpl:
             silent = now - self.last_heartbeat.get(node_id, now)
             if node_id not in alive or silent > lost_after:
                 self._node_lost(node_id, now)
-
-    def _capacity(self, node_id: str, node: dict[str, Any]) -> dict[str, int]:
-        return self._capped(node_id, ray_capacity(node))
 
     def _capped(self, node_id: str, reported: dict[str, int]) -> dict[str, int]:
         capacity = dict(reported)
