@@ -55,13 +55,7 @@ from anya_resource.workloads.cluster import (
     node_labels,
     wait_for_agents,
 )
-from anya_resource.workloads.jobs import (
-    POLICY,
-    JobKind,
-    default_mix,
-    prepare_payload,
-    warm_workers,
-)
+from anya_resource.workloads.jobs import POLICY, JobKind, default_mix, prepare_while_warming
 from anya_resource.workloads.runner import Plan, Runner, plan_mix
 from anya_resource.workloads.stats import (
     GrantRecord,
@@ -77,7 +71,6 @@ WINDOW_S = 10.0
 TARGET_P99_RATIO = 0.2  # high's p99 wait / low's
 TARGET_CV = 0.2
 DRAIN_TIMEOUT_S = 60.0
-WARM_WORKERS_PER_NODE = 3
 
 
 def parse(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -115,9 +108,7 @@ def run(duration: float, warmup: float, flat: bool, console: Console) -> dict[st
         try:
             labels = node_labels()
             wait_for_agents(manager, len(labels))
-            warming = warm_workers(list(labels), WARM_WORKERS_PER_NODE)
-            payload = prepare_payload()
-            ray.get(warming)
+            payload = prepare_while_warming(list(labels))
             cpus = manager.snapshot()["resources"]["cpu"]["grantable"] / MILLI
             plans = plan_mix(mix(flat), cpus)
             runner = Runner(plans, payload)

@@ -21,7 +21,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-import ray
 from rich.console import Console, Group, RenderableType
 from rich.live import Live
 from rich.table import Table
@@ -37,20 +36,13 @@ from anya_resource.workloads.cluster import (
     node_labels,
     wait_for_agents,
 )
-from anya_resource.workloads.jobs import (
-    POLICY,
-    Payload,
-    default_mix,
-    prepare_payload,
-    warm_workers,
-)
+from anya_resource.workloads.jobs import POLICY, default_mix, prepare_while_warming
 from anya_resource.workloads.report import RunWindow, Samples, build_report, node_use
 from anya_resource.workloads.runner import Runner, plan_mix
 from anya_resource.workloads.stats import wait_summary
 
 DRAIN_TIMEOUT_S = 60.0  # the longest task of the mix runs a few seconds when tight
 RELEASED_TIMEOUT_S = 20.0
-WARM_WORKERS_PER_NODE = 3  # the most leases of the mix one 2-CPU node holds at once
 
 
 @dataclass(frozen=True)
@@ -97,7 +89,7 @@ def _run_on_cluster(options: DemoOptions, console: Console, say: _Narrator) -> d
         labels = node_labels()
         wait_for_agents(manager, len(labels))
         say("training the model, signing transactions, warming the workers")
-        payload = _prepare(list(labels))
+        payload = prepare_while_warming(list(labels))
         before = manager.snapshot()
         plans = plan_mix(default_mix(), before["resources"]["cpu"]["grantable"] / MILLI)
         runner = Runner(plans, payload)
@@ -118,14 +110,6 @@ def _run_on_cluster(options: DemoOptions, console: Console, say: _Narrator) -> d
         return report
     finally:
         manager.close()
-
-
-def _prepare(node_ids: list[str]) -> Payload:
-    """Train and sign in the driver while the workers warm up on every node."""
-    warming = warm_workers(node_ids, WARM_WORKERS_PER_NODE)
-    payload = prepare_payload()
-    ray.get(warming)
-    return payload
 
 
 # -- the run ---------------------------------------------------------------------------

@@ -40,6 +40,7 @@ POLICY: dict[str, Any] = {
 }
 MAX_CLIENTS_PER_KIND = 64  # one thread each in the driver
 TRANSACTIONS = 300  # signed once at start-up, verified over and over by the tasks
+WARM_WORKERS_PER_NODE = 3  # the most leases of the mix one 2-CPU node holds at once
 
 
 @dataclass(frozen=True)
@@ -231,3 +232,11 @@ def warm_workers(node_ids: list[str], per_node: int, hold_s: float = 1.0) -> lis
         for node_id in node_ids
         for _ in range(per_node)
     ]
+
+
+def prepare_while_warming(node_ids: list[str], per_node: int = WARM_WORKERS_PER_NODE) -> Payload:
+    """``prepare_payload`` in the driver while ``warm_workers`` warms every node's workers."""
+    warming = warm_workers(node_ids, per_node)
+    payload = prepare_payload()
+    ray.get(warming)
+    return payload
