@@ -201,3 +201,8 @@ def test_report_agrees_with_the_coordinator() -> None:
     assert sum(n["grants"] for n in report["nodes"].values()) == len(records)
     assert report["preemptions"] == 0 and report["bottleneck"] is None
     assert set(report["balance"]["grants_per_window"]) == {"high", "normal", "low"}
+    # The balance figure is over the same CPU-seconds the node rows show.
+    per_node = [n["cpu_seconds"] for n in report["nodes"].values()]
+    assert sum(per_node) > 0
+    cv = coefficient_of_variation(per_node)
+    assert report["balance"]["cpu_seconds_cv"] == pytest.approx(cv, abs=1e-4)

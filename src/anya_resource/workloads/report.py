@@ -110,6 +110,8 @@ def build_report(
     """The report; ``snapshots`` are the coordinator's before the run and after the drain."""
     before, after = snapshots
     classes = [plan.kind.priority for plan in plans]
+    # Clipped to the run: the drain after it would count as more than 100 %.
+    cpu_seconds = cpu_seconds_by_node(records, list(after["nodes"]), run.start, run.end)
     return {
         "run": {
             "seconds": round(run.seconds, 3),
@@ -118,8 +120,8 @@ def build_report(
         },
         "classes": _classes(plans, records, after),
         "work": _work(plans, records),
-        "nodes": _nodes(records, run, after, samples, labels),
-        "balance": _balance(records, run, after, classes),
+        "nodes": _nodes(records, cpu_seconds, run, after, samples, labels),
+        "balance": _balance(records, cpu_seconds, run, classes),
         "preemptions": _delta(after, before, "revoked").get("preemption", 0),
         "revocations": _delta(after, before, "revoked"),
         "rejections": _delta(after, before, "rejected"),
@@ -175,13 +177,12 @@ def _work(plans: Sequence[Plan], records: Sequence[GrantRecord]) -> dict[str, An
 
 def _nodes(
     records: Sequence[GrantRecord],
+    cpu_seconds: dict[str, float],
     run: RunWindow,
     after: dict[str, Any],
     samples: Samples,
     labels: dict[str, str],
 ) -> dict[str, Any]:
-    # Clipped to the run: the drain after it would count as more than 100 %.
-    cpu_seconds = cpu_seconds_by_node(records, list(after["nodes"]), run.start, run.end)
     grants = Counter(r.node_id for r in records)
     result = {}
     for node_id, node in after["nodes"].items():
@@ -200,9 +201,11 @@ def _nodes(
 
 
 def _balance(
-    records: Sequence[GrantRecord], run: RunWindow, after: dict[str, Any], classes: list[str]
+    records: Sequence[GrantRecord],
+    cpu_seconds: dict[str, float],
+    run: RunWindow,
+    classes: list[str],
 ) -> dict[str, Any]:
-    cpu_seconds = cpu_seconds_by_node(records, list(after["nodes"]), run.start, run.end)
     windows = grants_per_window(records, classes, run.start, run.end, WINDOW_S)
     return {
         "cpu_seconds_cv": coefficient_of_variation(list(cpu_seconds.values())),
