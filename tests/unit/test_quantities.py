@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from decimal import Decimal
 from fractions import Fraction
 
@@ -28,6 +29,18 @@ from anya_resource.quantities import (
 )
 
 KIB, MIB, GIB, TIB, PIB = (1024**n for n in range(1, 6))
+
+
+def rejection(parse: Callable[[], object], value: object) -> str:
+    """The message of the ``InvalidRequest`` that ``parse()`` raises; it names ``value``."""
+    with pytest.raises(InvalidRequest) as info:
+        parse()
+    error = info.value
+    assert isinstance(error, ValueError)
+    assert isinstance(error, ResourceError)
+    message = str(error)
+    assert repr(value) in message  # names the value ...
+    return message
 
 
 def test_resource_sets() -> None:
@@ -164,13 +177,7 @@ def test_parse_bytes_largest_amount() -> None:
     ],
 )
 def test_parse_bytes_rejects(value: object) -> None:
-    with pytest.raises(InvalidRequest) as info:
-        parse_bytes(value)
-    error = info.value
-    assert isinstance(error, ValueError)
-    assert isinstance(error, ResourceError)
-    message = str(error)
-    assert repr(value) in message  # names the value ...
+    message = rejection(lambda: parse_bytes(value), value)
     assert "expected a non-negative byte count" in message  # ... and what was expected
 
 
@@ -263,11 +270,7 @@ def test_parse_cores(value: object, expected: float) -> None:
     ],
 )
 def test_parse_cores_rejects(value: object) -> None:
-    with pytest.raises(InvalidRequest) as info:
-        parse_cores(value)
-    assert isinstance(info.value, ValueError)
-    message = str(info.value)
-    assert repr(value) in message
+    message = rejection(lambda: parse_cores(value), value)
     assert "expected a non-negative finite number of cores" in message
 
 
@@ -291,11 +294,7 @@ def test_parse_count(value: object, expected: int) -> None:
     "value", [-1, 1.5, float("nan"), float("inf"), True, False, 2**63, "3", "", None, [], object()]
 )
 def test_parse_count_rejects(value: object) -> None:
-    with pytest.raises(InvalidRequest) as info:
-        parse_count(value)
-    assert isinstance(info.value, ValueError)
-    message = str(info.value)
-    assert repr(value) in message
+    message = rejection(lambda: parse_count(value), value)
     assert "expected a non-negative whole number of slots" in message
 
 
@@ -341,11 +340,8 @@ def test_to_units(resource: str, value: object, expected: int) -> None:
     ],
 )
 def test_to_units_rejects_and_names_the_resource(resource: str, value: object) -> None:
-    with pytest.raises(InvalidRequest) as info:
-        to_units(resource, value)
-    message = str(info.value)
+    message = rejection(lambda: to_units(resource, value), value)
     assert f"amount of {resource!r}" in message
-    assert repr(value) in message
     assert "expected" in message
 
 
