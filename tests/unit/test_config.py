@@ -54,6 +54,13 @@ def config_error(data: Any, source: str = "test.yaml") -> str:
     return str(error)
 
 
+def load_error(path: Path) -> str:
+    """The message of the ConfigError that loading ``path`` raises."""
+    with pytest.raises(ConfigError) as info:
+        Policy.load(path)
+    return str(info.value)
+
+
 # -- the shipped default -------------------------------------------------------
 
 
@@ -372,18 +379,14 @@ def test_source_defaults_to_dict() -> None:
 
 def test_file_errors_name_the_file_and_key(tmp_path: Path) -> None:
     path = write(tmp_path, "pools:\n  bitcoin-rpc:\n    size: 0\n    kind: bitcoin-rpc\n")
-    with pytest.raises(ConfigError) as info:
-        Policy.load(path)
-    message = str(info.value)
+    message = load_error(path)
     assert message.startswith(f"{path}: invalid policy")
     assert "pools.bitcoin-rpc.size: Input should be greater than or equal to 1" in message
 
 
 def test_file_unknown_key(tmp_path: Path) -> None:
     path = write(tmp_path, "lease:\n  default_ttl: 60\n  renew_evry: 10\n")
-    with pytest.raises(ConfigError) as info:
-        Policy.load(path)
-    message = str(info.value)
+    message = load_error(path)
     assert str(path) in message
     assert "lease.renew_evry: unknown key; expected one of" in message
     assert "'renew_every'" in message
@@ -401,9 +404,7 @@ def test_file_unknown_key(tmp_path: Path) -> None:
 )
 def test_invalid_yaml(tmp_path: Path, text: str) -> None:
     path = write(tmp_path, text)
-    with pytest.raises(ConfigError) as info:
-        Policy.load(path)
-    message = str(info.value)
+    message = load_error(path)
     assert message.startswith(f"{path}: not valid YAML")
     assert "line" in message  # where in the file
 
@@ -411,16 +412,12 @@ def test_invalid_yaml(tmp_path: Path, text: str) -> None:
 @pytest.mark.parametrize("text", ["- a\n- b\n", "just a string\n", "42\n", "true\n"])
 def test_non_mapping_top_level_file(tmp_path: Path, text: str) -> None:
     path = write(tmp_path, text)
-    with pytest.raises(ConfigError) as info:
-        Policy.load(path)
-    assert str(info.value).startswith(f"{path}: expected a mapping at the top level")
+    assert load_error(path).startswith(f"{path}: expected a mapping at the top level")
 
 
 def test_missing_file(tmp_path: Path) -> None:
     path = tmp_path / "nope.yaml"
-    with pytest.raises(ConfigError) as info:
-        Policy.load(path)
-    message = str(info.value)
+    message = load_error(path)
     assert message.startswith(f"{path}: cannot read policy file")
     assert "No such file or directory" in message
 
@@ -516,9 +513,7 @@ def test_bad_env_value(
     monkeypatch: pytest.MonkeyPatch, name: str, value: str, location: str
 ) -> None:
     monkeypatch.setenv(name, value)
-    with pytest.raises(ConfigError) as info:
-        Policy.load(DEFAULT_FILE)
-    message = str(info.value)
+    message = load_error(DEFAULT_FILE)
     assert message.startswith(f"{DEFAULT_FILE}: invalid policy")
     assert f"\n  {location}: " in message
     assert name in message  # says the value came from the environment
