@@ -321,6 +321,7 @@ def _policy_env_names(environ: Mapping[str, str]) -> list[str]:
 def _env_overrides(environ: Mapping[str, str], current: Mapping[str, Any]) -> dict[str, Any]:
     """``ANYA_RESOURCE_A__B=value`` as ``{"a": {"b": value}}`` (value parsed as YAML)."""
     overrides: dict[str, Any] = {}
+    set_by: dict[tuple[str, ...], str] = {}  # key path -> the variable that set it
     for name in _policy_env_names(environ):
         key = name.removeprefix(ENV_PREFIX)
         try:
@@ -333,11 +334,24 @@ def _env_overrides(environ: Mapping[str, str], current: Mapping[str, Any]) -> di
             # Env names cannot hold dashes: BITCOIN_RPC names the pool bitcoin-rpc.
             if isinstance(known, Mapping) and part not in known and part.replace("_", "-") in known:
                 part = part.replace("_", "-")
+            parts[index] = part
             if index == len(parts) - 1:
                 node[part] = value
                 break
-            node = node.setdefault(part, {})
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                break  # a variable set this whole part: reported below
+            node = child
             known = known.get(part, {}) if isinstance(known, Mapping) else {}
+        path = tuple(parts)
+        for other_path, other in set_by.items():
+            shorter = min(len(path), len(other_path))
+            if path[:shorter] == other_path[:shorter]:
+                raise ConfigError(
+                    f"environment variables {other} and {name} both set "
+                    f"{'.'.join(path[:shorter])}; expected only one of them"
+                )
+        set_by[path] = name
     return overrides
 
 

@@ -623,3 +623,18 @@ def test_coerce_bad_type(bad: object) -> None:
     message = str(info.value)
     assert message.startswith(f"policy: got {bad!r}")
     assert "expected a Policy, a YAML path or a dict" in message
+
+
+@pytest.mark.parametrize(
+    "whole", ["ANYA_RESOURCE_LEASE", "ANYA_RESOURCE_POOLS__BITCOIN_RPC"], ids=["top", "pool"]
+)
+def test_env_setting_a_part_twice_is_a_config_error(
+    monkeypatch: pytest.MonkeyPatch, whole: str
+) -> None:
+    part = f"{whole}__SIZE" if "POOLS" in whole else f"{whole}__DEFAULT_TTL"
+    monkeypatch.setenv(whole, "{}")
+    monkeypatch.setenv(part, "8")
+    with pytest.raises(ConfigError) as caught:
+        Policy.load(BITCOIN_FILE)
+    message = str(caught.value)
+    assert whole in message and part in message and "expected only one" in message
