@@ -153,6 +153,7 @@ def test_pressure_moves_memory_grants_away_and_back_without_flapping(
     high, low = top + HIGH_ABOVE_REST, top + LOW_ABOVE_REST
     hot = node_of("node1")
     started = time.time()
+    between: list[tuple[float, bool]] = []  # (reading, pressured) between the marks
 
     async def scenario() -> None:
         revoked: list[str] = []
@@ -195,7 +196,6 @@ def test_pressure_moves_memory_grants_away_and_back_without_flapping(
         # -- hysteresis: a reading between the thresholds changes nothing ------------
         # Straight down from above memory_high to half way, never below memory_low.
         await asyncio.to_thread(ray.get, hog.hold.remote(bytes_for((high + low) / 2 - reading)))
-        between = []
         deadline = time.monotonic() + 10 * HEARTBEAT
         while time.monotonic() < deadline:
             row = await node_row(manager, hot)
@@ -236,6 +236,14 @@ def test_pressure_moves_memory_grants_away_and_back_without_flapping(
     changes = sum(1 for a, b in itertools.pairwise(flags) if a != b)
     assert flags and changes == 2 and not flags[0] and not flags[-1], states
     assert max(p for p, _ in states if p is not None) >= high
+    # The figures docs/operations.md quotes (shown with pytest -s).
+    settled = [percent for percent, _ in between[len(between) // 2 :]]
+    print(
+        f"\nat rest {min(rest.values()):.0f}-{top:.0f} %, thresholds {high:.0f}/{low:.0f} %, "
+        f"pressured up to {max(p for p, _ in states if p is not None):.0f} %, "
+        f"between the marks {min(settled):.1f}-{max(settled):.1f} % (still pressured), "
+        f"relieved {states[-1][0]} %"
+    )
 
 
 def test_grantable_never_exceeds_the_machine_minus_the_reserve(
