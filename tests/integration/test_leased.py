@@ -125,8 +125,11 @@ def test_actor_holds_its_lease_for_its_life(sync: SyncResourceManager) -> None:
     model = Model.remote(3)
     value, lease_id = ray.get(model.predict.remote(2))
     assert value == 6
-    time.sleep(3)  # past the TTL: the actor renews its own lease
-    assert [row["lease_id"] for row in sync.leases()] == [lease_id]
+    time.sleep(3)  # past the TTL: still held, renewed (by the actor, and by the caller)
+    rows = sync.leases()
+    assert [row["lease_id"] for row in rows] == [lease_id]
+    # Held by the actor's process: its death, not the caller's, ends the lease.
+    assert rows[0]["holder"]["pid"] != os.getpid()
     ray.kill(model)
     wait_until_idle(sync)
 
