@@ -5,8 +5,9 @@ with strict types) goes through its cloudpickle path on both sides; ``bytes`` go
 are (Ray's "raw" objects, ~1 µs). So the coordinator pickles a flat tuple of the
 record's plain fields itself (the C pickler, a few µs) and the client unpickles it. On
 2 shared cores that took ~0.1 ms off both ends of every acquire, and the dataclass path
-cost ~0.5 ms more. The tuple carries every field, in the dataclass's order, so the
-client rebuilds an equal record.
+cost ~0.5 ms more (measured once with a scratch harness, not a shipped command:
+docs/performance.md, issue 3). The tuple carries every field, in the dataclass's order,
+so the client rebuilds an equal record.
 """
 
 from __future__ import annotations
