@@ -264,8 +264,13 @@ class ResourceManager:
     # -- giving back ---------------------------------------------------------------------
 
     async def release(self, lease: Lease) -> None:
-        """Give ``lease`` back and wait until the coordinator has it. Idempotent."""
+        """Give ``lease`` back and wait until the coordinator has it. Idempotent.
+
+        A pooled connection is closed first (forgetting it starts that), then its slot
+        goes back: the service never sees more connections than the pool has slots.
+        """
         self._forget(lease)
+        await lease.closed()
         await self._call(lambda c: c.release.remote(lease.lease_id, lease.token))
 
     def release_soon(self, lease: Lease) -> None:

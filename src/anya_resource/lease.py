@@ -61,6 +61,9 @@ class Lease:
     def seconds_left(self, now: float | None = None) -> float:
         return self.expires_at - (time.time() if now is None else now)
 
+    async def closed(self) -> None:
+        """Once given back: wait until what stood on the lease is closed (nothing here)."""
+
     async def release(self) -> None:
         if self._manager is not None:
             await self._manager.release(self)

@@ -217,7 +217,16 @@ def test_releasing_through_the_manager_closes_then_frees_the_slot(
     async def scenario() -> None:
         conn = await manager.acquire_connection("pgwarm")
         assert pg.connections("anya-resource:pgwarm") == 1
+        raw = conn.connection
+        close = raw.close
+
+        async def slow_close() -> None:  # a slow server: the slot must still wait for it
+            await asyncio.sleep(0.5)
+            await close()
+
+        raw.close = slow_close
         await manager.release(conn)  # the slot itself: the connection closes first
+        assert raw.closed  # closed before the slot went back, not after
         assert await slots_in_use(manager, "pgwarm") == 0
 
     loop.run(scenario())

@@ -88,6 +88,11 @@ class PooledConnection(ResourceConnection):
             except Exception:
                 log.exception("on_revoked callback of %s failed", self.lease_id)
 
+    async def closed(self) -> None:
+        """Once the slot itself was given back: wait until the connection is closed."""
+        if self._pool is not None:
+            await self._pool.closed(self.lease_id)
+
     async def release(self) -> None:
         """Give the connection back to this process's pool (it keeps its slot)."""
         if self._pool is not None:

@@ -83,6 +83,7 @@ class ConnectionPool:
         self._requests: list[asyncio.Task[None]] = []  # slot asks waiting at the coordinator
         self._openers: set[asyncio.Task[None]] = set()
         self._closers: set[asyncio.Task[None]] = set()
+        self._closing: dict[str, asyncio.Task[None]] = {}  # slot lease id -> its closer
         self._waiters: list[Waiter] = []  # a heap; callers that gave up are skipped lazily
         self._waiting = 0
         self._sequence = itertools.count()
@@ -374,7 +375,16 @@ class ConnectionPool:
         task = asyncio.get_running_loop().create_task(self._close_and_release(entry))
         self._closers.add(task)
         task.add_done_callback(self._closers.discard)
+        lease_id = entry.lease.lease_id
+        self._closing[lease_id] = task
+        task.add_done_callback(lambda _: self._closing.pop(lease_id, None))
         self._grow()
+
+    async def closed(self, lease_id: str) -> None:
+        """Wait until the connection on slot ``lease_id``, if it is closing, is closed."""
+        task = self._closing.get(lease_id)
+        if task is not None:
+            await asyncio.shield(task)
 
     def _forget(self, entry: Entry) -> None:
         if entry in self._idle:
