@@ -7,7 +7,7 @@ counters with ``_total`` added: ``anya_resource_grants`` is scraped as
 ``ray_anya_resource_grants_total``.
 
 Recording stays off the acquire path: a decision only bumps a Python counter
-(~0.1 µs, where a Ray metric record is ~3 µs), and ``flush``, once per heartbeat,
+(a dict update, where a Ray metric record is a call into Ray's C++ core), and ``flush``, once per heartbeat,
 hands the sums to Ray and sets the gauges from the ledgers. Rejections, reclaims and
 revocations are taken as differences of the scheduler's own counters, so they can
 never disagree with ``snapshot()["counters"]``.

@@ -144,7 +144,7 @@ def entry_bytes(nodes: int) -> int:
 
 
 def test_entry_size_is_about_1_kb_for_4_nodes_and_an_hour_of_100_fits_the_budget() -> None:
-    """The sizes docs/operations.md quotes (~1 KB an entry for 4 nodes, ~17 KB for 100)."""
+    """The sizes docs/operations.md quotes (~1 KB an entry for 4 nodes, ~18 KB for 100)."""
     small, large = entry_bytes(4), entry_bytes(100)
     assert KIB // 2 < small < 2 * KIB, small
     assert 15 * KIB < large < 20 * KIB, large

@@ -16,7 +16,7 @@ before a node's first heartbeat).
 Three bounds, whichever bites first: the time window (an hour by default), a number
 of entries (with a fast heartbeat the ring samples less often, so that it still
 covers the window), and a byte budget (entries are kept JSON-encoded, about a third of
-the memory of the dicts: ~1 KB for 4 nodes, ~17 KB for 100, so an hour of 100 nodes
+the memory of the dicts: ~1 KB for 4 nodes, ~18 KB for 100 (test_history measures both), so an hour of 100 nodes
 fits the 64 MiB budget and a larger cluster keeps a shorter history rather than grow
 the coordinator). Pure: the caller passes the time in.
 """
