@@ -58,8 +58,8 @@ from anya_resource.core import (
     build_request,
     check_invariants,
 )
-from anya_resource.core.bottleneck import binding
 from anya_resource.core.history import HistoryRing, compact
+from anya_resource.core.verdict import judge_health
 from anya_resource.errors import (
     AcquireTimeout,
     Infeasible,
@@ -563,29 +563,14 @@ class CoordinatorImpl:
     async def check_health(self) -> ResourceHealth:
         now = time.time()
         snap = self.scheduler.snapshot(now)
-        reasons: list[str] = []
-        nodes = []
-        for node_id, ledger in self.scheduler.nodes.items():
-            health = self.node_health.get(node_id)
-            silent = now - self.last_heartbeat.get(node_id, now)
-            missed = int(silent / self.policy.heartbeat_s)
-            if ledger.pressured:
-                reasons.append(
-                    f"node {node_id[:12]} under {'/'.join(sorted(ledger.pressured))} pressure"
-                )
-            if missed >= self.policy.health.missed_heartbeats:
-                reasons.append(f"node {node_id[:12]} missed {missed} heartbeats")
-            if health is not None:
-                nodes.append(
-                    NodeHealth.from_dict({**health.to_dict(), "missed_heartbeats": missed})
-                )
-        oldest = max(snap["queue"]["oldest_wait"].values(), default=0.0)
-        if oldest > self.policy.health.wait_threshold_s:
-            top = binding(snap["bottlenecks"])
-            what = top["text"] if top else "capacity"
-            reasons.append(
-                f"requests waiting {oldest:.1f} s (> {self.policy.health.wait_threshold_s:g} s): {what}"
-            )
+        silent = {node_id: now - heard for node_id, heard in self.last_heartbeat.items()}
+        verdict = judge_health(self.scheduler, snap, silent, self.policy)
+        reasons = verdict.reasons
+        nodes = [
+            NodeHealth.from_dict({**health.to_dict(), "missed_heartbeats": verdict.missed[node_id]})
+            for node_id in self.scheduler.nodes
+            if (health := self.node_health.get(node_id)) is not None
+        ]
         return ResourceHealth(
             is_healthy=not reasons,
             memory_usage_percent=max((h.memory_percent for h in nodes), default=0.0),
