@@ -56,7 +56,7 @@ from rich.table import Table
 
 from anya_resource.config import Policy
 from anya_resource.core import Grant, Request, Scheduler, build_request
-from anya_resource.core.leases import new_token
+from anya_resource.core.leases import TokenMinter, new_secret
 from anya_resource.core.model import LeaseRecord, Reclaim, ReclaimReason
 
 POINTS: tuple[tuple[int, int], ...] = ((10, 100), (100, 10_000), (1_000, 100_000))
@@ -219,6 +219,7 @@ class FloorCycle:
         self.expiry: list[tuple[float, str]] = []
         self.ended: OrderedDict[str, tuple[str, ReclaimReason]] = OrderedDict()
         self.sequence = 0
+        self.minter = TokenMinter(new_secret())
 
     def submit(self, now: float) -> Grant:
         request = self.request
@@ -227,7 +228,7 @@ class FloorCycle:
         lease_id = f"lease-{self.sequence:x}"
         node = self.sequence % len(self.granted)
         lease = LeaseRecord(
-            lease_id, request_id, new_token(), self.sequence, str(node), request.resources,
+            lease_id, request_id, self.minter.mint(lease_id), self.sequence, str(node), request.resources,
             request.pools, request.priority, request.priority_name, request.tenant, request.ttl,
             now, now + request.ttl, False, request.holder,
         )  # fmt: skip

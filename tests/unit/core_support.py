@@ -11,7 +11,9 @@ from typing import Any
 
 from anya_resource.config import Policy
 from anya_resource.core import Grant, Reclaim, Reject, Request, Revoke, Scheduler, build_request
+from anya_resource.core.journal import Write
 from anya_resource.core.model import Decision
+from anya_resource.core.recovery import start
 
 KIB, MIB, GIB = 1024, 1024**2, 1024**3
 CORE = 1000  # cpu and gpu are counted in thousandths
@@ -119,3 +121,59 @@ def reclaims(decisions: list[Decision]) -> list[Reclaim]:
 def granted(snap: Mapping[str, Any], node_id: str, resource: str) -> int:
     value: int = snap["nodes"][node_id]["resources"][resource]["granted"]
     return value
+
+
+class Store:
+    """Ray's GCS key-value store as the journal uses it: puts, and deletes after them.
+
+    A garbage entry ending in ``/`` is a prefix (a generation's segments), as
+    ``actors/store.py`` deletes it.
+    """
+
+    def __init__(self) -> None:
+        self.kv: dict[str, bytes] = {}
+
+    def write(self, write: Write) -> None:
+        self.kv[write.key] = write.blob
+        for garbage in write.garbage:
+            if garbage.endswith("/"):
+                for key in [k for k in self.kv if k.startswith(garbage)]:
+                    del self.kv[key]
+            else:
+                self.kv.pop(garbage, None)
+
+
+SECRET = b"s" * 32
+
+
+class Durable:
+    """A coordinator's core as the shell runs it, writing every commit at once.
+
+    ``start`` is the real startup protocol (``core/recovery.py``); ``commit`` writes
+    what the scheduler staged since the last one, as the coordinator's committer does.
+    """
+
+    def __init__(
+        self,
+        policy: Policy,
+        store: Store,
+        nodes: Mapping[str, Mapping[str, int]],
+        now: float,
+        epoch: int = 0,
+    ) -> None:
+        self.store = store
+        startup = start(policy, epoch, SECRET, dict(store.kv), nodes, now)
+        self.s = startup.scheduler
+        self.commits = startup.commits
+        self.decisions = startup.decisions
+        self.write(startup.first_write)
+
+    def write(self, write: Write) -> None:
+        self.store.write(write)
+        self.commits.written(write.ticket)
+
+    def commit(self) -> None:
+        self.commits.stage(self.s.take_journal())
+        write = self.commits.cut()
+        if write is not None:
+            self.write(write)

@@ -2,21 +2,32 @@
 
 from __future__ import annotations
 
-import copy
 import math
 from typing import Any
 
 import pytest
 
 from anya_resource.core import (
+    Holder,
     Reclaim,
     ReclaimReason,
-    Scheduler,
+    RejectReason,
+    build_request,
     check_invariants,
 )
 from anya_resource.core.leases import EPOCH_SHIFT
 from anya_resource.errors import InvalidRequest, LeaseExpired, LeaseRevoked, NotLeaseHolder
-from tests.unit.core_support import Harness, caps, grants, make_policy, reclaims, revokes
+from tests.unit.core_support import (
+    Durable,
+    Harness,
+    Store,
+    caps,
+    grants,
+    make_policy,
+    reclaims,
+    rejects,
+    revokes,
+)
 
 
 @pytest.fixture
@@ -72,10 +83,12 @@ def test_release_is_idempotent_for_the_holder(h: Harness) -> None:
     assert h.snap()["resources"]["cpu"]["granted"] == 0
 
 
-def test_release_of_an_unknown_lease_is_invalid(h: Harness) -> None:
+def test_release_of_a_lease_this_cluster_never_issued_is_refused(h: Harness) -> None:
     before = state(h)
-    with pytest.raises(InvalidRequest, match="lease-999"):
+    with pytest.raises(NotLeaseHolder, match="lease-999"):
         h.s.release("lease-999", "x", h.now)
+    with pytest.raises(InvalidRequest, match="lease_id"):
+        h.s.release(None, "x", h.now)  # type: ignore[arg-type]
     assert state(h) == before
 
 
@@ -160,108 +173,169 @@ def test_fencing_tokens_strictly_increase_in_grant_order(h: Harness) -> None:
     assert fencing == sorted(set(fencing))
 
 
+def _restarted(policy: Any, store: Store, nodes: dict[str, Any], now: float, epoch: int) -> Durable:
+    return Durable(policy, store, nodes, now, epoch=epoch)
+
+
 def test_restore_after_a_restart_counts_each_lease_once_and_fences_above_them() -> None:
     policy = make_policy()
-    old = Scheduler(policy, epoch=3)
-    old.node_up("n1", caps(cpu=8), 0.0)
-    old.node_up("n2", caps(cpu=8), 0.0)
+    store = Store()
+    nodes = {"n1": caps(cpu=8), "n2": caps(cpu=8)}
+    old = Durable(policy, store, nodes, 0.0, epoch=3)
     held = []
     for i in range(6):
-        _, decisions = old.submit(_req(policy, cpu=1, node=f"n{1 + i % 2}", key=f"k{i}"), 0.0)
+        _, decisions = old.s.submit(_req(policy, cpu=1, node=f"n{1 + i % 2}", key=f"k{i}"), 0.0)
         held.extend(g.lease for g in grants(decisions))
-    records = [copy.deepcopy(lease) for lease in held]
-    highest = max(r.fencing_token for r in records)
+    old.commit()
+    highest = max(lease.fencing_token for lease in held)
 
-    new = Scheduler(policy, epoch=4)
-    new.node_up("n1", caps(cpu=8), 1.0)
-    new.node_up("n2", caps(cpu=8), 1.0)
-    assert new.restore(records, 1.0) == []
-    assert new.restore(copy.deepcopy(records), 1.0) == []  # a second report: counted once
-    check_invariants(new)
-    snap = new.snapshot(1.0)
+    new = _restarted(policy, store, nodes, 1.0, epoch=4)
+    assert new.decisions == []
+    check_invariants(new.s)
+    snap = new.s.snapshot(1.0)
     assert snap["resources"]["cpu"]["granted"] == 6000
     assert {n: row["resources"]["cpu"]["free"] for n, row in snap["nodes"].items()} == {
         "n1": 5000,
         "n2": 5000,
     }
-    _, decisions = new.submit(_req(policy, cpu=1), 1.0)
+    # Restored from the journal, not from anybody's word: unconfirmed until claimed.
+    assert new.s.leases.unconfirmed == {lease.lease_id for lease in held}
+    _, decisions = new.s.submit(_req(policy, cpu=1), 1.0)
     [grant] = grants(decisions)
     assert grant.lease.fencing_token > highest
     assert grant.lease.fencing_token >> EPOCH_SHIFT == 4
     # A retried request of before the restart gets its restored lease, not a new one.
-    _, decisions = new.submit(_req(policy, cpu=1, node="n1", key="k0"), 1.0)
+    _, decisions = new.s.submit(_req(policy, cpu=1, node="n1", key="k0"), 1.0)
     assert [g.lease.lease_id for g in grants(decisions)] == [held[0].lease_id]
-    # The holder's token still works after the restart.
-    assert new.release(held[0].lease_id, held[0].token, 1.0)[0].lease_id == held[0].lease_id
+    assert held[0].lease_id not in new.s.leases.unconfirmed  # its caller has it now
+    # The holder's token still works after the restart: it is a MAC of the id.
+    new.s.confirm(held[1].lease_id, held[1].token, 1.0)
+    assert held[1].lease_id not in new.s.leases.unconfirmed
+    assert new.s.release(held[0].lease_id, held[0].token, 1.0)[0].lease_id == held[0].lease_id
+
+
+def test_a_release_that_was_committed_stays_released_after_any_number_of_restarts() -> None:
+    policy = make_policy()
+    store = Store()
+    nodes = {"n1": caps(cpu=2)}
+    first = Durable(policy, store, nodes, 0.0)
+    _, decisions = first.s.submit(_req(policy, cpu=1), 0.0)
+    [lease] = [g.lease for g in grants(decisions)]
+    first.commit()
+    first.s.release(lease.lease_id, lease.token, 0.5)
+    first.commit()  # confirmed to the caller only now
+    for epoch in range(1, 6):
+        again = _restarted(policy, store, nodes, float(epoch), epoch)
+        assert len(again.s.leases) == 0
+        # Its holder may send the release again: a no-op, its token is still genuine.
+        assert again.s.release(lease.lease_id, lease.token, float(epoch)) == []
+        with pytest.raises(NotLeaseHolder):
+            again.s.release(lease.lease_id, "0" * 48, float(epoch))
+        with pytest.raises(LeaseExpired):
+            again.s.renew(lease.lease_id, lease.token, float(epoch))
+
+
+def test_a_grant_not_yet_committed_is_not_restored_and_nobody_was_told_of_it() -> None:
+    policy = make_policy()
+    store = Store()
+    nodes = {"n1": caps(cpu=2)}
+    old = Durable(policy, store, nodes, 0.0)
+    _, decisions = old.s.submit(_req(policy, cpu=1, key="k"), 0.0)
+    [lease] = [g.lease for g in grants(decisions)]
+    old.commits.stage(old.s.take_journal())
+    assert old.commits.barrier() > old.commits.committed  # the reply waits for this
+    new = _restarted(policy, store, nodes, 1.0, 1)  # the crash came first
+    assert len(new.s.leases) == 0
+    # The caller retries with its key and is granted once, in the new epoch.
+    _, decisions = new.s.submit(_req(policy, cpu=1, key="k"), 1.0)
+    [again] = grants(decisions)
+    assert again.lease.lease_id != lease.lease_id
+    assert again.lease.fencing_token > lease.fencing_token
+
+
+def test_a_cancel_before_its_request_survives_a_restart() -> None:
+    policy = make_policy()
+    store = Store()
+    nodes = {"n1": caps(cpu=2)}
+    old = Durable(policy, store, nodes, 0.0)
+    assert old.s.cancel_key("late", 0.0) == []
+    old.commit()
+    new = _restarted(policy, store, nodes, 1.0, 1)
+    # Ray delivers a call made while the actor restarted to the new one: refused there.
+    _, decisions = new.s.submit(_req(policy, cpu=1, key="late"), 1.0)
+    assert [d.reason for d in rejects(decisions)] == [RejectReason.CANCELLED]
+    assert len(new.s.leases) == 0
 
 
 def test_restore_of_a_lease_on_a_node_that_did_not_come_back_reclaims_it() -> None:
     policy = make_policy()
-    old = Scheduler(policy)
-    old.node_up("n1", caps(cpu=4), 0.0)
-    old.node_up("n2", caps(cpu=4), 0.0)
-    _, decisions = old.submit(_req(policy, cpu=1, node="n2"), 0.0)
+    store = Store()
+    old = Durable(policy, store, {"n1": caps(cpu=4), "n2": caps(cpu=4)}, 0.0)
+    holder = Holder(pid=7, create_time=1.0, node_id="n1")
+    request = build_request(policy, {"cpu": 1}, node="n2", holder=holder)
+    _, decisions = old.s.submit(request, 0.0)
     lease = grants(decisions)[0].lease
-    new = Scheduler(policy, epoch=1)
-    new.node_up("n1", caps(cpu=4), 1.0)
-    assert new.restore([copy.deepcopy(lease)], 1.0) == [
-        Reclaim(lease.lease_id, "n2", ReclaimReason.NODE_LOST)
-    ]
-    assert new.snapshot(1.0)["leases"] == 0
-    check_invariants(new)
+    old.commit()
+    new = _restarted(policy, store, {"n1": caps(cpu=4)}, 1.0, 1)
+    assert new.decisions == [Reclaim(lease.lease_id, "n2", ReclaimReason.NODE_LOST, holder.key)]
+    assert new.s.snapshot(1.0)["leases"] == 0
+    check_invariants(new.s)
+    # ... and stays reclaimed: the next restart does not bring it back.
+    assert (
+        len(_restarted(policy, store, {"n1": caps(cpu=4), "n2": caps(cpu=4)}, 2.0, 2).s.leases) == 0
+    )
 
 
 def test_restore_onto_a_node_that_came_back_smaller_keeps_the_leases_and_grants_nothing() -> None:
     """Regression: restored leases past a smaller capacity broke invariant 1's check."""
     policy = make_policy()
-    old = Scheduler(policy)
-    old.node_up("n1", caps(cpu=4), 0.0)
-    _, decisions = old.submit(_req(policy, cpu=3), 0.0)
+    store = Store()
+    old = Durable(policy, store, {"n1": caps(cpu=4)}, 0.0)
+    _, decisions = old.s.submit(_req(policy, cpu=3), 0.0)
     lease = grants(decisions)[0].lease
-    new = Scheduler(policy, epoch=1)
-    new.node_up("n1", caps(cpu=2), 1.0)
-    assert new.restore([copy.deepcopy(lease)], 1.0) == []
-    check_invariants(new)
-    row = new.snapshot(1.0)["nodes"]["n1"]["resources"]["cpu"]
+    old.commit()
+    new = _restarted(policy, store, {"n1": caps(cpu=2)}, 1.0, 1)
+    check_invariants(new.s)
+    row = new.s.snapshot(1.0)["nodes"]["n1"]["resources"]["cpu"]
     assert (row["granted"], row["free"]) == (3000, -1000)
-    request_id, decisions = new.submit(_req(policy, cpu=1), 1.0)
+    request_id, decisions = new.s.submit(_req(policy, cpu=1), 1.0)
     assert grants(decisions) == []
-    decisions = new.release(lease.lease_id, lease.token, 2.0)
+    decisions = new.s.release(lease.lease_id, lease.token, 2.0)
     assert [g.request_id for g in grants(decisions)] == [request_id]
-    check_invariants(new)
+    check_invariants(new.s)
 
 
 def test_restored_revoking_lease_is_still_reclaimed_at_its_deadline(h: Harness) -> None:
-    victim = h.acquire({"cpu": 4}, priority="low", preemptible=True)
-    _, decisions = h.submit({"cpu": 4}, priority="high")
+    """A snapshot keeps a revocation in progress, and its deadline."""
+    store = Store()
+    durable = Durable(h.policy, store, {"n1": caps(cpu=4)}, h.now)
+    victim_request = build_request(h.policy, {"cpu": 4}, priority="low", preemptible=True)
+    _, decisions = durable.s.submit(victim_request, h.now)
+    [victim] = grants(decisions)
+    _, decisions = durable.s.submit(build_request(h.policy, {"cpu": 4}, priority="high"), h.now)
     [revoke] = revokes(decisions)
-    new = Scheduler(h.policy, epoch=1)
-    new.node_up("n1", caps(cpu=4), h.now)
-    new.restore([copy.deepcopy(victim.lease)], h.now)
-    assert new.tick(revoke.deadline - 0.1) == []
-    decisions = new.tick(revoke.deadline)
+    durable.commits.stage(durable.s.take_journal())
+    durable.write(durable.commits.start())  # a snapshot of the live state, as compaction writes
+    new = _restarted(h.policy, store, {"n1": caps(cpu=4)}, h.now, 1)
+    assert new.s.tick(revoke.deadline - 0.1) == []
+    decisions = new.s.tick(revoke.deadline)
     assert decisions == [Reclaim(victim.lease.lease_id, "n1", ReclaimReason.REVOKED)]
 
 
 def _req(policy: Any, cpu: float, node: str | None = None, key: str | None = None) -> Any:
-    from anya_resource.core import build_request
-
     return build_request(policy, {"cpu": cpu}, node=node, idempotency_key=key)
 
 
-def test_restore_with_fresh_ttl_gives_each_lease_a_full_ttl_from_now() -> None:
-    from anya_resource.config import Policy
-    from anya_resource.core import Scheduler, build_request
-
-    policy = Policy.model_validate({"reserve": {"memory": 0, "cpu": 0}})
-    before = Scheduler(policy, epoch=0)
-    before.node_up("n1", {"memory": 1 << 30, "cpu": 2000}, 0.0)
-    _, decisions = before.submit(build_request(policy, {"cpu": 1}, ttl=10), 0.0)
-    lease = decisions[0].lease  # type: ignore[union-attr]
-    after = Scheduler(policy, epoch=1)
-    after.node_up("n1", {"memory": 1 << 30, "cpu": 2000}, 50.0)
+def test_restore_gives_each_lease_a_full_ttl_from_now() -> None:
+    policy = make_policy()
+    store = Store()
+    nodes = {"n1": caps(cpu=2)}
+    before = Durable(policy, store, nodes, 0.0)
+    before.s.submit(build_request(policy, {"cpu": 1}, ttl=10), 0.0)
+    before.commit()
+    after = _restarted(policy, store, nodes, 50.0, 1)
     # Down for 50 s: without a fresh TTL the lease would expire at the first tick.
-    assert after.restore([lease], 50.0, fresh_ttl=True) == []
+    [lease] = list(after.s.leases)
     assert lease.expires_at == 60.0
-    assert after.tick(59.0) == [] and len(after.leases) == 1
-    assert [d.reason.value for d in after.tick(60.5)] == ["expired"]  # type: ignore[union-attr]
+    assert after.s.tick(59.0) == [] and len(after.s.leases) == 1
+    assert [d.reason.value for d in after.s.tick(60.5)] == ["expired"]  # type: ignore[union-attr]

@@ -16,7 +16,6 @@ examples for long runs; the default keeps this file well under a minute.
 
 from __future__ import annotations
 
-import copy
 import math
 import os
 from dataclasses import dataclass, field
@@ -38,7 +37,6 @@ from anya_resource.core import (
     RejectReason,
     Request,
     Revoke,
-    Scheduler,
     build_request,
     check_invariants,
 )
@@ -50,7 +48,7 @@ from anya_resource.errors import (
     LeaseRevoked,
     NotLeaseHolder,
 )
-from tests.unit.core_support import CORE, GIB
+from tests.unit.core_support import CORE, GIB, Durable, Store
 
 POLICY = Policy.model_validate(
     {
@@ -132,6 +130,7 @@ class Held:
 class Ended:
     token: str
     reason: ReclaimReason
+    before_restart: bool = False  # the new coordinator only knows its token is genuine
 
 
 @dataclass
@@ -187,9 +186,11 @@ class SchedulerMachine(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
         self.epoch = 0
-        self.s = Scheduler(POLICY, epoch=self.epoch)
-        self.m = Model()
         self.now = 100.0
+        self.store = Store()
+        self.durable = Durable(POLICY, self.store, {}, self.now, epoch=self.epoch)
+        self.s = self.durable.s
+        self.m = Model()
         self.keys_made = 0
 
     # -- mirroring decisions into the model ------------------------------------------------
@@ -466,8 +467,8 @@ class SchedulerMachine(RuleBasedStateMachine):
         self.apply(decisions, replay=key)
 
     @precondition(lambda self: self.m.leases or self.m.ended)
-    @rule(index=picks, right=st.booleans(), bad=bad_tokens)
-    def release(self, index: int, right: bool, bad: Any) -> None:
+    @rule(index=picks, right=st.booleans(), bad=bad_tokens, by_holder=st.booleans())
+    def release(self, index: int, right: bool, bad: Any, by_holder: bool) -> None:
         ids = sorted(self.m.leases) + sorted(self.m.ended)
         lease_id = self.pick(ids, index)
         token = self.m.leases[lease_id].token if lease_id in self.m.leases else None
@@ -479,11 +480,13 @@ class SchedulerMachine(RuleBasedStateMachine):
                 self.s.release(lease_id, wrong, self.now)
             self.unchanged(before)
             return
-        decisions = self.s.release(lease_id, token, self.now)
-        if lease_id in self.m.leases:
-            assert Reclaim(lease_id, self.m.leases[lease_id].node, ReclaimReason.RELEASED) in (
-                decisions
-            )
+        held = self.m.leases.get(lease_id)
+        by = held.holder.key if held is not None and by_holder else "another-process"
+        decisions = self.s.release(lease_id, token, self.now, by=by)
+        if held is not None:
+            # The holder hears of it unless it let go itself.
+            tell = None if held.holder.key in (None, by) else held.holder.key
+            assert Reclaim(lease_id, held.node, ReclaimReason.RELEASED, tell) in decisions
         else:
             assert decisions == [], "a second release changes nothing"
         self.apply(decisions)
@@ -512,7 +515,8 @@ class SchedulerMachine(RuleBasedStateMachine):
             ended = self.m.ended[lease_id]
             expected: type[Exception] = (
                 LeaseExpired
-                if ended.reason in (ReclaimReason.EXPIRED, ReclaimReason.RELEASED)
+                if ended.before_restart
+                or ended.reason in (ReclaimReason.EXPIRED, ReclaimReason.RELEASED)
                 else LeaseRevoked
             )
             with pytest.raises(expected):
@@ -694,39 +698,48 @@ class SchedulerMachine(RuleBasedStateMachine):
 
     @rule(drop=st.one_of(st.none(), picks), shrink=st.booleans())
     def restart(self, drop: int | None, shrink: bool) -> None:
-        """The coordinator restarts with a higher epoch and restores the node lease tables.
+        """The coordinator restarts with a higher epoch, from what its journal kept.
 
-        Waiters are lost (their callers submit again); a node may not come back, and a
-        node may come back smaller than what is still granted on it.
+        Everything decided so far was committed (this machine tells the model of every
+        decision at once, so the shell's rule, "nothing is told before it is written",
+        means it was written); crashes between a decision and its commit are the
+        business of ``test_recovery_stateful``. Waiters are lost (their callers submit
+        again); a node may not come back, and may come back smaller than what is
+        still granted on it.
         """
-        records = [copy.deepcopy(lease) for lease in self.s.leases]
+        self.durable.commit()
         self.epoch += 1
-        self.s = Scheduler(POLICY, epoch=self.epoch)
         self.m.dead.update(self.m.waiting)
         self.m.waiting.clear()
-        self.m.ended.clear()
+        for ended in self.m.ended.values():
+            ended.before_restart = True
         self.m.pressured.clear()
         gone = self.pick(sorted(self.m.nodes), drop) if drop is not None else None
         if gone is not None:
             del self.m.nodes[gone]
-        for node_id, capacity in sorted(self.m.nodes.items()):
-            if shrink:
-                capacity = {r: a // 2 for r, a in capacity.items()}
-                self.m.nodes[node_id] = capacity
-            assert self.s.node_up(node_id, capacity, self.now) == []
-        decisions = self.s.restore(records, self.now)
+        if shrink:
+            self.m.nodes = {n: {r: a // 2 for r, a in c.items()} for n, c in self.m.nodes.items()}
+        self.durable = Durable(POLICY, self.store, self.m.nodes, self.now, epoch=self.epoch)
+        self.s = self.durable.s
+        decisions = self.durable.decisions
         lost = {d.lease_id for d in decisions}
         assert all(isinstance(d, Reclaim) for d in decisions)
         assert lost == {h.lease_id for h in self.m.leases.values() if h.node == gone}
         self.apply(decisions)
-        for lease_id in lost:  # the new coordinator never had them
-            self.m.ended.pop(lease_id, None)
-        # Keys of leases that ended before the restart are not part of the lease tables.
+        for lease_id in lost:  # the new coordinator never counted them
+            self.m.ended[lease_id].before_restart = True
+        # Keys of leases that ended before the restart are not part of the journal.
         self.m.key_requests = {
             k: r
             for k, r in self.m.key_requests.items()
             if any(h.key == k for h in self.m.leases.values())
         }
+        # Every lease is back, each once, unconfirmed until its holder claims it.
+        assert {lease.lease_id for lease in self.s.leases} == set(self.m.leases)
+        for held in self.m.leases.values():
+            held.expires_at = max(
+                held.expires_at, self.now + self.s.leases.active[held.lease_id].ttl
+            )
 
     # -- checks after every step -----------------------------------------------------------
 

@@ -9,10 +9,9 @@ from __future__ import annotations
 
 import heapq
 import hmac
-import os
 import secrets
 from collections import OrderedDict
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from anya_resource.core.model import Holder, LeaseRecord, ReclaimReason
@@ -23,35 +22,36 @@ ENDED_MEMORY = 100_000  # how many ended leases we remember, for idempotent rele
 
 
 TOKEN_BYTES = 24  # 192 bits
-_TOKENS_PER_DRAW = 256
+SECRET_BYTES = 32
+LEASE_ID_PREFIX = "lease-"
 
 
-class _TokenSource:
-    """Secret tokens cut from one ``secrets.token_bytes`` draw per 256 tokens.
+def new_secret() -> bytes:
+    """A cluster secret: the coordinator keeps one in Ray's GCS, with the epoch."""
+    return secrets.token_bytes(SECRET_BYTES)
 
-    Every token is still 192 bits from the OS's CSPRNG; drawing them in batches
-    saves a system call per grant. A forked child drops the inherited batch, so
-    parent and child never hand out the same bytes.
+
+class TokenMinter:
+    """A lease's secret token is a MAC of its id under the cluster's secret.
+
+    So a token proves, by itself, that this cluster issued the lease: after a restart
+    the coordinator needs no copy of any token (none is written to the journal), a
+    record nobody was granted cannot be made up without the secret, and a release of a
+    lease that ended before the restart is recognised as genuine and answered as the
+    no-op it is. The lease id embeds the fencing token, so that is covered as well.
     """
 
-    def __init__(self) -> None:
-        self._batch = b""
-        self._offset = 0
+    def __init__(self, secret: bytes) -> None:
+        if not isinstance(secret, bytes) or len(secret) < 16:
+            raise ValueError("secret: expected at least 16 random bytes")
+        self._secret = secret
 
-    def reset(self) -> None:
-        self._batch, self._offset = b"", 0
+    def mint(self, lease_id: str) -> str:
+        return hmac.digest(self._secret, lease_id.encode(), "sha256")[:TOKEN_BYTES].hex()
 
-    def __call__(self) -> str:
-        offset = self._offset
-        if offset + TOKEN_BYTES > len(self._batch):
-            self._batch, offset = secrets.token_bytes(TOKEN_BYTES * _TOKENS_PER_DRAW), 0
-        self._offset = offset + TOKEN_BYTES
-        return self._batch[offset : offset + TOKEN_BYTES].hex()
-
-
-new_token = _TokenSource()
-"""A secret of 192 bits, as 48 hex digits."""
-os.register_at_fork(after_in_child=new_token.reset)
+    def genuine(self, lease_id: str, presented: object) -> bool:
+        """Whether ``presented`` is the token this cluster gave ``lease_id``."""
+        return isinstance(presented, str) and hmac.compare_digest(self.mint(lease_id), presented)
 
 
 @dataclass(slots=True)
@@ -62,15 +62,19 @@ class EndedLease:
 
 
 class LeaseTable:
-    def __init__(self, epoch: int, token_factory: Callable[[], str] = new_token) -> None:
+    def __init__(self, epoch: int, minter: TokenMinter) -> None:
         if epoch < 0 or epoch >= 2**22:
             raise ValueError(f"epoch: got {epoch}, expected 0 <= epoch < 2**22")
         self.epoch = epoch
         self._sequence = 0
-        self._token_factory = token_factory
+        self.minter = minter
         self.active: dict[str, LeaseRecord] = {}
         self.by_node: dict[str, dict[str, LeaseRecord]] = {}
         self.by_holder: dict[str, set[str]] = {}
+        # node -> holder key -> holder: what that node's agent must watch for death
+        self.holders_by_node: dict[str, dict[str, Holder]] = {}
+        # Restored after a restart and not yet claimed by their holder (see recovery.md).
+        self.unconfirmed: set[str] = set()
         self.by_job: dict[str, set[str]] = {}
         self.by_request: dict[str, str] = {}
         self.preemptible_count = 0  # none: no preemption search is worth starting
@@ -91,7 +95,8 @@ class LeaseTable:
         self._sequence += 1
         fencing = max(self.highest_fencing + 1, (self.epoch << EPOCH_SHIFT) | self._sequence)
         self.highest_fencing = fencing
-        return f"lease-{fencing:x}", fencing, self._token_factory()
+        lease_id = f"{LEASE_ID_PREFIX}{fencing:x}"
+        return lease_id, fencing, self.minter.mint(lease_id)
 
     def add(self, lease: LeaseRecord) -> None:
         if lease.lease_id in self.active:
@@ -119,8 +124,8 @@ class LeaseTable:
             del preemptible[lease_id]
             if not preemptible:
                 del self.preemptible_by_node[lease.node_id]
-        _discard(self.by_holder, lease.holder.key, lease_id)
-        _discard(self.by_job, lease.holder.job_id, lease_id)
+        self._unindex_holder(lease)
+        self.unconfirmed.discard(lease_id)
         self.ended[lease_id] = EndedLease(lease.token, reason, lease.revoke_reason)
         if len(self.ended) > ENDED_MEMORY:
             self.ended.popitem(last=False)
@@ -130,16 +135,29 @@ class LeaseTable:
         # A detached lease outlives its holder and its job: only its TTL ends it.
         if lease.detached:
             return
-        holder_key = lease.holder.key
+        holder = lease.holder
+        holder_key = holder.key
         if holder_key is not None:
             self.by_holder.setdefault(holder_key, set()).add(lease.lease_id)
-        if lease.holder.job_id is not None:
-            self.by_job.setdefault(lease.holder.job_id, set()).add(lease.lease_id)
+            if holder.node_id is not None:
+                self.holders_by_node.setdefault(holder.node_id, {})[holder_key] = holder
+        if holder.job_id is not None:
+            self.by_job.setdefault(holder.job_id, set()).add(lease.lease_id)
+
+    def _unindex_holder(self, lease: LeaseRecord) -> None:
+        holder = lease.holder
+        key = holder.key
+        if _discard(self.by_holder, key, lease.lease_id) and holder.node_id is not None:
+            watched = self.holders_by_node.get(holder.node_id)
+            if watched is not None:
+                watched.pop(key or "", None)
+                if not watched:
+                    del self.holders_by_node[holder.node_id]
+        _discard(self.by_job, holder.job_id, lease.lease_id)
 
     def rebind(self, lease: LeaseRecord, holder: Holder) -> None:
         """Another process holds ``lease`` from now on (a task took it over)."""
-        _discard(self.by_holder, lease.holder.key, lease.lease_id)
-        _discard(self.by_job, lease.holder.job_id, lease.lease_id)
+        self._unindex_holder(lease)
         lease.holder = holder
         self._index_holder(lease)
 
@@ -172,11 +190,15 @@ def check_token(lease_id: str, expected: str, presented: object) -> None:
         )
 
 
-def _discard(index: dict[str, set[str]], key: str | None, lease_id: str) -> None:
+def _discard(index: dict[str, set[str]], key: str | None, lease_id: str) -> bool:
+    """Drop ``lease_id`` from ``index[key]``; True when ``key`` has nothing left."""
     if key is None:
-        return
+        return False
     members = index.get(key)
-    if members is not None:
-        members.discard(lease_id)
-        if not members:
-            del index[key]
+    if members is None:
+        return False
+    members.discard(lease_id)
+    if members:
+        return False
+    del index[key]
+    return True

@@ -106,6 +106,49 @@ class LeaseRecord:
     revoke_reason: str | None = None
     revoke_deadline: float | None = None
 
+    def fields(self) -> tuple[Any, ...]:
+        """Every field as plain values, in declaration order (``from_fields`` inverts it).
+
+        The one definition of a record's layout: the wire (``actors/wire.py``) and the
+        journal (``core/journal.py``) both carry records as this tuple.
+        """
+        h = self.holder
+        return (
+            self.lease_id,
+            self.request_id,
+            self.token,
+            self.fencing_token,
+            self.node_id,
+            self.resources,
+            self.pools,
+            self.priority,
+            self.priority_name,
+            self.tenant,
+            self.ttl,
+            self.granted_at,
+            self.expires_at,
+            self.preemptible,
+            (h.pid, h.create_time, h.node_id, h.job_id, h.worker_id, h.actor_id),
+            self.detached,
+            self.idempotency_key,
+            self.borrowed,
+            self.state.value,
+            self.revoke_reason,
+            self.revoke_deadline,
+        )
+
+    @classmethod
+    def from_fields(cls, fields: tuple[Any, ...] | list[Any]) -> LeaseRecord:
+        """The record ``fields()`` was taken from (lists accepted: JSON has no tuples)."""
+        if len(fields) != RECORD_FIELD_COUNT:
+            raise ValueError(f"a lease record has {RECORD_FIELD_COUNT} fields, got {len(fields)}")
+        values = list(fields)
+        values[5] = dict(values[5])
+        values[6] = dict(values[6])
+        values[14] = Holder(*values[14])
+        values[18] = LeaseState(values[18])
+        return cls(*values)
+
     def public(self) -> dict[str, Any]:
         """Everything but the secret token, for listings."""
         return {
@@ -127,6 +170,9 @@ class LeaseRecord:
                 "actor_id": self.holder.actor_id,
             },
         }
+
+
+RECORD_FIELD_COUNT = 21
 
 
 @dataclass(frozen=True, slots=True)
@@ -188,11 +234,18 @@ class Revoke:
 
 @dataclass(slots=True)
 class Reclaim:
-    """The lease is gone and its capacity is free again."""
+    """The lease is gone and its capacity is free again.
+
+    ``tell`` names the holder process (its key) that must hear of it: set unless the
+    holder itself gave the lease back (a release from its own process, a cancel), so
+    that a lease released by another process with its token, expired, or taken back
+    is never still believed held.
+    """
 
     lease_id: str
     node_id: str
     reason: ReclaimReason
+    tell: str | None = None
 
 
 Decision: TypeAlias = Grant | Reject | Revoke | Reclaim

@@ -22,7 +22,16 @@ from typing import Any
 from anya_resource.config import Policy
 from anya_resource.core import views
 from anya_resource.core.bottleneck import find_bottlenecks
-from anya_resource.core.leases import LeaseTable, check_token, new_token
+from anya_resource.core.journal import (
+    Ended,
+    Entry,
+    Granted,
+    Rebound,
+    Recovered,
+    Refused,
+    encode_snapshot,
+)
+from anya_resource.core.leases import LeaseTable, TokenMinter, check_token, new_secret
 from anya_resource.core.ledger import NodeLedger, PoolLedger, reserve_for
 from anya_resource.core.model import (
     NODE_RESOURCES,
@@ -52,6 +61,7 @@ from anya_resource.errors import (
     InvalidRequest,
     LeaseExpired,
     LeaseRevoked,
+    NotLeaseHolder,
 )
 
 WAIT_SAMPLES = 2048  # recent waits kept per priority class, for percentiles
@@ -103,7 +113,7 @@ class Scheduler:
         policy: Policy,
         *,
         epoch: int = 0,
-        token_factory: Callable[[], str] = new_token,
+        secret: bytes | None = None,
     ) -> None:
         self.policy = policy
         self.nodes: dict[str, NodeLedger] = {}
@@ -111,7 +121,10 @@ class Scheduler:
         self.pools = {name: PoolLedger(name, p.size) for name, p in policy.pools.items()}
         self.tenants = {n: TenantQuota.from_policy(n, t) for n, t in policy.tenants.items()}
         self.queue = WaitQueue(policy.aging.per_second, policy.aging.max_boost)
-        self.leases = LeaseTable(epoch, token_factory)
+        self.leases = LeaseTable(epoch, TokenMinter(secret if secret is not None else new_secret()))
+        # What changed in the set of leases since the caller last took it: the journal's
+        # entries, written before any decision they carry is told (core/journal.py).
+        self.journal: list[Entry] = []
         self.reservation: Reservation | None = None
         self.counters = Counters()
         self.waits: dict[str, deque[float]] = {}
@@ -268,7 +281,11 @@ class Scheduler:
         """
         known = self._keys.get(key)
         if known is None:
-            self._remember_key(key, ("rejected", "cancelled:cancelled before it arrived"))
+            outcome = "cancelled:cancelled before it arrived"
+            self._remember_key(key, ("rejected", outcome))
+            # Durable: the request may still arrive at the next coordinator (Ray holds
+            # calls made while an actor restarts), and must be refused there too.
+            self.journal.append(Refused(key, outcome))
             return []
         kind, ident = known
         if kind == "request":
@@ -278,37 +295,63 @@ class Scheduler:
             return []
         return self.cancel(lease.request_id, now)
 
-    def release(self, lease_id: str, token: object, now: float) -> list[Decision]:
-        """The holder gives the lease back. Idempotent for the holder."""
-        lease = self.leases.active.get(lease_id)
+    def release(
+        self, lease_id: str, token: object, now: float, by: str | None = None
+    ) -> list[Decision]:
+        """The lease is given back (``by``: the releasing process's key). Idempotent.
+
+        A lease that already ended, here or before a restart, is a no-op for whoever
+        has its token: the token itself proves the cluster issued it. When ``by`` is
+        not the holder, the holder is told (``Reclaim.tell``): it must not go on
+        believing it holds the lease.
+        """
+        lease = self._active_or_genuine(lease_id, token)
         if lease is None:
-            ended = self.leases.ended.get(lease_id)
-            if ended is None:
-                raise InvalidRequest(f"lease_id: {lease_id!r} is not a lease of this cluster")
-            check_token(lease_id, ended.token, token)
             return []
-        check_token(lease_id, lease.token, token)
         decisions: list[Decision] = []
         freed = Freed()
-        self._reclaim(lease, ReclaimReason.RELEASED, decisions, freed)
+        self._reclaim(lease, ReclaimReason.RELEASED, decisions, freed, by=by)
         decisions.extend(self._settle(now, freed))
         return decisions
+
+    def _active_or_genuine(self, lease_id: object, token: object) -> LeaseRecord | None:
+        """The active lease ``lease_id`` if ``token`` is its own; None if it ended.
+
+        Raises ``NotLeaseHolder`` for a token this cluster never gave ``lease_id``.
+        """
+        if not isinstance(lease_id, str):
+            raise InvalidRequest(f"lease_id: got {lease_id!r}, expected a lease id string")
+        lease = self.leases.active.get(lease_id)
+        if lease is not None:
+            check_token(lease_id, lease.token, token)
+            return lease
+        if not self.leases.minter.genuine(lease_id, token):
+            raise NotLeaseHolder(
+                f"lease {lease_id}: not a lease this cluster issued with that token; "
+                "expected the id and secret token returned with a grant"
+            )
+        return None
 
     def renew(
         self, lease_id: str, token: object, now: float, ttl: float | None = None
     ) -> LeaseRecord:
-        """Push the lease's expiry to ``now + ttl``; says if it was revoked or expired."""
-        lease = self.leases.active.get(lease_id)
+        """Push the lease's expiry to ``now + ttl``; says if it was revoked or expired.
+
+        A renewal is also the holder's claim on a lease restored after a restart.
+        """
+        lease = self._active_or_genuine(lease_id, token)
         if lease is None:
             ended = self.leases.ended.get(lease_id)
             if ended is None:
-                raise InvalidRequest(f"lease_id: {lease_id!r} is not a lease of this cluster")
-            check_token(lease_id, ended.token, token)
+                raise LeaseExpired(
+                    f"lease {lease_id} is no longer active (it ended before the coordinator "
+                    "restarted); acquire anew"
+                )
             if ended.reason in (ReclaimReason.EXPIRED, ReclaimReason.RELEASED):
                 raise LeaseExpired(f"lease {lease_id} ended ({ended.reason.value}); acquire anew")
             reason = ended.revoke_reason or ended.reason.value
             raise LeaseRevoked(f"lease {lease_id} was taken back: {reason}")
-        check_token(lease_id, lease.token, token)
+        self.leases.unconfirmed.discard(lease_id)
         if lease.state is LeaseState.REVOKING:
             raise LeaseRevoked(
                 f"lease {lease_id} was revoked ({lease.revoke_reason}); release it by "
@@ -358,7 +401,20 @@ class Scheduler:
         """
         lease = self.renew(lease_id, token, now)
         self.leases.rebind(lease, holder)
+        self.journal.append(Rebound(lease_id, holder))
         return lease
+
+    def confirm(self, lease_id: str, token: object, now: float) -> LeaseRecord:
+        """The holder claims a lease after a restart (renewing it): proof by its token.
+
+        Raises ``NotLeaseHolder`` for a lease this cluster never issued with that
+        token, ``LeaseExpired`` / ``LeaseRevoked`` for one that has ended.
+        """
+        return self.renew(lease_id, token, now)
+
+    def holders_on(self, node_id: str) -> list[Holder]:
+        """The holder processes on ``node_id`` whose death its agent must report."""
+        return list(self.leases.holders_by_node.get(node_id, {}).values())
 
     def holder_died(self, holder_key: str, now: float) -> list[Decision]:
         """Everything a dead process held or waited for goes back."""
@@ -400,34 +456,64 @@ class Scheduler:
         decisions.extend(self._settle(now, freed))
         return decisions
 
-    def restore(
-        self, records: Iterable[LeaseRecord], now: float, fresh_ttl: bool = False
-    ) -> list[Decision]:
-        """Recovery: put back leases granted before a restart, counted once each.
+    def restore(self, recovered: Recovered, now: float) -> list[Decision]:
+        """Recovery: put back what the journal kept, before anything new is granted.
 
-        A lease on a node that is not (or no longer) known is reclaimed, and a
-        lease that no longer fits is kept (it was granted) but blocks new grants
-        there until enough is released. With ``fresh_ttl`` each lease gets a full
-        TTL from ``now``: its holder could not renew while the coordinator was down.
+        Each lease is counted once (the journal holds each id once) and gets a full TTL
+        from ``now``: its holder could not renew while the coordinator was down. Until
+        its holder claims it (``confirm``, a renewal, a retried acquire), a restored
+        lease is *unconfirmed*; its holder's death (reported by the agent of its node,
+        which learns whom to watch from here), its job's end or its TTL reclaim it. A
+        lease on a node that is not alive is reclaimed at once. A lease that no longer
+        fits (its node came back smaller) is kept, and blocks new grants there until
+        enough is released.
         """
         decisions: list[Decision] = []
-        for lease in records:
-            if lease.lease_id in self.leases.active:
+        leases = self.leases
+        leases.highest_fencing = max(leases.highest_fencing, recovered.highest_fencing)
+        for key, outcome in recovered.refused.items():
+            self._remember_key(key, ("rejected", outcome))
+        for lease in recovered.leases.values():
+            if lease.lease_id in leases.active:
                 continue
-            if fresh_ttl:
-                lease.expires_at = max(lease.expires_at, now + lease.ttl)
+            lease.token = leases.minter.mint(lease.lease_id)
+            lease.expires_at = max(lease.expires_at, now + lease.ttl)
             node = self.nodes.get(lease.node_id)
             if node is None:
-                decisions.append(Reclaim(lease.lease_id, lease.node_id, ReclaimReason.NODE_LOST))
+                self.journal.append(Ended(lease.lease_id))
+                decisions.append(
+                    Reclaim(
+                        lease.lease_id, lease.node_id, ReclaimReason.NODE_LOST, self._tell(lease)
+                    )
+                )
                 continue
             self._charge(lease, node)
             node.mark_overcommit(lease.resources)
-            self.leases.add(lease)
+            leases.add(lease)
+            if not lease.detached:
+                leases.unconfirmed.add(lease.lease_id)
             if lease.idempotency_key is not None:
                 self._remember_key(lease.idempotency_key, ("lease", lease.lease_id))
             if lease.state is LeaseState.REVOKING and lease.revoke_deadline is not None:
                 heapq.heappush(self._revocations, (lease.revoke_deadline, lease.lease_id))
         return decisions
+
+    def take_journal(self) -> list[Entry]:
+        """The entries made since the last call (the caller commits them)."""
+        entries, self.journal = self.journal, []
+        return entries
+
+    def journal_snapshot(self) -> bytes:
+        """Every lease and refusal as the journal's snapshot holds them."""
+        return encode_snapshot(self.leases, self.refusals(), self.leases.highest_fencing)
+
+    def refusals(self) -> dict[str, str]:
+        """Idempotency keys refused before their request came: kept in the journal."""
+        return {
+            key: outcome
+            for key, (kind, outcome) in self._keys.items()
+            if kind == "rejected" and outcome.startswith("cancelled:cancelled before")
+        }
 
     # -- queries -------------------------------------------------------------------------
 
@@ -750,6 +836,7 @@ class Scheduler:
             samples = self.waits[request.priority_name] = deque(maxlen=WAIT_SAMPLES)
         samples.append(waited)
         self.counters.granted += 1
+        self.journal.append(Granted(lease))
         decisions.append(Grant(waiter.request_id, lease, waited))
 
     def _charge(self, lease: LeaseRecord, node: NodeLedger) -> None:
@@ -784,9 +871,15 @@ class Scheduler:
             quota.refund(charged(resources, pools))
 
     def _reclaim(
-        self, lease: LeaseRecord, reason: ReclaimReason, decisions: list[Decision], freed: Freed
+        self,
+        lease: LeaseRecord,
+        reason: ReclaimReason,
+        decisions: list[Decision],
+        freed: Freed,
+        by: str | None = None,
     ) -> None:
         self.leases.remove(lease.lease_id, reason)
+        self.journal.append(Ended(lease.lease_id))
         node = self.nodes.get(lease.node_id)
         self.count_out(node, lease.resources, lease.pools, self._quota(lease.tenant))
         if node is not None:
@@ -797,7 +890,14 @@ class Scheduler:
             self._maybe_idle.add(lease.tenant)
         freed.tenants.add(lease.tenant)
         self.counters.reclaimed[reason.value] = self.counters.reclaimed.get(reason.value, 0) + 1
-        decisions.append(Reclaim(lease.lease_id, lease.node_id, reason))
+        tell = None if reason is ReclaimReason.CANCELLED else self._tell(lease, by)
+        decisions.append(Reclaim(lease.lease_id, lease.node_id, reason, tell))
+
+    @staticmethod
+    def _tell(lease: LeaseRecord, by: str | None = None) -> str | None:
+        """The holder to tell that ``lease`` is gone: nobody if it let go itself."""
+        key = lease.holder.key
+        return None if key is not None and key == by else key
 
     def _quota(self, tenant: str) -> TenantQuota:
         quota = self.tenants.get(tenant)
@@ -852,6 +952,7 @@ class Scheduler:
         if kind == "lease":
             lease = self.leases.active.get(ident)
             if lease is not None:
+                self.leases.unconfirmed.discard(lease.lease_id)  # its caller has it now
                 return lease.request_id, [Grant(lease.request_id, lease, 0.0)]
             raise LeaseExpired(f"idempotency_key {key!r}: its lease {ident} has already ended")
         reason, _, message = ident.partition(":")
