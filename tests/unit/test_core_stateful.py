@@ -317,7 +317,10 @@ class SchedulerMachine(RuleBasedStateMachine):
         elif reclaim.reason is ReclaimReason.REVOKED:
             assert held.revoke_deadline is not None and held.revoke_deadline <= self.now
         elif reclaim.reason is ReclaimReason.NODE_LOST:
-            assert held.node not in self.m.nodes
+            # Its node is gone, or the node of the process holding it (not detached).
+            assert held.node not in self.m.nodes or (
+                not held.detached and held.holder.node_id not in self.m.nodes
+            )
         self.m.ended[reclaim.lease_id] = Ended(held.token, reclaim.reason)
 
     # -- helpers ---------------------------------------------------------------------

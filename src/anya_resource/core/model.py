@@ -206,6 +206,7 @@ class ReclaimReason(str, enum.Enum):
     JOB_ENDED = "job_ended"
     NODE_LOST = "node_lost"
     CANCELLED = "cancelled"  # granted to a waiter that had already given up
+    UNCLAIMED = "unclaimed"  # restored after a restart; its manager said it does not hold it
 
 
 @dataclass(slots=True)

@@ -66,7 +66,8 @@ from anya_resource.errors import (
 
 WAIT_SAMPLES = 2048  # recent waits kept per priority class, for percentiles
 KEY_MEMORY = 100_000  # idempotency keys remembered
-NEVER_FITS_MEMORY = 4096  # shapes whose feasibility is remembered until the nodes change
+NEVER_FITS_MEMORY = 4096
+MANAGER_PREFIX_MIN = 8  # a census names its manager by a prefix no shorter than this  # shapes whose feasibility is remembered until the nodes change
 
 
 @dataclass(slots=True)
@@ -170,6 +171,36 @@ class Scheduler:
         decisions.extend(self._settle(now, freed))
         return decisions
 
+    def sync_nodes(self, alive: Mapping[str, Mapping[str, int]], now: float) -> list[Decision]:
+        """Ray's list of alive nodes (id -> capacity): joins, losses, and lost holders.
+
+        A node that left goes as at ``node_down``. So do the leases of processes that
+        lived on a node that is not alive, wherever those leases were granted: a request
+        still in flight from such a process may have been granted after its node went
+        (or while this coordinator did not know the node), and no agent is left there to
+        report its holder's death.
+        """
+        decisions: list[Decision] = []
+        for node_id in [n for n in self.nodes if n not in alive]:
+            decisions.extend(self.node_down(node_id, now))
+        for node_id in sorted(alive):
+            if node_id not in self.nodes:
+                decisions.extend(self.node_up(node_id, alive[node_id], now))
+        orphaned = [n for n in self.leases.holders_by_node if n not in alive]
+        if orphaned:
+            freed = Freed(everything=True)
+            for node_id in orphaned:
+                self._reclaim_holders_on(node_id, decisions, freed)
+            decisions.extend(self._settle(now, freed))
+        return decisions
+
+    def _reclaim_holders_on(self, node_id: str, decisions: list[Decision], freed: Freed) -> None:
+        """The leases of every process that lived on ``node_id`` (gone with it)."""
+        for key in list(self.leases.holders_by_node.get(node_id, {})):
+            for lease_id in list(self.leases.by_holder.get(key, ())):
+                lease = self.leases.active[lease_id]
+                self._reclaim(lease, ReclaimReason.NODE_LOST, decisions, freed)
+
     def node_down(self, node_id: str, now: float) -> list[Decision]:
         """A node is gone: its leases are reclaimed, its waiters placed again or rejected."""
         node = self.nodes.pop(node_id, None)
@@ -183,6 +214,9 @@ class Scheduler:
         freed = Freed(everything=True)
         for lease in list(self.leases.by_node.get(node_id, {}).values()):
             self._reclaim(lease, ReclaimReason.NODE_LOST, decisions, freed)
+        # Processes on the node are gone with it: so are the leases they held elsewhere
+        # (nobody is left there to report their death).
+        self._reclaim_holders_on(node_id, decisions, freed)
         if self.reservation is not None and self.reservation.node_id == node_id:
             self.reservation = None
         for waiter in list(self.queue.by_id.values()):
@@ -411,6 +445,48 @@ class Scheduler:
         token, ``LeaseExpired`` / ``LeaseRevoked`` for one that has ended.
         """
         return self.renew(lease_id, token, now)
+
+    def claim(
+        self,
+        manager: str,
+        held: Iterable[tuple[str, object]],
+        waiting: Iterable[str],
+        now: float,
+    ) -> tuple[dict[str, float | None], list[Decision]]:
+        """A client manager's whole account after a restart (the census).
+
+        ``manager`` is the prefix of every idempotency key the manager makes, ``held``
+        the ``(lease_id, token)`` of every lease it holds, ``waiting`` the keys of the
+        acquires it still waits on. Each held lease is confirmed (its new expiry, or
+        None if it ended); every other restored lease of this manager that none of its
+        waiting acquires will claim is reclaimed (``UNCLAIMED``): its release, or its
+        caller's giving up, was lost with the old coordinator. A wrong token raises
+        ``NotLeaseHolder`` before anything changes.
+        """
+        if not isinstance(manager, str) or len(manager) < MANAGER_PREFIX_MIN:
+            raise InvalidRequest(
+                f"manager: got {manager!r}, expected the manager's key prefix "
+                f"(at least {MANAGER_PREFIX_MIN} characters)"
+            )
+        pairs = list(held)
+        for lease_id, token in pairs:
+            self._active_or_genuine(lease_id, token)  # all checked before any change
+        results: dict[str, float | None] = {}
+        for lease_id, token in pairs:
+            try:
+                results[lease_id] = self.confirm(lease_id, token, now).expires_at
+            except (LeaseExpired, LeaseRevoked):
+                results[lease_id] = None
+        keep = set(waiting)
+        decisions: list[Decision] = []
+        freed = Freed()
+        for lease_id in sorted(self.leases.unconfirmed):
+            lease = self.leases.active[lease_id]
+            key = lease.idempotency_key
+            if key is not None and key.startswith(manager) and key not in keep:
+                self._reclaim(lease, ReclaimReason.UNCLAIMED, decisions, freed, by=lease.holder.key)
+        decisions.extend(self._settle(now, freed))
+        return results, decisions
 
     def holders_on(self, node_id: str) -> list[Holder]:
         """The holder processes on ``node_id`` whose death its agent must report."""
