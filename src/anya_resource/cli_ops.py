@@ -459,12 +459,10 @@ def what_if(
 
 
 def _stored_policy_json() -> str | None:
-    from ray.experimental import internal_kv
+    from anya_resource.actors import store
 
-    from anya_resource.actors.naming import KV_NAMESPACE, KV_POLICY
-
-    stored = internal_kv._internal_kv_get(KV_POLICY, namespace=KV_NAMESPACE)
-    return None if stored is None else bytes(stored).decode()
+    stored = store.stored_policy()
+    return None if stored is None else stored.decode()
 
 
 def _alive_nodes() -> int:

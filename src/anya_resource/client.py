@@ -3,9 +3,11 @@
 An uncontended acquire is one Ray call to the coordinator. Everything else
 happens beside it: held leases renew themselves in one background task per
 manager; one long-poll ``watch`` call per process hears of revocations at once
-and, when it fails because the coordinator restarted, re-registers every held
-lease (``adopt``); releases on leaving ``async with`` are sent without waiting,
-and a background task makes sure each one arrives.
+and, when it fails because the coordinator restarted, gives the new coordinator
+the manager's account (``claim``: the leases it holds, with their tokens, and the
+acquires it still waits on), so that leases it no longer holds go back at once;
+releases on leaving ``async with`` are sent without waiting, and a background task
+makes sure each one arrives.
 
 Every request carries an idempotency key, so a call interrupted by a
 coordinator restart is retried with the same key and is never granted twice.
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hmac
 import itertools
 import logging
 import os
@@ -33,13 +36,15 @@ from anya_resource.actors import deploy
 from anya_resource.actors.translate import RETRYABLE, translate
 from anya_resource.actors.wire import lease_from_wire
 from anya_resource.config import Policy, Priority
-from anya_resource.core import Holder, LeaseRecord
+from anya_resource.core import Holder
 from anya_resource.core.history import decode as decode_history
 from anya_resource.errors import (
     AcquireTimeout,
+    InvalidRequest,
     LeaseExpired,
     LeaseRevoked,
     ManagerUnavailable,
+    NotLeaseHolder,
     ResourceError,
 )
 from anya_resource.health import ResourceHealth
@@ -54,6 +59,10 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 RESTART_PATIENCE_S = 60.0  # how long a call waits for a restarting coordinator
 RENEW_CHECK_S = 0.5
+
+
+def _same_token(expected: str, presented: object) -> bool:
+    return isinstance(presented, str) and hmac.compare_digest(expected, presented)
 
 
 def current_holder() -> Holder:
@@ -95,6 +104,7 @@ class ResourceManager:
         self._flush_scheduled = False
         self._watch_cursor = 0
         self.held: dict[str, Lease] = {}
+        self._waiting_keys: set[str] = set()  # acquires sent and not answered yet
         self._pending_releases: set[asyncio.Task[None]] = set()
         self._background: list[asyncio.Task[None]] = []
         self._epoch: int | None = None
@@ -231,12 +241,14 @@ class ResourceManager:
         releases, self._outgoing = self._outgoing, []
         spec = {**spec, "idempotency_key": key, "releases": releases}
         deadline = None if timeout is None else time.monotonic() + timeout
+        self._waiting_keys.add(key)
         try:
             wire: bytes = await self._call(
                 lambda c: c.acquire.remote(self._remaining(spec, deadline)),
                 patience=RESTART_PATIENCE_S if timeout is None else timeout + RESTART_PATIENCE_S,
             )
         except BaseException as exc:
+            self._waiting_keys.discard(key)
             if isinstance(exc, ManagerUnavailable):
                 self._outgoing.extend(releases)  # they may never have arrived: send again
             if not isinstance(exc, ResourceError) or isinstance(
@@ -246,6 +258,7 @@ class ResourceManager:
                 # wire. Cancelling by key gives it back, whatever state it is in.
                 self._send_later(lambda c: c.cancel.remote(key))
             raise
+        self._waiting_keys.discard(key)
         record = lease_from_wire(wire)
         lease = kind(**lease_fields(record), _record=record, _manager=self, on_revoked=on_revoked)
         if isinstance(lease, ResourceConnection):
@@ -264,14 +277,27 @@ class ResourceManager:
     # -- giving back ---------------------------------------------------------------------
 
     async def release(self, lease: Lease) -> None:
-        """Give ``lease`` back and wait until the coordinator has it. Idempotent.
+        """Give ``lease`` back and wait until the coordinator has it (written). Idempotent.
 
         A pooled connection is closed first (forgetting it starts that), then its slot
         goes back: the service never sees more connections than the pool has slots.
+        A token that is not the lease's raises ``NotLeaseHolder`` and changes nothing:
+        the real lease stays held and renewed. A lease of another process (its token
+        passed on) may be released from here: its holder hears of it at once.
         """
-        self._forget(lease)
-        await lease.closed()
-        await self._call(lambda c: c.release.remote(lease.lease_id, lease.token))
+        if not isinstance(lease, Lease):
+            raise InvalidRequest(f"release: got {lease!r}, expected a Lease returned by acquire()")
+        mine = self.held.get(lease.lease_id)
+        if mine is not None and not _same_token(mine.token, lease.token):
+            raise NotLeaseHolder(
+                f"lease {lease.lease_id}: the token presented does not match; expected the "
+                "secret token returned with the grant"
+            )
+        if mine is not None or lease._manager is self:
+            self._forget(lease)
+            await lease.closed()
+        await self._call(lambda c: c.release.remote(lease.lease_id, lease.token, self._holder.key))
+        lease.released = True
 
     def release_soon(self, lease: Lease) -> None:
         """Give ``lease`` back without waiting for the round trip (still delivered)."""
@@ -287,11 +313,14 @@ class ResourceManager:
         self._flush_scheduled = False
         if self._outgoing:
             pairs, self._outgoing = self._outgoing, []
-            self._send_later(lambda c: c.release_many.remote(pairs))
+            by = self._holder.key
+            self._send_later(lambda c: c.release_many.remote(pairs, by))
 
     def _forget(self, lease: Lease) -> None:
         lease.released = True
-        self.held.pop(lease.lease_id, None)
+        held = self.held.pop(lease.lease_id, None)
+        if held is not None and held is not lease:
+            held.released = True  # the slot of a pooled connection, or a copy's original
 
     def _send_later(self, send: Callable[[Any], Awaitable[Any]]) -> None:
         async def deliver() -> None:
@@ -312,7 +341,9 @@ class ResourceManager:
                 lambda c: c.renew.remote(lease.lease_id, lease.token, ttl)
             )
         except (LeaseRevoked, LeaseExpired) as exc:
-            self._mark_ended(lease, isinstance(exc, LeaseRevoked), str(exc))
+            self._mark_ended(
+                lease, "revoked" if isinstance(exc, LeaseRevoked) else "expired", str(exc)
+            )
             raise
         return lease
 
@@ -358,7 +389,7 @@ class ResourceManager:
                 if not ray.is_initialized():
                     return
                 self._watch_cursor = 0  # a new coordinator counts events afresh
-                await self._readopt()
+                await self._claim_all()
                 continue
             except Exception as exc:
                 log.warning("watch failed: %s", exc)
@@ -366,35 +397,51 @@ class ResourceManager:
                 continue
             self._watch_cursor = reply["cursor"]
             if self._epoch is not None and reply["epoch"] != self._epoch:
-                await self._readopt()
+                await self._claim_all()
             for event in reply["events"]:
                 if event.get("kind") == "pool_wanted":
                     self._pools.wanted(event["pool"])  # another process waits for that pool
                     continue
                 lease = self.held.get(event["lease_id"])
-                if lease is not None:
-                    revoked = event.get("reason") != "expired"
-                    self._mark_ended(lease, revoked, event.get("reason", "revoked"), event["ended"])
+                if lease is None:
+                    continue
+                reason = event.get("reason", "revoked")
+                if reason == "released":
+                    self._mark_ended(lease, "released", "released by another process")
+                else:
+                    ending = "expired" if reason == "expired" else "revoked"
+                    self._mark_ended(lease, ending, reason, event["ended"])
 
-    async def _readopt(self) -> None:
-        """The coordinator restarted: tell it again about every lease we hold."""
+    async def _claim_all(self) -> None:
+        """The coordinator restarted: give it this manager's account (``claim``).
+
+        Every held lease with its token (the proof), and the keys of the acquires still
+        waiting (they will claim their own grants when they are retried): the new
+        coordinator confirms what is held, and gives back at once what this manager
+        restored no longer holds (a release or a cancel lost with the old one).
+        """
         info = await self._call(lambda c: c.ping.remote())
         self._epoch = info["epoch"]
-        for lease in list(self.held.values()):
-            if lease._record is None or not lease.valid:
-                continue
-            try:
-                lease.expires_at = await self._adopt(lease._record)
-            except (LeaseRevoked, LeaseExpired) as exc:
-                self._mark_ended(lease, isinstance(exc, LeaseRevoked), str(exc))
+        held = [lease for lease in self.held.values() if lease.valid]
+        pairs = [[lease.lease_id, lease.token] for lease in held]
+        waiting = sorted(self._waiting_keys)
+        prefix = self._key_prefix
+        results: dict[str, float | None] = await self._call(
+            lambda c: c.claim.remote(prefix, pairs, waiting)
+        )
+        for lease in held:
+            expires_at = results.get(lease.lease_id)
+            if expires_at is None:
+                self._mark_ended(lease, "expired", "it ended while the coordinator restarted")
+            else:
+                lease.expires_at = expires_at
 
-    async def _adopt(self, record: LeaseRecord) -> float:
-        expires_at: float = await self._call(lambda c: c.adopt.remote(record))
-        return expires_at
-
-    def _mark_ended(self, lease: Lease, revoked: bool, reason: str, ended: bool = True) -> None:
-        if revoked:
+    def _mark_ended(self, lease: Lease, how: str, reason: str, ended: bool = True) -> None:
+        """``lease`` may no longer be used (``how``: revoked, expired or released)."""
+        if how == "revoked":
             lease.revoked = True
+        elif how == "released":
+            lease.released = True
         else:
             lease.expired = True
         lease.reason = reason

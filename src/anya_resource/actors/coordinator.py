@@ -1,22 +1,21 @@
 """The coordinator: one named, detached, async Ray actor around the pure core.
 
 It feeds the ``Scheduler`` events and carries out its decisions: it resolves the
-futures that waiting ``acquire`` calls are parked on, tells node agents about
-grants and reclaims (in the background, batched), and tells holders about
-revocations through a long poll. Between a capacity check and the grant there
-is never an ``await``: each call into the scheduler runs to completion.
+futures that waiting ``acquire`` calls are parked on, tells holders about
+revocations and ends through a long poll, and tells each node agent, in its
+heartbeat's reply, which holder processes to watch. Between a capacity check and
+the grant there is never an ``await``: each call into the scheduler runs to
+completion.
 
-Recovery after a restart (``max_restarts=-1`` reruns ``__init__``):
-
-* the epoch, kept in Ray's GCS key-value store, goes up by one, so fencing
-  tokens keep increasing and lease ids never repeat;
-* the ledger is rebuilt from the node agents' lease tables (each agent is its
-  node's record), then, during a short *learning period* in which nothing new is
-  granted, from the clients: every process holding a lease has a ``watch`` call
-  parked here, sees it fail when the actor dies, and re-registers its leases
-  (``adopt``) as soon as the actor is back. Only after that does granting resume,
-  so a lease granted just before the crash, that no agent had heard of yet,
-  is neither lost nor granted a second time.
+Durability (docs/architecture.md, "Recovery"): every change to the set of leases
+is staged in the journal as the core makes it, and one task writes what is staged
+to Ray's GCS store, one segment at a time (a group commit: an acquire pays at most
+one write, however many arrive together). **Nothing is told before the write that
+holds it is done**: no grant, release, cancel or end reaches anybody earlier. So a
+restarted coordinator (``max_restarts=-1`` reruns ``__init__``) reads back exactly
+what its predecessor had told, no more and no less; ``core/recovery.py`` decides
+what it restores, and it serves nothing before that is written again as its own
+snapshot.
 """
 
 from __future__ import annotations
@@ -26,39 +25,32 @@ import contextlib
 import gc
 import logging
 import time
+from collections import deque
+from collections.abc import Callable
 from dataclasses import asdict
 from typing import Any
 
 import ray
-from ray.experimental import internal_kv
 
-from anya_resource.actors.naming import (
-    COORDINATOR_NAME,
-    KV_EPOCH,
-    KV_NAMESPACE,
-    KV_POLICY,
-    NAMESPACE,
-    agent_name,
-)
+from anya_resource.actors import store
+from anya_resource.actors.naming import COORDINATOR_NAME, NAMESPACE, agent_name
 from anya_resource.actors.wire import lease_to_wire
 from anya_resource.config import Policy
 from anya_resource.core import (
     Decision,
     Grant,
     Holder,
-    LeaseRecord,
     NodeSample,
     Reclaim,
-    ReclaimReason,
     Reject,
     RejectReason,
     Request,
     Revoke,
-    Scheduler,
     build_request,
     check_invariants,
 )
 from anya_resource.core.history import HistoryRing, compact
+from anya_resource.core.recovery import recovering, start
 from anya_resource.core.verdict import judge_health
 from anya_resource.errors import (
     AcquireTimeout,
@@ -74,22 +66,9 @@ from anya_resource.quantities import MILLI
 log = logging.getLogger(__name__)
 
 TICK_S = 0.05
-# Agents hear of grants in batches: off the acquire's path, and a lease that comes and
-# goes within one batch costs them nothing. A crash loses at most this much, which the
-# clients' re-registration during the learning period makes up for.
-FLUSH_S = 0.25
 WATCH_TIMEOUT_S = 30.0
 MAX_PENDING_EVENTS = 1000
 POOL_WANTED_S = 0.25  # how often holders of a pool's slots hear that others wait for it
-
-
-def _kv_get(key: bytes) -> bytes | None:
-    value = internal_kv._internal_kv_get(key, namespace=KV_NAMESPACE)
-    return value if isinstance(value, bytes) else None
-
-
-def _kv_put(key: bytes, value: bytes) -> None:
-    internal_kv._internal_kv_put(key, value, overwrite=True, namespace=KV_NAMESPACE)
 
 
 def ray_capacity(node: dict[str, Any]) -> dict[str, int]:
@@ -112,11 +91,15 @@ def reject_error(reject: Reject) -> ResourceError:
     return LeaseRevoked(reject.message)
 
 
+def _alive(nodes: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    return {n["NodeID"]: n for n in nodes if n.get("Alive")}
+
+
 class CoordinatorImpl:
     """The actor's body (``Coordinator`` below is its Ray actor class)."""
 
     def __init__(self, policy_json: str | None = None) -> None:
-        stored = _kv_get(KV_POLICY)
+        stored = store.stored_policy()
         if stored is not None:
             # A restart keeps the policy of the first deployment.
             self.policy = Policy.model_validate_json(stored)
@@ -124,78 +107,122 @@ class CoordinatorImpl:
             self.policy = (
                 Policy.model_validate_json(policy_json) if policy_json else Policy.default()
             )
-            _kv_put(KV_POLICY, self.policy.model_dump_json().encode())
-        previous = _kv_get(KV_EPOCH)
-        self.epoch = (int(previous) + 1) if previous is not None else 0
-        _kv_put(KV_EPOCH, str(self.epoch).encode())
-        self.restarted = previous is not None
-        self.scheduler = Scheduler(self.policy, epoch=self.epoch)
+            store.keep_policy(self.policy.model_dump_json().encode())
+        self.epoch = store.next_epoch()
+        self.restarted = self.epoch > 0
+        alive = _alive(ray.nodes())  # type: ignore[no-untyped-call]
+        # What Ray reports for each node, kept so that every heartbeat can re-cap it by
+        # what the node's agent measured of the machine.
+        self.reported_capacity = {n: ray_capacity(node) for n, node in alive.items()}
+        now = time.time()
+        # Recovery, decided in the core: restore what the journal holds, then write it
+        # back as this epoch's first snapshot before serving anything (Ray sends no call
+        # to an actor before its __init__ returns).
+        startup = start(
+            self.policy,
+            self.epoch,
+            store.cluster_secret(),
+            store.journal(),
+            self.reported_capacity,
+            now,
+        )
+        store.write_now(startup.first_write)
+        startup.commits.written(startup.first_write.ticket)
+        self.scheduler = startup.scheduler
+        self.commits = startup.commits
+        self.recovered = len(self.scheduler.leases)
+        self.started_at = now
         self.futures: dict[str, asyncio.Future[Decision]] = {}
         self.agents: dict[str, Any] = {}
         self.node_health: dict[str, NodeHealth] = {}
         self.last_heartbeat: dict[str, float] = {}
-        # Per node: lease id -> record to add, or None to remove; the last word wins.
-        self.outbox: dict[str, dict[str, LeaseRecord | None]] = {}
-        # Granted since the last flush, not routed yet: a lease released before the flush
-        # costs one dict insert and one pop, and its agents never hear of it.
-        self.fresh: dict[str, LeaseRecord] = {}
         # Per holder process: (sequence, event), kept until a watch call acknowledges it
         # by asking for what came after. A watch call abandoned by its client can then
         # never swallow an event.
-        self.revocations: dict[str, list[tuple[int, dict[str, Any]]]] = {}
+        self.events: dict[str, list[tuple[int, dict[str, Any]]]] = {}
         self.event_seq = 0
-        self.routes: dict[str, tuple[Holder, set[str]]] = {}
         self.watchers: dict[str, asyncio.Event] = {}
         self.dead_jobs: set[str] = set()
-        self.ready = asyncio.Event()
-        self.learning_until = 0.0
         self.pool_hinted_at: dict[str, float] = {}  # pool -> last pool_wanted sent (pools)
-        # -- adaptive allocation, metrics, history (begin) --
-        # What Ray reports for each node, kept so that every heartbeat can re-cap it by
-        # what the node's agent measured of the machine.
-        self.reported_capacity: dict[str, dict[str, int]] = {}
+        # What may be told once the write of its ticket is done (see the module's doc).
+        self._after_commit: deque[tuple[int, Callable[[], None]]] = deque()
+        self._commit_wanted = asyncio.Event()
         self.metrics = CoordinatorMetrics()
         self.history_ring = HistoryRing(self.policy.heartbeat_s)
-        # -- adaptive allocation, metrics, history (end) --
-        self._tasks = [
-            asyncio.get_running_loop().create_task(self._bootstrap()),
-        ]
-
-    # -- lifecycle ------------------------------------------------------------------------
-
-    async def _bootstrap(self) -> None:
-        await self._sync_nodes()
-        if self.restarted:
-            await self._recover_from_agents()
-            # Learning period: clients re-register leases before anything new is granted.
-            self.learning_until = time.time() + max(2.0, 2 * self.policy.heartbeat_s)
-            await asyncio.sleep(self.learning_until - time.time())
-        self._apply(self.scheduler.tick(time.time()))
+        self._apply(startup.decisions)
+        for node_id in alive:
+            self.agents[node_id] = self._start_agent(node_id)
         # What exists now (Ray, pydantic, the policy: ~100,000 objects) lives as long as
         # the actor. Out of the collector's sight, a full collection no longer walks it
         # (~100 ms every few seconds under load, a pause for every caller).
         gc.freeze()
-        self.ready.set()
         loop = asyncio.get_running_loop()
-        self._tasks += [
+        self._tasks = [
+            loop.create_task(self._commit_loop()),
             loop.create_task(self._tick_loop()),
             loop.create_task(self._node_loop()),
-            loop.create_task(self._flush_loop()),
             loop.create_task(self._pool_wanted_loop()),
             loop.create_task(self._observe_loop()),
         ]
+        log.info(
+            "coordinator of epoch %d ready: %d leases restored from the journal",
+            self.epoch,
+            self.recovered,
+        )
 
-    async def _recover_from_agents(self) -> None:
-        records: list[LeaseRecord] = []
-        for node_id, agent in list(self.agents.items()):
+    # -- the group commit ---------------------------------------------------------------
+
+    def _stage(self) -> None:
+        self.commits.stage(self.scheduler.take_journal())
+        if self.commits.staged:
+            self._commit_wanted.set()
+
+    def _later(self, tell: Callable[[], None]) -> None:
+        """Run ``tell`` once everything decided so far is written (at once if it is)."""
+        ticket = self.commits.barrier()
+        if ticket <= self.commits.committed:
+            tell()
+        else:
+            self._after_commit.append((ticket, tell))
+
+    async def _durable(self) -> None:
+        """Return once everything decided so far is written."""
+        self._stage()
+        if self.commits.barrier() <= self.commits.committed:
+            return
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+        def written() -> None:
+            if not done.done():
+                done.set_result(None)
+
+        self._later(written)
+        await done
+
+    async def _commit_loop(self) -> None:
+        while True:
+            await self._commit_wanted.wait()
+            self._commit_wanted.clear()
+            while True:
+                self._stage()
+                write = self.commits.cut()
+                if write is None:
+                    break
+                await store.write(write)
+                self.commits.written(write.ticket)
+                self._told()
+            self._told()  # a cut with nothing left to write (granted and gone) commits too
+
+    def _told(self) -> None:
+        committed = self.commits.committed
+        while self._after_commit and self._after_commit[0][0] <= committed:
+            _, tell = self._after_commit.popleft()
             try:
-                table = await asyncio.wait_for(agent.table_records.remote(), timeout=10)
-            except Exception as exc:  # an agent that cannot answer has nothing to give
-                log.warning("agent %s gave no lease table: %s", node_id, exc)
-                continue
-            records.extend(table)
-        self._apply(self.scheduler.restore(records, time.time(), fresh_ttl=True))
-        check_invariants(self.scheduler)
+                tell()
+            except Exception:  # one caller's bad luck must not stop the others' replies
+                log.exception("carrying out a committed decision failed")
+
+    # -- lifecycle ------------------------------------------------------------------------
 
     async def _tick_loop(self) -> None:
         while True:
@@ -210,11 +237,6 @@ class CoordinatorImpl:
                 await self._reclaim_ended_jobs()
             except Exception:
                 log.exception("node sync failed; trying again next heartbeat")
-
-    async def _flush_loop(self) -> None:
-        while True:
-            await asyncio.sleep(FLUSH_S)
-            await self._flush()
 
     async def _observe_loop(self) -> None:
         """Once per heartbeat: metrics to Ray, and an entry of the history ring."""
@@ -233,20 +255,22 @@ class CoordinatorImpl:
     async def _sync_nodes(self) -> None:
         nodes = await asyncio.to_thread(ray.nodes)
         now = time.time()
-        alive = {n["NodeID"]: n for n in nodes if n.get("Alive")}
+        alive = _alive(nodes)
         for node_id, node in alive.items():
-            reported = self.reported_capacity[node_id] = ray_capacity(node)
-            if node_id not in self.scheduler.nodes:
-                self._apply(self.scheduler.node_up(node_id, self._capped(node_id, reported), now))
+            self.reported_capacity[node_id] = ray_capacity(node)
             if node_id not in self.agents:
                 self.agents[node_id] = self._start_agent(node_id)
+        capacities = {n: self._capped(n, self.reported_capacity[n]) for n in alive}
         # An agent that has not reported yet is starting (slow on a loaded machine), not
         # lost; Ray itself says when such a node is dead.
         lost_after = max(10.0, self.policy.heartbeat_s * 3 * self.policy.health.missed_heartbeats)
-        for node_id in list(self.scheduler.nodes):
-            silent = now - self.last_heartbeat.get(node_id, now)
-            if node_id not in alive or silent > lost_after:
-                self._node_lost(node_id, now)
+        for node_id in list(capacities):
+            if now - self.last_heartbeat.get(node_id, now) > lost_after:
+                log.warning("the agent of node %s is silent: counting the node as lost", node_id)
+                del capacities[node_id]
+        self._apply(self.scheduler.sync_nodes(capacities, now))
+        for node_id in [n for n in self.agents if n not in capacities]:
+            self._forget_node(node_id)
 
     def _capped(self, node_id: str, reported: dict[str, int]) -> dict[str, int]:
         capacity = dict(reported)
@@ -259,14 +283,12 @@ class CoordinatorImpl:
                 capacity["gpu"] = min(capacity["gpu"], health.gpus * MILLI)
         return capacity
 
-    def _node_lost(self, node_id: str, now: float) -> None:
-        log.warning("node %s is gone: reclaiming its leases", node_id)
-        self._apply(self.scheduler.node_down(node_id, now))
+    def _forget_node(self, node_id: str) -> None:
+        log.warning("node %s is gone: its leases were reclaimed", node_id)
         self.agents.pop(node_id, None)
         self.node_health.pop(node_id, None)
         self.last_heartbeat.pop(node_id, None)
         self.reported_capacity.pop(node_id, None)
-        self.outbox.pop(node_id, None)
 
     def _start_agent(self, node_id: str) -> Any:
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
@@ -297,84 +319,40 @@ class CoordinatorImpl:
     # -- carrying out decisions ----------------------------------------------------------
 
     def _apply(self, decisions: list[Decision]) -> None:
+        """Carry ``decisions`` out, each once what it stands on is written."""
+        self._stage()
         for decision in decisions:
             if isinstance(decision, Grant):
                 self.metrics.grant(decision)
-                self._resolve(decision.request_id, decision)
-                # Agents hear of it at the next flush, unless it is gone by then.
-                self.fresh[decision.lease.lease_id] = decision.lease
-            elif isinstance(decision, Reclaim):
-                self._tell_agents_removed(decision)
+                self._later(lambda d=decision: self._resolve(d.request_id, d))  # type: ignore[misc]
             elif isinstance(decision, Reject):
-                self._resolve(decision.request_id, decision)
+                self._later(lambda d=decision: self._resolve(d.request_id, d))  # type: ignore[misc]
+            elif isinstance(decision, Reclaim):
+                if decision.tell is not None:
+                    event = {
+                        "lease_id": decision.lease_id,
+                        "reason": decision.reason.value,
+                        "ended": True,
+                    }
+                    self._later(lambda k=decision.tell, e=event: self._tell_holder(k, e))  # type: ignore[misc]
             elif isinstance(decision, Revoke):
                 lease = self.scheduler.leases.active.get(decision.lease_id)
-                if lease is not None:
-                    self._tell_holder(lease.holder, {**asdict(decision), "ended": False})
-                    self._tell_agents(lease)
+                if lease is not None and lease.holder.key is not None:
+                    self._tell_holder(lease.holder.key, {**asdict(decision), "ended": False})
 
     def _resolve(self, request_id: str, decision: Decision) -> None:
         future = self.futures.pop(request_id, None)
         if future is not None and not future.done():
             future.set_result(decision)
 
-    def _tell_agents(self, lease: LeaseRecord) -> None:
-        # The lease's node keeps it in its table; the holder's node watches the holder.
-        self.fresh.pop(lease.lease_id, None)
-        nodes = {n for n in (lease.node_id, lease.holder.node_id) if n in self.scheduler.nodes}
-        for node_id in self.routes.get(lease.lease_id, (None, set()))[1] - nodes:
-            self.outbox.setdefault(node_id, {})[lease.lease_id] = None  # the holder moved
-        self.routes[lease.lease_id] = (lease.holder, nodes)
-        for node_id in nodes:
-            self.outbox.setdefault(node_id, {})[lease.lease_id] = lease
-
-    def _tell_agents_removed(self, reclaim: Reclaim) -> None:
-        fresh = self.fresh.pop(reclaim.lease_id, None)
-        holder: Holder | None
-        if fresh is not None:
-            holder = fresh.holder  # granted since the last flush: no agent has heard of it
-        else:
-            holder, nodes = self.routes.pop(reclaim.lease_id, (None, {reclaim.node_id}))
-            for node_id in nodes:
-                self.outbox.setdefault(node_id, {})[reclaim.lease_id] = None
-        if holder is not None and reclaim.reason not in (
-            ReclaimReason.RELEASED,
-            ReclaimReason.CANCELLED,
-        ):
-            self._tell_holder(
-                holder,
-                {"lease_id": reclaim.lease_id, "reason": reclaim.reason.value, "ended": True},
-            )
-
-    def _tell_holder(self, holder: Holder, event: dict[str, Any]) -> None:
-        key = holder.key
-        if key is None:
-            return
+    def _tell_holder(self, key: str, event: dict[str, Any]) -> None:
         self.event_seq += 1
-        pending = self.revocations.setdefault(key, [])
+        pending = self.events.setdefault(key, [])
         pending.append((self.event_seq, event))
         del pending[:-MAX_PENDING_EVENTS]
         watcher = self.watchers.get(key)
         if watcher is not None:
             watcher.set()
-
-    async def _flush(self) -> None:
-        for lease in list(self.fresh.values()):
-            self._tell_agents(lease)
-        outbox, self.outbox = self.outbox, {}
-        for node_id, pending in outbox.items():
-            agent = self.agents.get(node_id)
-            if agent is None or not pending:
-                continue
-            batch = [
-                ("add", record) if record is not None else ("remove", lease_id)
-                for lease_id, record in pending.items()
-            ]
-            try:
-                await agent.apply.remote(batch)
-            except Exception as exc:
-                # The agent restarts and asks for its table again; nothing to redo here.
-                log.warning("agent %s missed a batch of %d: %s", node_id, len(batch), exc)
 
     # -- pools: holders of idle slots give them back when others wait --------------------
     #
@@ -418,14 +396,19 @@ class CoordinatorImpl:
                     continue
                 told.add((key, pool))
                 event = {"kind": "pool_wanted", "pool": pool}
-                heard = [e for _, e in self.revocations.get(key, [])]
+                heard = [e for _, e in self.events.get(key, [])]
                 if event not in heard:  # not yet heard: once is enough
-                    self._tell_holder(lease.holder, event)
+                    self._tell_holder(key, event)
 
     # -- the API the client calls ---------------------------------------------------------
 
     async def ping(self) -> dict[str, Any]:
-        return {"epoch": self.epoch, "ready": self.ready.is_set(), "nodes": len(self.agents)}
+        return {
+            "epoch": self.epoch,
+            "ready": True,  # nothing is served before recovery is written (see __init__)
+            "nodes": len(self.agents),
+            "recovering": recovering(self.scheduler),
+        }
 
     def _request(self, spec: dict[str, Any]) -> Request:
         resources = spec.get("resources", {})
@@ -450,88 +433,91 @@ class CoordinatorImpl:
         )
 
     async def acquire(self, spec: dict[str, Any]) -> bytes:
-        """Grant (or queue, then grant) a request; the lease goes back as bytes.
+        """Grant (or queue, then grant) a request; the lease goes back as bytes, once written.
 
         ``wire.lease_from_wire`` rebuilds the ``LeaseRecord``: Ray passes bytes through
         as they are, where it would pickle a dataclass on both sides of every acquire.
         """
+        holder_key = (
+            Holder(**spec.get("holder", {})).key if isinstance(spec.get("holder"), dict) else None
+        )
         # Releases the client had not sent yet ride along: one call instead of two.
-        self._release_all(spec.get("releases", ()))
+        self._release_all(spec.get("releases", ()), holder_key)
         request = self._request(spec)
-        if not self.ready.is_set():
-            await self.ready.wait()
-        now = time.time()
-        request_id, decisions = self.scheduler.submit(request, now)
-        mine = next((d for d in decisions if getattr(d, "request_id", None) == request_id), None)
-        future: asyncio.Future[Decision] | None = None
-        if mine is None:
-            future = self.futures.get(request_id)
-            if future is None:
-                future = self.futures[request_id] = asyncio.get_running_loop().create_future()
+        request_id, decisions = self.scheduler.submit(request, time.time())
+        future = self.futures.get(request_id)
+        if future is None:
+            future = self.futures[request_id] = asyncio.get_running_loop().create_future()
         self._apply(decisions)
-        if mine is None and request.pools:
+        if request.pools and not future.done() and request_id in self.scheduler.queue:
             self._pool_wanted_now(request)
-        if mine is None:
-            assert future is not None
-            mine = await asyncio.shield(future)
+        mine = await asyncio.shield(future)
         if isinstance(mine, Grant):
             return lease_to_wire(mine.lease)
         assert isinstance(mine, Reject)
         raise reject_error(mine)
 
     async def cancel(self, idempotency_key: str) -> None:
-        """The caller gave up on the request with this key, whatever its state."""
+        """The caller gave up on the request with this key, whatever its state.
+
+        Returns once the cancel is written: a cancel that is lost with the coordinator
+        is sent again by the client, or the request it refuses could still be granted.
+        """
         self._apply(self.scheduler.cancel_key(idempotency_key, time.time()))
+        await self._durable()
 
-    async def release(self, lease_id: str, token: str) -> None:
-        self._apply(self.scheduler.release(lease_id, token, time.time()))
+    async def release(self, lease_id: str, token: str, by: str | None = None) -> None:
+        """Give a lease back (``by``: the releasing process's holder key); once written."""
+        self._apply(self.scheduler.release(lease_id, token, time.time(), by=by))
+        await self._durable()
 
-    async def release_many(self, pairs: list[list[str]]) -> None:
+    async def release_many(self, pairs: list[list[str]], by: str | None = None) -> None:
         """Releases sent in one call, ``[lease_id, token]`` each; a bad one is only logged."""
-        self._release_all(pairs)
+        self._release_all(pairs, by)
+        await self._durable()
 
-    def _release_all(self, pairs: Any) -> None:
+    def _release_all(self, pairs: Any, by: str | None) -> None:
         for lease_id, token in pairs:
             try:
-                self._apply(self.scheduler.release(lease_id, token, time.time()))
+                self._apply(self.scheduler.release(lease_id, token, time.time(), by=by))
             except ResourceError as exc:
                 log.warning("release of %s refused: %s", lease_id, exc)
 
     async def renew(self, lease_id: str, token: str, ttl: float | None = None) -> float:
-        # Agents are not told: a restart gives every restored lease a fresh TTL anyway.
         return self.scheduler.renew(lease_id, token, time.time(), ttl).expires_at
 
     async def rebind(self, lease_id: str, token: str, holder: dict[str, Any]) -> float:
         """Another process (a ``@leased`` task's worker) holds the lease from now on."""
         lease = self.scheduler.rebind(lease_id, token, Holder(**holder), time.time())
-        self._tell_agents(lease)
+        await self._durable()
         return lease.expires_at
 
-    async def adopt(self, record: LeaseRecord) -> float:
-        """A client re-registers a lease after a restart; returns its expiry."""
-        active = self.scheduler.leases.active.get(record.lease_id)
-        if active is None:
-            if record.lease_id in self.scheduler.leases.ended:
-                return await self.renew(record.lease_id, record.token)  # raises why it ended
-            decisions = self.scheduler.restore([record], time.time(), fresh_ttl=True)
-            self._apply(decisions)
-            if decisions:
-                raise LeaseRevoked(f"lease {record.lease_id}: its node is gone")
-            self._tell_agents(record)
-        return await self.renew(record.lease_id, record.token)
+    async def claim(
+        self, manager: str, held: list[list[str]], waiting: list[str]
+    ) -> dict[str, float | None]:
+        """A client manager's account after it saw a new epoch (``Scheduler.claim``).
+
+        Per held lease, its new expiry or None if it has ended; the manager's other
+        restored leases that none of its waiting acquires will claim are reclaimed.
+        """
+        pairs = [(lease_id, token) for lease_id, token in held]
+        results, decisions = self.scheduler.claim(manager, pairs, waiting, time.time())
+        self._apply(decisions)
+        await self._durable()
+        return results
 
     async def watch(
         self, holder_key: str, after: int = 0, timeout: float = WATCH_TIMEOUT_S
     ) -> dict[str, Any]:
         """Long poll: events for this process's leases after ``after``, and the epoch."""
-        pending = self.revocations.setdefault(holder_key, [])
+        pending = self.events.setdefault(holder_key, [])
         pending[:] = [(seq, e) for seq, e in pending if seq > after]  # acknowledged
         if not pending:
             event = self.watchers.setdefault(holder_key, asyncio.Event())
             event.clear()
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(event.wait(), timeout=min(timeout, WATCH_TIMEOUT_S))
-        events = [(seq, e) for seq, e in self.revocations.get(holder_key, []) if seq > after]
+        events = [(seq, e) for seq, e in self.events.get(holder_key, []) if seq > after]
         return {
             "epoch": self.epoch,
             "events": [e for _, e in events],
@@ -541,6 +527,13 @@ class CoordinatorImpl:
     async def snapshot(self) -> dict[str, Any]:
         snap = self.scheduler.snapshot(time.time())
         snap["health"] = {n: h.to_dict() for n, h in self.node_health.items()}
+        snap["recovery"] = {
+            "restored": self.recovered,
+            "unclaimed": recovering(self.scheduler),
+            "started_at": self.started_at,
+            "journal_generation": self.commits.generation.number,
+            "journal_ticket": self.commits.committed,
+        }
         return snap
 
     async def lease_list(self) -> list[dict[str, Any]]:
@@ -587,15 +580,23 @@ class CoordinatorImpl:
     async def heartbeat(
         self, node_id: str, health: dict[str, Any], dead_holders: list[str]
     ) -> dict[str, Any]:
+        """An agent's beat: its node's health and the holders it found dead.
+
+        The reply names the holder processes on that node to watch from now on: an
+        agent keeps no table of its own, so a restarted agent, or one that beat for a
+        coordinator that died since, knows whom to watch from its next beat on, and
+        reports a dead holder at every beat until nothing is held in its name.
+        """
         now = time.time()
         sample = NodeHealth.from_dict(health)
         self.node_health[node_id] = sample
         self.last_heartbeat[node_id] = now
-        ledger = self.scheduler.nodes.get(node_id)
-        if ledger is None:
-            return {"known": False}
         for holder_key in dead_holders:
             self._apply(self.scheduler.holder_died(holder_key, now))
+        watch = [[h.key, h.pid, h.create_time] for h in self.scheduler.holders_on(node_id)]
+        ledger = self.scheduler.nodes.get(node_id)
+        if ledger is None:
+            return {"known": False, "epoch": self.epoch, "holders": watch}
         # -- adaptive allocation (begin) --
         # Grantable capacity follows the machine: Ray's figure capped by what the agent
         # measured just now (a cgroup limit lowered at run time, a wrong --memory), then
@@ -621,18 +622,10 @@ class CoordinatorImpl:
                 now,
             )
         )
-        return {"known": True, "epoch": self.epoch}
-
-    async def agent_table(self, node_id: str) -> list[LeaseRecord]:
-        """What a (re)started agent should hold: leases on its node or held from it."""
-        return [
-            lease
-            for lease in self.scheduler.leases
-            if node_id in (lease.node_id, lease.holder.node_id)
-        ]
+        return {"known": True, "epoch": self.epoch, "holders": watch}
 
     async def invariants(self) -> list[str]:
-        """Empty when every invariant of DESIGN.md holds (for tests and operators)."""
+        """Empty when every invariant of docs/architecture.md holds (for tests and operators)."""
         try:
             check_invariants(self.scheduler)
         except AssertionError as exc:

@@ -14,15 +14,9 @@ import threading
 from typing import Any
 
 import ray
-from ray.experimental import internal_kv
 
-from anya_resource.actors.naming import (
-    COORDINATOR_NAME,
-    KV_NAMESPACE,
-    KV_POLICY,
-    NAMESPACE,
-    agent_name,
-)
+from anya_resource.actors import store
+from anya_resource.actors.naming import COORDINATOR_NAME, NAMESPACE, agent_name
 from anya_resource.config import Policy
 from anya_resource.errors import ManagerUnavailable
 
@@ -100,13 +94,14 @@ def forget_handles() -> None:
 def teardown() -> None:
     """Remove the coordinator and every agent from the cluster (``anya-resource down``).
 
-    The epoch stays in the key-value store: fencing tokens must keep increasing
-    even across a redeploy. The policy goes, so that ``up`` may bring a new one.
+    The epoch and the secret stay in the key-value store: fencing tokens must keep
+    increasing even across a redeploy. The policy goes, so that ``up`` may bring a new
+    one, and so does the journal: the leases go with the coordinator.
     """
     nodes = ray.nodes()  # type: ignore[no-untyped-call]
     names = [agent_name(node["NodeID"]) for node in nodes] + [COORDINATOR_NAME]
     for name in names:
         with contextlib.suppress(ValueError):  # not deployed there
             ray.kill(ray.get_actor(name, namespace=NAMESPACE), no_restart=True)
-    internal_kv._internal_kv_del(KV_POLICY, namespace=KV_NAMESPACE)
+    store.forget_deployment()
     forget_handles()

@@ -7,6 +7,7 @@ COORDINATOR_NAME = "coordinator"
 KV_NAMESPACE = b"anya_resource"
 KV_EPOCH = b"epoch"
 KV_POLICY = b"policy"
+KV_SECRET = b"secret"
 
 
 def agent_name(node_id: str) -> str:

@@ -13,6 +13,7 @@ so the client rebuilds an equal record.
 from __future__ import annotations
 
 import pickle
+
 from anya_resource.core import LeaseRecord
 
 

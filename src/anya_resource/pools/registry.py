@@ -13,9 +13,7 @@ from collections.abc import Mapping
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
-from ray.experimental import internal_kv
-
-from anya_resource.actors.naming import KV_NAMESPACE, KV_POLICY
+from anya_resource.actors import store
 from anya_resource.config import Policy
 from anya_resource.errors import InvalidRequest
 from anya_resource.pools.entries import Checkout
@@ -31,10 +29,8 @@ if TYPE_CHECKING:
 
 def deployed_policy() -> Policy | None:
     """The policy the coordinator runs with, or None if it cannot be read here."""
-    if not internal_kv._internal_kv_initialized():  # type: ignore[no-untyped-call]
-        return None
-    raw = internal_kv._internal_kv_get(KV_POLICY, namespace=KV_NAMESPACE)
-    return Policy.model_validate_json(raw) if isinstance(raw, bytes) else None
+    raw = store.stored_policy()
+    return Policy.model_validate_json(raw) if raw is not None else None
 
 
 def checkout_from(
