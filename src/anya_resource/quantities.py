@@ -141,8 +141,10 @@ def to_units(resource: str, value: object) -> int:
     if resource in BYTE_RESOURCES:
         return parse_bytes(value, what)
     if resource in FRACTIONAL_RESOURCES:
-        # Round up so that a request is never granted less than it asked for.
-        return math.ceil(round(parse_cores(value, what) * MILLI, 6))
+        # Round up so that a request is never granted less than it asked for, in decimal
+        # (8439369.276 cores is 8439369276 thousandths; the float product is ...277.00001)
+        # and forgiving float noise past the sixth place (0.30000000000000004 is 300).
+        return math.ceil(round(Decimal(repr(parse_cores(value, what))) * MILLI, 6))
     return parse_count(value, what)
 
 
