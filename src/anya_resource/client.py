@@ -432,7 +432,9 @@ class ResourceManager:
         for lease in held:
             expires_at = results.get(lease.lease_id)
             if expires_at is None:
+                # Ended, or being revoked: given back now (a no-op for one that ended).
                 self._mark_ended(lease, "expired", "it ended while the coordinator restarted")
+                self.release_soon(lease)
             else:
                 lease.expires_at = expires_at
 

@@ -265,7 +265,7 @@ class RecoveryMachine(RuleBasedStateMachine):
         self.confirmed_released: set[str] = set()
         self.lease_ids: set[str] = set()
         self.max_fencing = -1
-        self.node_lost: set[str] = set()  # leases whose node went: the resource is gone
+        self.lost_with_node: set[str] = set()  # leases whose node went: the resource is gone
         self.released_by_other: set[str] = set()
         self.dropped_expired: set[str] = set()  # dropped by a client when its TTL ran out
         self.revoked: set[str] = set()
@@ -433,7 +433,14 @@ class RecoveryMachine(RuleBasedStateMachine):
             for lease_id, expires_at in args[0]:
                 if lease_id in client.held:
                     if expires_at is None:
-                        del client.held[lease_id]
+                        # Ended, or being revoked: let go of it now (a no-op if it ended).
+                        belief = client.held.pop(lease_id)
+                        client.releasing[lease_id] = belief.token
+                        self.send(
+                            Msg(
+                                "release", client.index, (lease_id, belief.token, client.holder.key)
+                            )
+                        )
                     else:
                         client.held[lease_id].expires_at = expires_at
         elif kind == "failed":
@@ -564,7 +571,7 @@ class RecoveryMachine(RuleBasedStateMachine):
         for client in self.clients:
             if client.holder.node_id == node:
                 client.alive = False  # its processes go with it
-        self.node_lost |= {lease.lease_id for lease in coord.s.leases if lease.node_id == node}
+        self.lost_with_node |= {lease.lease_id for lease in coord.s.leases if lease.node_id == node}
         self.sync()
 
     @precondition(lambda self: self.coord is not None)
@@ -672,7 +679,7 @@ class RecoveryMachine(RuleBasedStateMachine):
 
     @invariant()
     def beliefs_fit_and_are_counted(self) -> None:
-        excluded = self.node_lost | self.released_by_other | self.revoked
+        excluded = self.lost_with_node | self.released_by_other | self.revoked
         beliefs = [
             (lease_id, b)
             for c in self.live()
