@@ -7,7 +7,7 @@ renewals with right and wrong tokens, cancellations of waiting *and* granted
 requests, clock jumps, nodes joining, leaving and changing capacity, health
 samples across the pressure thresholds, holder deaths, job ends and coordinator
 restarts. Every decision is mirrored into the model; after every step the
-scheduler must agree with the model and with DESIGN.md's invariants, checked
+scheduler must agree with the model and with the invariants of docs/architecture.md, checked
 from the outside (the snapshot) as well as by ``check_invariants``.
 
 ``ANYA_SOAK_ITERATIONS`` (or ``ANYA_RESOURCE_SOAK_ITERATIONS``) raises the number of

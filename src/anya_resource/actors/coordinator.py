@@ -24,6 +24,7 @@ import asyncio
 import contextlib
 import gc
 import logging
+import os
 import time
 from collections import deque
 from collections.abc import Callable
@@ -89,6 +90,14 @@ def reject_error(reject: Reject) -> ResourceError:
     if reject.reason is RejectReason.INFEASIBLE:
         return Infeasible(reject.message)
     return LeaseRevoked(reject.message)
+
+
+def _holder_key(spec: dict[str, Any]) -> str | None:
+    """The key of the process that sent ``spec``, if its holder fields make one."""
+    try:
+        return Holder(**spec.get("holder", {})).key
+    except (TypeError, ValueError):
+        return None
 
 
 def _alive(nodes: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
@@ -408,6 +417,7 @@ class CoordinatorImpl:
             "ready": True,  # nothing is served before recovery is written (see __init__)
             "nodes": len(self.agents),
             "recovering": recovering(self.scheduler),
+            "pid": os.getpid(),
         }
 
     def _request(self, spec: dict[str, Any]) -> Request:
@@ -438,13 +448,15 @@ class CoordinatorImpl:
         ``wire.lease_from_wire`` rebuilds the ``LeaseRecord``: Ray passes bytes through
         as they are, where it would pickle a dataclass on both sides of every acquire.
         """
-        holder_key = (
-            Holder(**spec.get("holder", {})).key if isinstance(spec.get("holder"), dict) else None
-        )
         # Releases the client had not sent yet ride along: one call instead of two.
-        self._release_all(spec.get("releases", ()), holder_key)
-        request = self._request(spec)
-        request_id, decisions = self.scheduler.submit(request, time.time())
+        # Applied whatever becomes of the request itself (a bad request is not retried).
+        self._release_all(spec.get("releases", ()), _holder_key(spec))
+        try:
+            request = self._request(spec)
+            request_id, decisions = self.scheduler.submit(request, time.time())
+        except ResourceError:
+            await self._durable()  # the releases are written before the error is told
+            raise
         future = self.futures.get(request_id)
         if future is None:
             future = self.futures[request_id] = asyncio.get_running_loop().create_future()

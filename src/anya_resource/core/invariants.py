@@ -1,4 +1,4 @@
-"""DESIGN.md's invariants, checked against the scheduler's state.
+"""The invariants of docs/architecture.md, checked against the scheduler's state.
 
 Tests call ``check_invariants`` after every step of randomised runs; the
 coordinator calls it after a recovery. Each failure names the invariant.
