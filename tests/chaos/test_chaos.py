@@ -252,8 +252,7 @@ def test_agent_kill_loop_with_leases_held(manager: ResourceManager, loop: Loop) 
         # The restarted agent watches the holders it was told of: a death is still seen.
         sigkill(holders[0])
         loop.run(eventually(lambda: _gone(manager, held, 1), timeout=20))
-        kill_coordinator("sigkill")
-        loop.run(eventually(lambda: _epoch_moved(manager), timeout=60))
+        restart(loop, manager, "sigkill")
         assert len(held & loop.run(lease_ids(manager))) == 1  # the reclaimed one stays gone
     finally:
         sigkill(*holders)
@@ -264,16 +263,18 @@ async def _gone(manager: ResourceManager, held: set[str], count: int) -> bool:
     return len(held - await lease_ids(manager)) >= count
 
 
-_epochs: list[int] = []
+def restart(loop: Loop, manager: ResourceManager, *kills: str) -> None:
+    """Kill the coordinator (each way of ``kills`` in turn), until a newer one answers."""
+    before = loop.run(manager.snapshot())["epoch"]
+    for index, how in enumerate(kills):
+        if index:
+            time.sleep(0.3)  # may hit the previous restart before it served anything
+        kill_coordinator(how)
+    loop.run(eventually(lambda: _epoch_above(manager, before), timeout=90))
 
 
-async def _epoch_moved(manager: ResourceManager) -> bool:
-    """True once a coordinator of a new epoch answers (the first call records it)."""
-    epoch = (await manager.snapshot())["epoch"]
-    if not _epochs or epoch > _epochs[-1]:
-        _epochs.append(epoch)
-        return len(_epochs) > 1
-    return False
+async def _epoch_above(manager: ResourceManager, epoch: int) -> bool:
+    return bool((await manager.snapshot())["epoch"] > epoch)
 
 
 def test_agent_paused_past_node_loss_then_a_coordinator_restart(
@@ -283,12 +284,16 @@ def test_agent_paused_past_node_loss_then_a_coordinator_restart(
     pid = ray.get(agent().status.remote(), timeout=30)["pid"]
     try:
         lease_id = read_line(holder, timeout=60)
-        _epochs[:] = [loop.run(manager.snapshot())["epoch"]]
         os.kill(pid, signal.SIGSTOP)
         # Silent past the limit (10 s at least): the node counts as lost, its leases go.
-        loop.run(eventually(lambda: _without(manager, lease_id), timeout=40))
-        kill_coordinator("ray.kill")
-        loop.run(eventually(lambda: _epoch_moved(manager), timeout=60))
+        try:
+            loop.run(eventually(lambda: _without(manager, lease_id), timeout=40))
+        except AssertionError:
+            health = loop.run(manager.check_resource_health())
+            os.kill(pid, signal.SIGCONT)
+            status = ray.get(agent().status.remote(), timeout=30)
+            raise AssertionError(f"the node was not lost: {health}; {status}, paused {pid}") from None
+        restart(loop, manager, "ray.kill")
         assert lease_id not in loop.run(lease_ids(manager)), "a reclaimed lease came back"
     finally:
         os.kill(pid, signal.SIGCONT)
@@ -305,10 +310,10 @@ def test_holder_killed_during_the_outage_is_reclaimed(manager: ResourceManager, 
     holder = spawn("hold", "storm")
     try:
         lease_id = read_line(holder, timeout=60)
-        _epochs[:] = [loop.run(manager.snapshot())["epoch"]]
+        before = loop.run(manager.snapshot())["epoch"]
         kill_coordinator("sigkill")
         sigkill(holder)  # dies while no coordinator runs
-        loop.run(eventually(lambda: _epoch_moved(manager), timeout=60))
+        loop.run(eventually(lambda: _epoch_above(manager, before), timeout=90))
         back = time.monotonic()
         loop.run(eventually(lambda: _without(manager, lease_id), timeout=20))
         REPORT["holder_dead_during_outage_reclaimed_s"] = time.monotonic() - back
@@ -321,11 +326,7 @@ def test_two_restarts_in_quick_succession(manager: ResourceManager, loop: Loop) 
     holder = spawn("hold", "storm")
     try:
         lease_id = read_line(holder, timeout=60)
-        _epochs[:] = [loop.run(manager.snapshot())["epoch"]]
-        kill_coordinator("ray.kill")
-        time.sleep(0.3)
-        kill_coordinator("sigkill")  # may hit the first restart before it served anything
-        loop.run(eventually(lambda: _epoch_moved(manager), timeout=90))
+        restart(loop, manager, "sigkill", "ray.kill")
         # The holder is alive and claims its lease: still counted, once.
         assert lease_id in loop.run(lease_ids(manager))
         snap = loop.run(manager.snapshot())

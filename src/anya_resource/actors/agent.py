@@ -12,7 +12,6 @@ the coordinator holds nothing in its name (reclaiming is idempotent).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import time
@@ -39,16 +38,24 @@ class NodeAgentImpl:
         self._coordinator: Any = None
         self._task = asyncio.get_running_loop().create_task(self._run())
 
-    def _coordinator_handle(self) -> Any:
+    async def _coordinator_handle(self) -> Any:
         if self._coordinator is None:
-            self._coordinator = ray.get_actor(COORDINATOR_NAME, namespace=NAMESPACE)
+            # A lookup is a blocking GCS call: never on this event loop.
+            self._coordinator = await asyncio.to_thread(
+                ray.get_actor, COORDINATOR_NAME, namespace=NAMESPACE
+            )
         return self._coordinator
 
     async def _run(self) -> None:
+        limit = max(10.0, 10 * self.heartbeat_s)
         while True:
             started = time.monotonic()
-            with contextlib.suppress(Exception):
-                await self._beat()
+            try:
+                # Bounded as a whole: whatever a beat waits on, the next one comes.
+                await asyncio.wait_for(self._beat(), timeout=limit)
+            except Exception as exc:
+                self._coordinator = None
+                log.warning("heartbeat of %s failed: %s: %s", self.node_id, type(exc).__name__, exc)
             elapsed = time.monotonic() - started
             await asyncio.sleep(max(0.0, self.heartbeat_s - elapsed))
 
@@ -60,15 +67,11 @@ class NodeAgentImpl:
             for key, (pid, create_time) in self.watched.items()
             if not holder_alive(pid, create_time)
         ]
-        try:
-            reply = await asyncio.wait_for(
-                self._coordinator_handle().heartbeat.remote(self.node_id, health.to_dict(), dead),
-                timeout=max(5.0, 5 * self.heartbeat_s),
-            )
-        except Exception as exc:
-            self._coordinator = None  # look it up again: it may have been redeployed
-            log.info("heartbeat from %s failed: %s", self.node_id, exc)
-            return
+        coordinator = await self._coordinator_handle()
+        reply = await asyncio.wait_for(
+            coordinator.heartbeat.remote(self.node_id, health.to_dict(), dead),
+            timeout=max(5.0, 5 * self.heartbeat_s),
+        )
         self.watched = {
             key: (pid, create_time)
             for key, pid, create_time in reply.get("holders", ())

@@ -70,6 +70,7 @@ TICK_S = 0.05
 WATCH_TIMEOUT_S = 30.0
 MAX_PENDING_EVENTS = 1000
 POOL_WANTED_S = 0.25  # how often holders of a pool's slots hear that others wait for it
+AGENT_START_GRACE_S = 15.0  # an agent that never beat yet may be starting: this much more
 
 
 def ray_capacity(node: dict[str, Any]) -> dict[str, int]:
@@ -143,6 +144,7 @@ class CoordinatorImpl:
         self.started_at = now
         self.futures: dict[str, asyncio.Future[Decision]] = {}
         self.agents: dict[str, Any] = {}
+        self.agent_started: dict[str, float] = {}  # node -> when its agent was started or found
         self.node_health: dict[str, NodeHealth] = {}
         self.last_heartbeat: dict[str, float] = {}
         # Per holder process: (sequence, event), kept until a watch call acknowledges it
@@ -270,11 +272,16 @@ class CoordinatorImpl:
             if node_id not in self.agents:
                 self.agents[node_id] = self._start_agent(node_id)
         capacities = {n: self._capped(n, self.reported_capacity[n]) for n in alive}
-        # An agent that has not reported yet is starting (slow on a loaded machine), not
-        # lost; Ray itself says when such a node is dead.
         lost_after = max(10.0, self.policy.heartbeat_s * 3 * self.policy.health.missed_heartbeats)
         for node_id in list(capacities):
-            if now - self.last_heartbeat.get(node_id, now) > lost_after:
+            # Silent since its last beat, or since its agent was started (or found) if it
+            # never beat for this coordinator: an agent that is starting on a loaded
+            # machine gets AGENT_START_GRACE_S more, one that was paused or wedged before
+            # a restart does not stay counted forever.
+            heard = self.last_heartbeat.get(node_id)
+            if heard is None:
+                heard = self.agent_started.get(node_id, now) + AGENT_START_GRACE_S
+            if now - heard > lost_after:
                 log.warning("the agent of node %s is silent: counting the node as lost", node_id)
                 del capacities[node_id]
         self._apply(self.scheduler.sync_nodes(capacities, now))
@@ -295,6 +302,7 @@ class CoordinatorImpl:
     def _forget_node(self, node_id: str) -> None:
         log.warning("node %s is gone: its leases were reclaimed", node_id)
         self.agents.pop(node_id, None)
+        self.agent_started.pop(node_id, None)
         self.node_health.pop(node_id, None)
         self.last_heartbeat.pop(node_id, None)
         self.reported_capacity.pop(node_id, None)
@@ -302,6 +310,7 @@ class CoordinatorImpl:
     def _start_agent(self, node_id: str) -> Any:
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
+        self.agent_started[node_id] = time.time()
         from anya_resource.actors.agent import NodeAgent
 
         return NodeAgent.options(  # type: ignore[attr-defined]
