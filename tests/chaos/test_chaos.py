@@ -292,7 +292,9 @@ def test_agent_paused_past_node_loss_then_a_coordinator_restart(
             health = loop.run(manager.check_resource_health())
             os.kill(pid, signal.SIGCONT)
             status = ray.get(agent().status.remote(), timeout=30)
-            raise AssertionError(f"the node was not lost: {health}; {status}, paused {pid}") from None
+            raise AssertionError(
+                f"the node was not lost: {health}; {status}, paused {pid}"
+            ) from None
         restart(loop, manager, "ray.kill")
         assert lease_id not in loop.run(lease_ids(manager)), "a reclaimed lease came back"
     finally:

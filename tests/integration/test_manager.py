@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import os
 import random
@@ -241,6 +242,56 @@ def test_wrong_token_changes_nothing_and_release_is_idempotent(
         assert (await manager.snapshot())["resources"]["cpu"]["granted"] == 0
 
     loop.run(scenario())
+
+
+def test_a_wrong_token_release_leaves_the_real_lease_held_and_renewed(
+    manager: ResourceManager, loop: Loop
+) -> None:
+    """Regression: the real lease was dropped from renewal before the refusal came back."""
+
+    async def scenario() -> None:
+        lease = await manager.acquire({"cpu": 0.5}, ttl=1.5)
+        forged = Lease(**{**lease.__dict__, "token": "0" * 48, "released": False})
+        with pytest.raises(NotLeaseHolder):
+            await manager.release(forged)
+        assert manager.held[lease.lease_id] is lease and lease.valid
+        await asyncio.sleep(3.0)  # twice its TTL: only its renewals keep it
+        assert lease.valid
+        assert lease.lease_id in {row["lease_id"] for row in await manager.leases()}
+        await manager.release(lease)
+
+    loop.run(scenario())
+
+
+@ray.remote(num_cpus=0)
+class Releaser:
+    """Another process that was handed a lease (its id and token) and gives it back."""
+
+    async def release(self, lease: Lease) -> None:
+        manager = await ResourceManager.new()
+        await manager.release(lease)
+
+
+def test_a_release_by_another_process_is_heard_by_the_holder(
+    manager: ResourceManager, loop: Loop
+) -> None:
+    heard: list[str] = []
+
+    async def scenario() -> None:
+        lease = await manager.acquire({"cpu": 0.5}, on_revoked=lambda lz: heard.append(lz.lease_id))
+        portable = dataclasses.replace(lease, on_revoked=None, _manager=None, _run_sync=None)
+        await Releaser.remote().release.remote(portable)  # type: ignore[attr-defined]
+        await eventually(lambda: _true(lease.released), timeout=10)
+        assert heard == [lease.lease_id]
+        assert lease.reason == "released by another process"
+        assert lease.lease_id not in manager.held
+        await manager.release(lease)  # still a no-op for its holder
+
+    loop.run(scenario())
+
+
+async def _true(value: bool) -> bool:
+    return value
 
 
 def test_held_lease_renews_itself(manager: ResourceManager, loop: Loop) -> None:
