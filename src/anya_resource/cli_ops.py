@@ -36,6 +36,7 @@ from rich.console import Console
 
 from anya_resource.cli import PROG, app
 from anya_resource.errors import InvalidRequest, ManagerUnavailable, ResourceError
+from anya_resource.inputs import is_integer_text, shown
 from anya_resource.quantities import number_or_text
 
 if TYPE_CHECKING:
@@ -318,6 +319,10 @@ def _print_json(data: Any) -> None:
 # -- resources on the command line ----------------------------------------------------------
 
 
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not an amount")
+
+
 def parse_resources(text: str) -> dict[str, Any]:
     """``memory=4GiB,cpu=1,postgres=2`` or a JSON object, as ``acquire`` takes it."""
     stripped = text.strip()
@@ -327,11 +332,13 @@ def parse_resources(text: str) -> dict[str, Any]:
     )
     if stripped.startswith("{"):
         try:
-            parsed = json.loads(stripped)
+            parsed = json.loads(stripped, parse_constant=_no_constant)
         except json.JSONDecodeError as exc:
             raise InvalidRequest(f"RESOURCES: not valid JSON ({exc.msg}); {expected}") from None
+        except ValueError as exc:  # an int past Python's 4,300-digit limit, NaN, Infinity
+            raise InvalidRequest(f"RESOURCES: {exc}; {expected}") from None
         if not isinstance(parsed, dict) or not parsed:
-            raise InvalidRequest(f"RESOURCES: got {text!r}; {expected}")
+            raise InvalidRequest(f"RESOURCES: got {shown(text)}; {expected}")
         return parsed
     resources: dict[str, Any] = {}
     for item in stripped.split(","):
@@ -439,7 +446,10 @@ def what_if(
 ) -> None:
     """Dry run: would COUNT such requests be granted now, where, and what would they preempt?"""
     request = parse_resources(resources)
-    level: str | int = int(priority) if priority.lstrip("-").isdigit() else priority
+    # ASCII digits only: str.isdigit() and int() also take Arabic-Indic and full-width digits.
+    level: str | int = (
+        int(priority) if is_integer_text(priority) and len(priority) <= 18 else priority
+    )
 
     async def read(manager: ResourceManager) -> dict[str, Any]:
         return await manager.what_if(

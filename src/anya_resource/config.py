@@ -21,6 +21,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from anya_resource.errors import ConfigError, InvalidRequest
+from anya_resource.inputs import check_name, shown
 from anya_resource.quantities import BUILTIN_RESOURCES, to_units
 
 ENV_PREFIX = "ANYA_RESOURCE_"
@@ -203,9 +204,18 @@ class Policy(_Strict):
                 raise ValueError(f"{name}: {level} is outside [-1000000, 1000000]")
         return value
 
+    @field_validator("tenants")
+    @classmethod
+    def _tenant_names(cls, value: dict[str, TenantPolicy]) -> dict[str, TenantPolicy]:
+        for name in value:
+            check_name("tenant name", name)
+        return value
+
     @field_validator("pools")
     @classmethod
     def _pool_names(cls, value: dict[str, PoolPolicy]) -> dict[str, PoolPolicy]:
+        for name in value:
+            check_name("pool name", name)  # no controls or bidi marks in tables and labels
         clash = set(value) & (BUILTIN_RESOURCES | {"pools"})
         if clash:
             raise ValueError(f"pool name(s) {sorted(clash)} clash with builtin resource names")
@@ -222,13 +232,15 @@ class Policy(_Strict):
     def priority_level(self, priority: Priority | str | int) -> int:
         """The integer level of a priority class name, a ``Priority`` or a raw int."""
         if isinstance(priority, bool):
-            raise InvalidRequest(f"priority: got {priority!r}, expected a class name or an int")
+            raise InvalidRequest(
+                f"priority: got {shown(priority)}, expected a class name or an int"
+            )
         if isinstance(priority, int):
             return priority
         name = priority.value if isinstance(priority, Priority) else priority
         if not isinstance(name, str) or name not in self.priorities:
             raise InvalidRequest(
-                f"priority: got {priority!r}, expected one of {sorted(self.priorities)} or an int"
+                f"priority: got {shown(priority)}, expected one of {sorted(self.priorities)} or an int"
             )
         return self.priorities[name]
 

@@ -14,6 +14,7 @@ from decimal import MAX_EMAX, MIN_EMIN, Context, Decimal, DecimalException
 from typing import Final
 
 from anya_resource.errors import InvalidRequest
+from anya_resource.inputs import is_decimal_text, is_integer_text, shown
 
 MAX_AMOUNT: Final = 2**63 - 1
 MILLI: Final = 1000
@@ -50,7 +51,7 @@ _BYTES_RE: Final = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:[eE][+-]?[0-9]+)?)\s*([A-
 
 
 def _reject(what: str, value: object, expected: str) -> InvalidRequest:
-    return InvalidRequest(f"{what}: got {value!r}, expected {expected}")
+    return InvalidRequest(f"{what}: got {shown(value)}, expected {expected}")
 
 
 def _check_number(what: str, value: object, expected: str) -> float | int:
@@ -101,10 +102,9 @@ def parse_cores(value: object, what: str = "core count") -> float:
     expected = "a non-negative finite number of cores such as 0.5 or 2"
     number: object = value
     if isinstance(value, str):
-        try:
-            number = float(value.strip())
-        except ValueError:
-            raise _reject(what, value, expected) from None
+        if not is_decimal_text(value):  # float() also takes non-ASCII digits and "0_0.5"
+            raise _reject(what, value, expected)
+        number = float(value.strip())
         if not math.isfinite(number) or number < 0:  # name "1e400", not the inf it became
             raise _reject(what, value, expected)
     number = _check_number(what, number, expected)
@@ -125,13 +125,14 @@ def parse_count(value: object, what: str = "slot count") -> int:
 
 def number_or_text(text: str) -> int | float | str:
     """An amount as written on a command line: ``"1"`` -> 1, ``"0.5"`` -> 0.5, and
-    ``"4GiB"`` stays a string (``to_units`` parses it). Plain numbers become numbers
-    because pool slots must be ints."""
-    for kind in (int, float):
-        try:
-            return kind(text)
-        except ValueError:
-            pass
+    ``"4GiB"`` stays a string (``to_units`` parses it, and names it as typed in an
+    error). Only ASCII numbers become numbers, and only finite ones: ``"٣"`` and
+    ``"1e309"`` stay text, refused as what was typed, not as the 3 or inf Python makes
+    of them."""
+    if is_integer_text(text) and len(text.strip()) <= 18:
+        return int(text)
+    if is_decimal_text(text) and math.isfinite(number := float(text)):
+        return number
     return text
 
 

@@ -61,6 +61,7 @@ def loop() -> Iterator[Loop]:
         yield Loop()
     path = os.environ.get("ANYA_CHAOS_REPORT")
     if path:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
         Path(path).write_text(json.dumps(REPORT, indent=2))
 
 
@@ -192,6 +193,7 @@ def check_holds(holds: list[dict[str, Any]], memory_leases: int) -> dict[str, in
 # -- the runs --------------------------------------------------------------------------
 
 
+@pytest.mark.timeout(300 + KILLS * 15)  # ~6 s a kill: 100 kills take ~10 minutes
 def test_coordinator_kill_loop_under_churn(manager: ResourceManager, loop: Loop) -> None:
     interval = 2.5
     seconds = KILLS * (interval + 3.0) + 6.0

@@ -615,7 +615,13 @@ class SchedulerMachine(RuleBasedStateMachine):
     @rule(index=picks)
     def node_down(self, index: int) -> None:
         node_id = self.pick(sorted(self.m.nodes), index)
-        on_node = {h.lease_id for h in self.m.leases.values() if h.node == node_id}
+        # Its leases, and those of processes that lived on it (gone with it).
+        on_node = {
+            h.lease_id
+            for h in self.m.leases.values()
+            if h.node == node_id
+            or (not h.detached and h.holder.pid is not None and h.holder.node_id == node_id)
+        }
         del self.m.nodes[node_id]
         self.m.pressured.pop(node_id, None)
         decisions = self.s.node_down(node_id, self.now)
@@ -727,7 +733,9 @@ class SchedulerMachine(RuleBasedStateMachine):
         decisions = self.durable.decisions
         lost = {d.lease_id for d in decisions}
         assert all(isinstance(d, Reclaim) for d in decisions)
-        assert lost == {h.lease_id for h in self.m.leases.values() if h.node == gone}
+        assert lost == {h.lease_id for h in self.m.leases.values() if h.node == gone}, (
+            "a restart reclaims the leases of a node that did not come back, no others"
+        )
         self.apply(decisions)
         for lease_id in lost:  # the new coordinator never counted them
             self.m.ended[lease_id].before_restart = True
@@ -740,9 +748,10 @@ class SchedulerMachine(RuleBasedStateMachine):
         # Every lease is back, each once, unconfirmed until its holder claims it.
         assert {lease.lease_id for lease in self.s.leases} == set(self.m.leases)
         for held in self.m.leases.values():
-            held.expires_at = max(
-                held.expires_at, self.now + self.s.leases.active[held.lease_id].ttl
-            )
+            # Never cut short of what the holder was promised (its TTL from now at least).
+            restored = self.s.leases.active[held.lease_id].expires_at
+            assert restored >= max(held.expires_at, self.now), f"{held.lease_id} cut short"
+            held.expires_at = restored
 
     # -- checks after every step -----------------------------------------------------------
 

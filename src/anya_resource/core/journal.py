@@ -32,7 +32,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
-from anya_resource.core.model import Holder, LeaseRecord
+from anya_resource.core.model import Holder, LeaseRecord, LeaseState
 
 PREFIX = "journal/"
 SNAPSHOT_PREFIX = PREFIX + "snap/"
@@ -54,6 +54,21 @@ class Rebound(NamedTuple):
     holder: Holder
 
 
+class Revoking(NamedTuple):
+    """A revocation in progress: after a restart the holder still has until ``deadline``."""
+
+    lease_id: str
+    reason: str
+    deadline: float
+
+
+class Extended(NamedTuple):
+    """A renewal past the lease's own TTL: a restart must not cut it short."""
+
+    lease_id: str
+    expires_at: float
+
+
 class Refused(NamedTuple):
     """A cancel that came before its request: the request is refused when it arrives."""
 
@@ -61,7 +76,7 @@ class Refused(NamedTuple):
     outcome: str
 
 
-Entry = Granted | Ended | Rebound | Refused
+Entry = Granted | Ended | Rebound | Revoking | Extended | Refused
 
 
 @dataclass(frozen=True, slots=True, order=True)
@@ -104,6 +119,16 @@ class Recovered:
                 rebound = self.leases.get(entry[1])
                 if rebound is not None:
                     rebound.holder = Holder(*entry[2])
+            elif kind == "v":
+                revoking = self.leases.get(entry[1])
+                if revoking is not None:
+                    revoking.state = LeaseState.REVOKING
+                    revoking.revoke_reason = entry[2]
+                    revoking.revoke_deadline = entry[3]
+            elif kind == "x":
+                extended = self.leases.get(entry[1])
+                if extended is not None:
+                    extended.expires_at = max(extended.expires_at, entry[2])
             elif kind == "r":
                 self.refused.pop(entry[1], None)
                 self.refused[entry[1]] = entry[2]
@@ -131,6 +156,10 @@ def _encode_entry(entry: Entry) -> list[Any]:
             entry.lease_id,
             [h.pid, h.create_time, h.node_id, h.job_id, h.worker_id, h.actor_id],
         ]
+    if isinstance(entry, Revoking):
+        return ["v", entry.lease_id, entry.reason, entry.deadline]
+    if isinstance(entry, Extended):
+        return ["x", entry.lease_id, entry.expires_at]
     return ["r", entry.key, entry.outcome]
 
 
@@ -150,7 +179,7 @@ def net(entries: list[Entry]) -> list[Entry]:
         for e in entries
         if not (
             (isinstance(e, Granted) and e.lease.lease_id in born)
-            or (isinstance(e, Ended | Rebound) and e.lease_id in born)
+            or (isinstance(e, Ended | Rebound | Revoking | Extended) and e.lease_id in born)
         )
     ]
 
@@ -316,11 +345,13 @@ __all__ = [
     "Commits",
     "Ended",
     "Entry",
+    "Extended",
     "Generation",
     "Granted",
     "Rebound",
     "Recovered",
     "Refused",
+    "Revoking",
     "Write",
     "encode_segment",
     "encode_snapshot",

@@ -9,6 +9,7 @@ from typing import Any
 from anya_resource.config import Policy, Priority
 from anya_resource.core.model import NODE_RESOURCES, Holder, Request
 from anya_resource.errors import InvalidRequest
+from anya_resource.inputs import check_name, shown
 from anya_resource.quantities import to_units
 
 MAX_TIMEOUT = 365 * 86400.0
@@ -32,7 +33,7 @@ def build_request(
     """Validate and normalise one request. Raises ``InvalidRequest``; changes nothing."""
     if not isinstance(resources, Mapping):
         raise InvalidRequest(
-            f"resources: got {resources!r}, expected a mapping such as "
+            f"resources: got {shown(resources)}, expected a mapping such as "
             "{'memory': '2GiB', 'cpu': 1, 'pools': {'postgres': 1}}"
         )
     node_amounts: dict[str, int] = {}
@@ -48,17 +49,17 @@ def build_request(
             _add_pools(policy, {name: value}, pool_amounts)
         else:
             raise InvalidRequest(
-                f"unknown resource {name!r}; expected one of {list(NODE_RESOURCES)}, "
+                f"unknown resource {shown(name)}; expected one of {list(NODE_RESOURCES)}, "
                 f"a pool of the policy {sorted(policy.pools)}, or 'pools'"
             )
     if not node_amounts and not pool_amounts:
         raise InvalidRequest(
-            f"resources: {dict(resources)!r} asks for nothing; expected amounts > 0"
+            f"resources: {shown(dict(resources))} asks for nothing; expected amounts > 0"
         )
     level = policy.priority_level(priority)
     if not -MAX_PRIORITY <= level <= MAX_PRIORITY:
         raise InvalidRequest(
-            f"priority: got {priority!r}, expected a class name or an int in "
+            f"priority: got {shown(priority)}, expected a class name or an int in "
             f"[{-MAX_PRIORITY}, {MAX_PRIORITY}]"
         )
     name = priority.value if isinstance(priority, Priority) else str(priority)
@@ -69,7 +70,7 @@ def build_request(
         priority_name=name,
         tenant=_tenant(tenant, holder),
         ttl=_ttl(policy, ttl),
-        timeout=_timeout(timeout),
+        timeout=check_timeout(timeout),
         preemptible=_flag("preemptible", preemptible),
         node=_node(node),
         idempotency_key=_key(idempotency_key),
@@ -80,65 +81,66 @@ def build_request(
 
 def _add_pools(policy: Policy, value: object, into: dict[str, int]) -> None:
     if not isinstance(value, Mapping):
-        raise InvalidRequest(f"pools: got {value!r}, expected a mapping of pool name to slots")
+        raise InvalidRequest(f"pools: got {shown(value)}, expected a mapping of pool name to slots")
     for pool, slots in value.items():
         if pool not in policy.pools:
             raise InvalidRequest(
-                f"unknown pool {pool!r}; expected one of the policy's pools {sorted(policy.pools)}"
+                f"unknown pool {shown(pool)}; expected one of the policy's pools {sorted(policy.pools)}"
             )
         amount = to_units(pool, slots)
         if amount:
             into[pool] = into.get(pool, 0) + amount
 
 
-def _finite_seconds(what: str, value: object, upper: float) -> float:
+def finite_seconds(what: str, value: object, upper: float) -> float:
+    """A number of seconds in (0, ``upper``]; else ``InvalidRequest`` naming the value."""
     if isinstance(value, bool) or not isinstance(value, int | float):
-        raise InvalidRequest(f"{what}: got {value!r}, expected a number of seconds")
+        raise InvalidRequest(f"{what}: got {shown(value)}, expected a number of seconds")
+    # An int too large for a float (2**1024) is simply out of range.
+    if isinstance(value, int) and not -upper <= value <= upper:
+        raise InvalidRequest(f"{what}: got {shown(value)}, expected seconds in (0, {upper:g}]")
     seconds = float(value)
     if not math.isfinite(seconds) or seconds <= 0 or seconds > upper:
-        raise InvalidRequest(f"{what}: got {value!r}, expected seconds in (0, {upper:g}]")
+        raise InvalidRequest(f"{what}: got {shown(value)}, expected seconds in (0, {upper:g}]")
     return seconds
+
+
+def check_timeout(timeout: object) -> float | None:
+    """None (wait for as long as it takes), 0 (try once) or seconds in (0, a year]."""
+    if timeout is None:
+        return None
+    if isinstance(timeout, int | float) and not isinstance(timeout, bool) and timeout == 0:
+        return 0.0  # try once, never wait
+    return finite_seconds("timeout", timeout, MAX_TIMEOUT)
 
 
 def _ttl(policy: Policy, ttl: object) -> float:
     if ttl is None:
         return policy.lease.default_ttl
-    return _finite_seconds("ttl", ttl, policy.lease.max_ttl)
-
-
-def _timeout(timeout: object) -> float | None:
-    if timeout is None:
-        return None
-    if isinstance(timeout, int | float) and not isinstance(timeout, bool) and timeout == 0:
-        return 0.0  # try once, never wait
-    return _finite_seconds("timeout", timeout, MAX_TIMEOUT)
+    return finite_seconds("ttl", ttl, policy.lease.max_ttl)
 
 
 def _tenant(tenant: object, holder: Holder | None) -> str:
     if tenant is None:
         return holder.job_id if holder is not None and holder.job_id else "default"
-    if not isinstance(tenant, str) or not tenant or len(tenant) > 200:
-        raise InvalidRequest(f"tenant: got {tenant!r}, expected a non-empty name")
-    return tenant
+    return check_name("tenant", tenant)
 
 
 def _node(node: object) -> str | None:
     if node is None:
         return None
-    if not isinstance(node, str) or not node or len(node) > 200:
-        raise InvalidRequest(f"node: got {node!r}, expected a Ray node id in hex")
+    if not isinstance(node, str) or not node or len(node) > 200 or not node.isascii():
+        raise InvalidRequest(f"node: got {shown(node)}, expected a Ray node id in hex")
     return node
 
 
 def _key(key: object) -> str | None:
     if key is None:
         return None
-    if not isinstance(key, str) or not key or len(key) > 200:
-        raise InvalidRequest(f"idempotency_key: got {key!r}, expected a non-empty string")
-    return key
+    return check_name("idempotency_key", key)
 
 
 def _flag(what: str, value: object) -> bool:
     if not isinstance(value, bool):
-        raise InvalidRequest(f"{what}: got {value!r}, expected True or False")
+        raise InvalidRequest(f"{what}: got {shown(value)}, expected True or False")
     return value

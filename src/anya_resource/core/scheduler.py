@@ -25,10 +25,12 @@ from anya_resource.core.bottleneck import find_bottlenecks
 from anya_resource.core.journal import (
     Ended,
     Entry,
+    Extended,
     Granted,
     Rebound,
     Recovered,
     Refused,
+    Revoking,
     encode_snapshot,
 )
 from anya_resource.core.leases import LeaseTable, TokenMinter, check_token, new_secret
@@ -402,6 +404,10 @@ class Scheduler:
             or not 0 < ttl <= self.policy.lease.max_ttl
         ):
             raise InvalidRequest(f"ttl: got {ttl!r}, expected (0, {self.policy.lease.max_ttl}]")
+        if ttl > lease.ttl:
+            # Past what a restart would give it (a full TTL from then): kept, so that the
+            # holder is never cut short of what it was promised.
+            self.journal.append(Extended(lease_id, now + ttl))
         self.leases.extend(lease, now + ttl)
         return lease
 
@@ -864,6 +870,7 @@ class Scheduler:
         lease.revoke_reason = reason
         lease.revoke_deadline = deadline
         heapq.heappush(self._revocations, (deadline, lease.lease_id))
+        self.journal.append(Revoking(lease.lease_id, reason, deadline))
         decisions.append(Revoke(lease.lease_id, lease.node_id, reason, deadline))
 
     # -- bookkeeping ------------------------------------------------------------------
