@@ -38,6 +38,7 @@ from anya_resource.actors.wire import lease_from_wire
 from anya_resource.config import Policy, Priority
 from anya_resource.core import Holder
 from anya_resource.core.history import decode as decode_history
+from anya_resource.core.requests import check_timing
 from anya_resource.errors import (
     AcquireTimeout,
     InvalidRequest,
@@ -218,6 +219,7 @@ class ResourceManager:
         node: str | None = None,
         detached: bool = False,
     ) -> dict[str, Any]:
+        check_timing(timeout, ttl)
         return {
             "resources": resources,
             "priority": priority.value if isinstance(priority, Priority) else priority,

@@ -6,10 +6,10 @@ import time
 from collections.abc import Awaitable, Callable, Coroutine, Generator
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from anya_resource.core import LeaseRecord
-from anya_resource.errors import LeaseExpired, LeaseRevoked
+from anya_resource.errors import InvalidRequest, LeaseExpired, LeaseRevoked
 from anya_resource.quantities import from_units
 
 if TYPE_CHECKING:
@@ -65,8 +65,26 @@ class Lease:
         """Once given back: wait until what stood on the lease is closed (nothing here)."""
 
     async def release(self) -> None:
-        if self._manager is not None:
-            await self._manager.release(self)
+        if self._manager is None:
+            raise InvalidRequest(
+                f"lease {self.lease_id} was sent here from another process: release it with "
+                "`await manager.release(lease)` of a ResourceManager of this process"
+            )
+        await self._manager.release(self)
+
+    # In another process a lease is its id, token and fields: what the manager, the
+    # callback and a live connection of its own process were stays behind (a Ray task or
+    # actor that receives one can release it with a manager of its own).
+    _LOCAL = ("on_revoked", "_manager", "_run_sync")
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        for name in self._LOCAL:
+            state[name] = None
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
 
     async def __aenter__(self: L) -> L:
         return self
@@ -101,6 +119,11 @@ class ResourceConnection(Lease):
     pool: str = ""
     connection: Any = None
 
+    def __getstate__(self) -> dict[str, Any]:
+        state = super().__getstate__()
+        state["connection"] = None  # a live socket stays in the process that opened it
+        return state
+
 
 def lease_fields(record: LeaseRecord) -> dict[str, Any]:
     """The public fields of a client lease, in human units."""
@@ -119,22 +142,46 @@ def lease_fields(record: LeaseRecord) -> dict[str, Any]:
     }
 
 
-class AcquireContext(Generic[L]):
-    """What ``acquire`` returns: await it for the lease, or ``async with`` it directly."""
+class AcquireContext(Coroutine[Any, Any, L]):
+    """What ``acquire`` returns: a coroutine of the lease, and an async context manager.
+
+    Await it, hand it to ``asyncio.create_task``, ``gather``, ``wait_for`` or a
+    ``TaskGroup`` (it is a real ``collections.abc.Coroutine``, as aiohttp's request
+    context managers are), or ``async with`` it directly (the lease is released when the
+    block ends). The acquire itself starts when it is first awaited or sent to.
+    """
 
     def __init__(self, start: Callable[[], Awaitable[L]]) -> None:
         self._start = start
         self._lease: L | None = None
+        self._coroutine: Coroutine[Any, Any, L] | None = None
+
+    def _inner(self) -> Coroutine[Any, Any, L]:
+        if self._coroutine is None:
+            self._coroutine = self._acquire()
+        return self._coroutine
+
+    def send(self, value: Any) -> Any:
+        return self._inner().send(value)
+
+    def throw(self, typ: Any, val: Any = None, tb: Any = None) -> Any:
+        if val is None and tb is None:
+            return self._inner().throw(typ)
+        return self._inner().throw(typ, val, tb)
+
+    def close(self) -> None:
+        if self._coroutine is not None:
+            self._coroutine.close()
 
     def __await__(self) -> Generator[Any, None, L]:
-        return self._acquire().__await__()
+        return self._inner().__await__()
 
     async def _acquire(self) -> L:
         self._lease = await self._start()
         return self._lease
 
     async def __aenter__(self) -> L:
-        return await self._acquire()
+        return await self._inner()
 
     async def __aexit__(
         self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None

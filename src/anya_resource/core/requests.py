@@ -105,6 +105,18 @@ def finite_seconds(what: str, value: object, upper: float) -> float:
     return seconds
 
 
+def check_timing(timeout: object, ttl: object) -> None:
+    """What a client checks of ``timeout`` and ``ttl`` before it starts its clock.
+
+    The coordinator checks them again against the policy (``ttl`` up to its max_ttl);
+    this only keeps a bad value from being turned into a deadline first (a negative
+    timeout became "try once", ``"5"`` a ``TypeError``).
+    """
+    check_timeout(timeout)
+    if ttl is not None:
+        finite_seconds("ttl", ttl, MAX_TIMEOUT)
+
+
 def check_timeout(timeout: object) -> float | None:
     """None (wait for as long as it takes), 0 (try once) or seconds in (0, a year]."""
     if timeout is None:

@@ -12,7 +12,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from anya_resource.lease import Lease, ResourceConnection
 
@@ -72,6 +72,11 @@ class PooledConnection(ResourceConnection):
         pool = getattr(self, "_pool", None)
         if first and pool is not None:
             pool.slot_given_back(self)
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = super().__getstate__()
+        state["_pool"] = state["_entry"] = None  # this process's pool stays here
+        return state
 
     def detach(self) -> None:
         """The pool took the connection back: this hand-out is over."""

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from anya_resource.actors import store
 from anya_resource.config import Policy
+from anya_resource.core.requests import check_timing
 from anya_resource.errors import InvalidRequest
 from anya_resource.pools.entries import Checkout
 from anya_resource.pools.handle import PooledConnection
@@ -38,6 +39,7 @@ def checkout_from(
 ) -> Checkout:
     """A caller's ``acquire_connection`` options (unknown ones are a ``TypeError``)."""
     checkout = Checkout(**options)
+    check_timing(checkout.timeout, checkout.ttl)
     if checkout.detached:
         raise InvalidRequest(
             "detached: a pooled connection's slot lives and dies with this process; "
