@@ -1,6 +1,15 @@
-"""anya-resource: an actor-based distributed resource scheduler on Ray."""
+"""anya-resource: an actor-based distributed resource scheduler on Ray.
 
-from anya_resource.client import ResourceManager, SyncResourceManager
+``import anya_resource`` is cheap: the client, the lease types and ``@leased`` (which pull
+in Ray, psutil, psycopg and httpx) load on first use of their names, and
+``anya_resource.core``, the pure scheduling core, never loads them at all.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from anya_resource.config import Policy, Priority
 from anya_resource.errors import (
     AcquireTimeout,
@@ -14,9 +23,38 @@ from anya_resource.errors import (
     PoolExhausted,
     ResourceError,
 )
-from anya_resource.health import NodeHealth, ResourceHealth
-from anya_resource.integrations import current_lease, leased
-from anya_resource.lease import Lease, ResourceConnection
+
+if TYPE_CHECKING:
+    from anya_resource.client import ResourceManager, SyncResourceManager
+    from anya_resource.health import NodeHealth, ResourceHealth
+    from anya_resource.integrations import current_lease, leased
+    from anya_resource.lease import Lease, ResourceConnection
+
+# name -> the module that defines it, imported when the name is first used
+_LAZY = {
+    "ResourceManager": "anya_resource.client",
+    "SyncResourceManager": "anya_resource.client",
+    "NodeHealth": "anya_resource.health",
+    "ResourceHealth": "anya_resource.health",
+    "current_lease": "anya_resource.integrations",
+    "leased": "anya_resource.integrations",
+    "Lease": "anya_resource.lease",
+    "ResourceConnection": "anya_resource.lease",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'anya_resource' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)
+
 
 __all__ = [
     "AcquireTimeout",

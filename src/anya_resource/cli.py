@@ -205,23 +205,38 @@ def demo(
         typer.Option(help="Run on this Ray cluster (HOST:PORT) instead of an embedded one."),
     ] = None,
     as_json: Annotated[
+        bool, typer.Option("--json", help="Print the final report as JSON only (no tables).")
+    ] = False,
+    report_path: Annotated[
         Path | None,
-        typer.Option("--json", help="Also write the final report as JSON to this file."),
+        typer.Option("--report", help="Also write the final report as JSON to this file."),
     ] = None,
 ) -> None:
     """Run the mixed ML + Bitcoin-transaction workload on leases, with a live table."""
-    # Imported here so that `anya-resource --help` stays fast.
-    from anya_resource.demo import DemoOptions, render_report, run_demo
+    # Imported here so that `anya-resource --help` stays fast; the workloads need the
+    # demo extra (numpy, scikit-learn, python-bitcoinlib), which the library does not.
+    try:
+        from anya_resource.demo import DemoOptions, render_report, run_demo
+    except ImportError as exc:
+        _fail(
+            f"the demo needs the demo extra ({exc.name} is missing): "
+            "pip install 'anya-resource[demo]'",
+            BAD_INPUT,
+        )
 
-    console = Console()
-    options = DemoOptions(nodes=nodes, duration=duration, address=address, live=console.is_terminal)
+    console = Console(stderr=as_json)
+    live = console.is_terminal and not as_json
+    options = DemoOptions(nodes=nodes, duration=duration, address=address, live=live)
     try:
         report = run_demo(options, console)
     except KeyboardInterrupt:  # a second Ctrl-C: the cluster is down, nothing to report
         _fail("interrupted; the cluster was shut down", 130)
-    console.print(render_report(report))
-    if as_json is not None:
-        as_json.write_text(json.dumps(report, indent=2) + "\n")
+    if as_json:
+        typer.echo(json.dumps(report, indent=2))
+    else:
+        console.print(render_report(report))
+    if report_path is not None:
+        report_path.write_text(json.dumps(report, indent=2) + "\n")
 
 
 def main() -> None:

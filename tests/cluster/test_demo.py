@@ -24,7 +24,7 @@ RUN = "from anya_resource.cli import main; main()"
 def demo_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Any], str]:
     path = tmp_path_factory.mktemp("demo") / "report.json"
     done = subprocess.run(
-        [sys.executable, "-c", RUN, "demo", "--duration", "10", "--json", str(path)],
+        [sys.executable, "-c", RUN, "demo", "--duration", "10", "--report", str(path)],
         capture_output=True,
         text=True,
         timeout=240,

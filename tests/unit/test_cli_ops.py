@@ -162,6 +162,8 @@ def test_leases_and_what_if_render() -> None:
         (["status", "--address", "h:1", "--policy", "p.yaml"], 2, "only applies to --local"),
         (["up", "--address", "h:1", "--policy", "/nonexistent/policy.yaml"], 2, "policy.yaml"),
         (["down"], 2, "no cluster given"),
+        (["what-if", '{"memory": ' + "9" * 5000 + "}", "--address", "h:1"], 2, "digits"),
+        (["what-if", '{"cpu": NaN}', "--address", "h:1"], 2, "NaN"),
     ],
 )
 def test_errors_before_connecting_are_one_line(args: list[str], code: int, message: str) -> None:

@@ -1,0 +1,56 @@
+"""Packaging (issue 11, item 6): what ``pip install anya-resource`` pulls, what importing the
+pure core loads, and that every command's ``--json`` is the same kind of option."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import tomllib
+import typer
+
+from anya_resource.cli import app
+
+ROOT = Path(__file__).resolve().parents[2]
+DEMO_ONLY = ("numpy", "scikit-learn", "python-bitcoinlib")
+NEVER_IN_CORE = ("ray", "psutil", "psycopg", "httpx", "numpy", "sklearn", "bitcoin")
+
+
+def _name(requirement: str) -> str:
+    return requirement.split(";")[0].split("[")[0].split(">")[0].split("=")[0].split("<")[0].strip()
+
+
+def test_the_demos_workloads_are_an_extra_not_a_dependency() -> None:
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    required = {_name(r) for r in project["dependencies"]}
+    assert not required & set(DEMO_ONLY), required & set(DEMO_ONLY)
+    assert {_name(r) for r in project["optional-dependencies"]["demo"]} == set(DEMO_ONLY)
+    assert "anya-resource[demo]" in project["optional-dependencies"]["dev"]
+
+
+def test_importing_the_core_loads_no_ray_psutil_psycopg_or_httpx() -> None:
+    done = subprocess.run(
+        [sys.executable, "-X", "importtime", "-c", "import anya_resource.core"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    loaded = {
+        line.split("|")[-1].strip().split(".")[0]
+        for line in done.stderr.splitlines()
+        if line.startswith("import time:") and "|" in line
+    }
+    assert "anya_resource" in loaded  # the log is what we think it is
+    assert not loaded & set(NEVER_IN_CORE), sorted(loaded & set(NEVER_IN_CORE))
+
+
+def test_every_json_option_is_a_flag() -> None:
+    command = typer.main.get_command(app)
+    seen = []
+    for name, sub in command.commands.items():  # type: ignore[attr-defined]
+        for param in sub.params:
+            if "--json" in getattr(param, "opts", ()):
+                assert getattr(param, "is_flag", False), f"{name} --json takes a value"
+                seen.append(name)
+    assert {"status", "leases", "what-if", "demo", "simulate"} <= set(seen)
