@@ -418,7 +418,8 @@ def leases(
 
     filtered = len(everything) - len(chosen)
     title = f"Leases: {len(chosen)}" + (f" ({filtered} filtered out)" if filtered else "")
-    Console().print(leases_table(chosen, time.time(), title=title))
+    console = Console()
+    console.print(leases_table(chosen, time.time(), title=title, width=console.width))
 
 
 @app.command("what-if")
@@ -462,7 +463,8 @@ def what_if(
         return
     from anya_resource.render import render_what_if
 
-    Console().print(render_what_if(result, resources, time.time()))
+    console = Console()
+    console.print(render_what_if(result, resources, time.time(), width=console.width))
 
 
 # -- deploying ---------------------------------------------------------------------------------

@@ -166,7 +166,7 @@ def status_overview(snapshot: dict[str, Any], health: dict[str, Any]) -> Text:
     text.append(
         f"  {alive} node(s), {snapshot.get('leases', 0)} lease(s), "
         f"{queue.get('waiting', 0)} waiting, epoch {snapshot.get('epoch', '-')}, "
-        f"placement {snapshot.get('placement', '-')}; "
+        f"placement {snapshot.get('placement', '-')}\n  "
         f"memory {health.get('memory_usage_percent', 0.0):.0f} %, "
         f"cpu {health.get('cpu_percent', 0.0):.0f} % (busiest node)"
     )
@@ -175,23 +175,23 @@ def status_overview(snapshot: dict[str, Any], health: dict[str, Any]) -> Text:
     return text
 
 
-def _node_label(node_id: str, node: dict[str, Any], sample: dict[str, Any] | None) -> Text:
-    label = Text(_short(node_id), style="bold")
-    if sample is None:
-        label.append("\nno heartbeat", style="dim")
-    else:
-        label.append(f"\n{sample.get('address', '')}", style="dim")
-        label.append(
-            f"\nmem {sample['memory_percent']:.0f}%\ncpu {sample['cpu_percent']:.0f}%", style="dim"
-        )
-        if sample.get("missed_heartbeats"):
-            label.append(f"\n{sample['missed_heartbeats']} missed beats", style="red")
-    label.append(f"\n{node.get('leases', 0)} lease(s)", style="dim")
+def _node_facts(node: dict[str, Any], sample: dict[str, Any] | None) -> list[str | Text]:
+    """A node's address, measured use, heartbeat, leases and notes: one row of cells."""
     notes = [] if node.get("alive", True) else ["DOWN"]
     notes += [f"{r} pressure" for r in node.get("pressured", [])]
-    if notes:
-        label.append("\n" + ", ".join(notes), style="red")
-    return label
+    note = Text(", ".join(notes) or "-", style="red" if notes else "dim")
+    if sample is None:
+        return ["-", "-", "-", Text("none yet", style="dim"), str(node.get("leases", 0)), note]
+    missed = sample.get("missed_heartbeats") or 0
+    beat = Text(f"{missed} missed", style="red") if missed else Text("ok", style="green")
+    return [
+        str(sample.get("address", "")),
+        f"{sample['memory_percent']:.0f}%",
+        f"{sample['cpu_percent']:.0f}%",
+        beat,
+        str(node.get("leases", 0)),
+        note,
+    ]
 
 
 def _resource_cells(resource: str, row: dict[str, Any]) -> list[str | Text]:
@@ -206,39 +206,60 @@ def _resource_cells(resource: str, row: dict[str, Any]) -> list[str | Text]:
     ]
 
 
-def status_nodes(snapshot: dict[str, Any], health: dict[str, Any]) -> Table:
-    """One row per node and resource: capacity, reserve, grantable, granted, free, used.
-
-    Under each node id: its address and measured memory and CPU use (the last heartbeat).
-    """
-    measured = {node["node_id"]: node for node in health.get("nodes", [])}
-    table = Table(
-        title="Nodes",
+def _compact_table(title: str) -> Table:
+    return Table(
+        title=title,
         title_justify="left",
         box=box.SIMPLE_HEAD,
         collapse_padding=True,
         pad_edge=False,
     )
+
+
+def status_nodes(snapshot: dict[str, Any], health: dict[str, Any]) -> Table:
+    """One row per node: address, measured memory and CPU (last heartbeat), beats, leases."""
+    measured = {node["node_id"]: node for node in health.get("nodes", [])}
+    table = _compact_table("Nodes")
+    table.add_column("node", no_wrap=True, style="bold")
+    table.add_column("address", no_wrap=True)
+    for column in ("mem", "cpu"):
+        table.add_column(column, justify="right", no_wrap=True)
+    table.add_column("heartbeat", no_wrap=True)
+    table.add_column("leases", justify="right", no_wrap=True)
+    table.add_column("notes")
+    for node_id, node in snapshot.get("nodes", {}).items():
+        table.add_row(_short(node_id), *_node_facts(node, measured.get(node_id)))
+    return table
+
+
+def status_capacity(snapshot: dict[str, Any]) -> Table:
+    """One row per node and resource: capacity, reserve, grantable, granted, free, used."""
+    table = _compact_table("Capacity")
     table.add_column("node", no_wrap=True)
     table.add_column("resource", no_wrap=True)
     for column in ("capacity", "reserve", "grantable", "granted", "free", "used"):
         table.add_column(column, justify="right", no_wrap=True)
     resources = _shown_resources(snapshot)
     for node_id, node in snapshot.get("nodes", {}).items():
-        label = _node_label(node_id, node, measured.get(node_id))
         for index, resource in enumerate(resources):
             table.add_row(
-                label if index == 0 else "",
+                Text(_short(node_id), style="bold") if index == 0 else "",
                 *_resource_cells(resource, node["resources"][resource]),
                 end_section=index == len(resources) - 1,
             )
     for index, resource in enumerate(resources):
         row = snapshot["resources"][resource]
-        waiting = row.get("waiting", 0)
-        label = Text("cluster", style="bold") if index == 0 else Text("")
-        if waiting:
-            label.append(f"\n{format_amount(resource, waiting)} {resource} waiting", style="yellow")
-        table.add_row(label, *_resource_cells(resource, row))
+        table.add_row(
+            Text("cluster", style="bold") if index == 0 else "", *_resource_cells(resource, row)
+        )
+    waiting = [
+        f"{format_amount(r, snapshot['resources'][r]['waiting'])} {r}"
+        for r in resources
+        if snapshot["resources"][r].get("waiting")
+    ]
+    if waiting:
+        table.caption = "waiting for: " + ", ".join(waiting)
+        table.caption_justify = "left"
     return table
 
 
@@ -313,6 +334,7 @@ def render_status(snapshot: dict[str, Any], health: dict[str, Any]) -> Renderabl
     parts: list[RenderableType] = [
         status_overview(snapshot, health),
         status_nodes(snapshot, health),
+        status_capacity(snapshot),
     ]
     if snapshot.get("pools"):
         parts.append(status_pools(snapshot))
@@ -340,35 +362,53 @@ def _expires(expires_at: float, now: float) -> str:
     return "expired" if left <= 0 else f"in {format_seconds(left)}"
 
 
-def leases_table(leases: list[dict[str, Any]], now: float, title: str = "Leases") -> Table:
-    """``anya-resource leases``: who holds what, where, until when."""
-    table = Table(title=title, title_justify="left")
-    table.add_column("lease", style="bold")
-    table.add_column("tenant")
-    table.add_column("priority")
-    table.add_column("node")
+WIDE = 110  # from this many columns on, the leases table also shows node and holder
+
+
+def leases_table(
+    leases: list[dict[str, Any]], now: float, title: str = "Leases", width: int = WIDE
+) -> Table:
+    """``anya-resource leases``: who holds what, where, until when.
+
+    Below ``WIDE`` columns (an 80-column terminal) the node and holder columns are left
+    out, so that every other one is shown whole (``--json`` has all of it).
+    """
+    wide = width >= WIDE
+    table = _compact_table(title)
+    table.add_column("lease", style="bold", no_wrap=True)
+    table.add_column("tenant", no_wrap=True)
+    table.add_column("priority", no_wrap=True)
+    if wide:
+        table.add_column("node", no_wrap=True)
     table.add_column("resources")
-    table.add_column("holder")
-    table.add_column("expires", justify="right")
-    table.add_column("state")
+    if wide:
+        table.add_column("holder")
+    table.add_column("expires", justify="right", no_wrap=True)
+    table.add_column("state", no_wrap=True)
     for lease in leases:
         state = lease.get("state", "")
         if lease.get("preemptible"):
-            state += ", preemptible"
-        table.add_row(
+            state += ", preemptible" if wide else " (p)"
+        cells: list[str] = [
             lease["lease_id"],
             lease.get("tenant", "-"),
             str(lease.get("priority", "-")),
-            _short(lease.get("node_id")),
-            _amounts(lease.get("resources", {}), lease.get("pools", {})),
-            _holder(lease.get("holder", {})),
-            _expires(lease.get("expires_at", now), now),
-            state,
-        )
+        ]
+        if wide:
+            cells.append(_short(lease.get("node_id")))
+        cells.append(_amounts(lease.get("resources", {}), lease.get("pools", {})))
+        if wide:
+            cells.append(_holder(lease.get("holder", {})))
+        cells += [_expires(lease.get("expires_at", now), now), state]
+        table.add_row(*cells)
+    if not wide and any(lease.get("preemptible") for lease in leases):
+        table.caption, table.caption_justify = "(p): preemptible", "left"
     return table
 
 
-def render_what_if(result: dict[str, Any], request: str, now: float) -> RenderableType:
+def render_what_if(
+    result: dict[str, Any], request: str, now: float, width: int = WIDE
+) -> RenderableType:
     """``anya-resource what-if``: how many would be granted now, where, preempting what."""
     requested = result["requested"]
     fits = result["granted_now"] + result["granted_after_preemption"]
@@ -400,5 +440,9 @@ def render_what_if(result: dict[str, Any], request: str, now: float) -> Renderab
         summary.add_row("blocked by", result["blocked_by"])
     parts: list[RenderableType] = [summary]
     if result.get("preempted"):
-        parts.append(leases_table(result["preempted"], now, title="Leases that would be preempted"))
+        parts.append(
+            leases_table(
+                result["preempted"], now, title="Leases that would be preempted", width=width
+            )
+        )
     return Group(*parts)

@@ -118,14 +118,33 @@ def test_status_renders_nodes_pools_tenants_and_bottlenecks() -> None:
     text = _text(render_status(snapshot, health), width=80)
     assert "UNHEALTHY" in text and "under memory pressure" in text
     assert "aaaaaaaaaaaa" in text and "bbbbbbbbbbbb" in text
-    assert "no heartbeat" in text  # node B has not reported
-    assert "2 missed beats" in text
+    assert "none yet" in text  # node B has not reported
+    assert "2 missed" in text
     assert "cluster" in text and "16.0 GiB" in text  # totals
     assert "postgres" in text and "1 waiting" in text
     assert "postgres pool: 1/1 in use, 1 waiting" in text
     assert "raise the pool size" in text
     assert "ml" in text and "6.0 GiB" in text
     assert all(len(line) <= 80 for line in text.splitlines())
+    assert "\u2026" not in text, "a cell was cut short at 80 columns"
+    # Each node's facts are one row, not a stack of lines beside its resources.
+    [row] = [
+        line for line in text.splitlines() if line.strip().startswith("aaaaaaaaaaaa  127.0.0.1")
+    ]
+    assert "91%" in row and "12%" in row and "2 missed" in row
+
+
+def test_leases_at_80_columns_show_whole_cells() -> None:
+    _, h = _busy_snapshot()
+    leases = h.s.lease_list()
+    narrow = _text(leases_table(leases, h.now, width=80), width=80)
+    assert all(len(line) <= 80 for line in narrow.splitlines())
+    assert "\u2026" not in narrow
+    for lease in leases:
+        assert lease["lease_id"] in narrow and lease["tenant"] in narrow
+    assert "(p): preemptible" in narrow
+    wide = _text(leases_table(leases, h.now, width=160), width=160)
+    assert "holder" in wide and "holder" not in narrow
 
 
 def test_status_of_an_idle_cluster() -> None:
