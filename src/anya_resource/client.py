@@ -60,6 +60,9 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 RESTART_PATIENCE_S = 60.0  # how long a call waits for a restarting coordinator
 RENEW_CHECK_S = 0.5
+# A restarting coordinator answers within a second or two; polling it every quarter
+# second at most finds it back soon after (each try fails at once while it restarts).
+RETRY_MAX_S = 0.25
 
 
 def _same_token(expected: str, presented: object) -> bool:
@@ -120,7 +123,12 @@ class ResourceManager:
         """Connect (``address``, ``RAY_ADDRESS``, or an embedded local Ray) and find or deploy."""
         resolved = Policy.coerce(policy) if policy is not None else None
         await asyncio.to_thread(deploy.ensure_ray, address)
-        handle = await asyncio.to_thread(deploy.coordinator, resolved)
+        try:
+            handle = await asyncio.to_thread(deploy.coordinator, resolved)
+        except ResourceError:
+            raise
+        except Exception as exc:  # Ray's own, untranslated: never the caller's to see
+            raise translate(exc) from None
         manager = cls(handle, resolved)
         info = await manager._call(lambda c: c.ping.remote())
         manager._epoch = info["epoch"]
@@ -144,7 +152,7 @@ class ResourceManager:
             except Exception as exc:
                 raise translate(exc) from None
             await asyncio.sleep(delay)
-            delay = min(delay * 2, 1.0)
+            delay = min(delay * 2, RETRY_MAX_S)
 
     # -- acquiring -------------------------------------------------------------------------
 

@@ -1,8 +1,10 @@
 """Find the coordinator, or deploy it; start an embedded local Ray when there is none.
 
-Actor handles are cached per process: looking one up costs about as much as a
-call. Many processes deploying at once end with one coordinator, because the
-actor is named and created with ``get_if_exists=True``.
+Actor handles are cached per process and per cluster: looking one up costs about as
+much as a call, and after ``ray.shutdown()`` and ``ray.init()`` of another cluster
+(notebooks and test suites do this) a handle of the old one would fail with Ray's
+"it's from a different cluster". Many processes deploying at once end with one
+coordinator, because the actor is named and created with ``get_if_exists=True``.
 """
 
 from __future__ import annotations
@@ -21,7 +23,16 @@ from anya_resource.config import Policy
 from anya_resource.errors import ManagerUnavailable
 
 _lock = threading.Lock()
-_handles: dict[str, Any] = {}
+_handles: dict[tuple[str, str], Any] = {}  # (cluster, actor name) -> handle
+
+
+def _cluster() -> str:
+    """Which Ray cluster this process is connected to now (its cluster id)."""
+    try:
+        cluster, _ = ray._private.worker.global_worker.current_cluster_and_job
+        return str(cluster)
+    except Exception:  # an older Ray without it: its GCS address will do
+        return str(ray.get_runtime_context().gcs_address)
 
 
 def bind_to_loopback() -> None:
@@ -58,8 +69,9 @@ def ensure_ray(address: str | None = None) -> None:
 
 def coordinator(policy: Policy | None = None) -> Any:
     """The coordinator's handle: found, or deployed with ``policy``."""
+    key = (_cluster(), COORDINATOR_NAME)
     with _lock:
-        handle = _handles.get(COORDINATOR_NAME)
+        handle = _handles.get(key)
         if handle is not None:
             return handle
         try:
@@ -70,7 +82,7 @@ def coordinator(policy: Policy | None = None) -> Any:
             policy_json = (policy or Policy.default()).model_dump_json()
             options = {**coordinator_options(), **_on_head_node()}
             handle = Coordinator.options(**options).remote(policy_json)  # type: ignore[attr-defined]
-        _handles[COORDINATOR_NAME] = handle
+        _handles[key] = handle
         return handle
 
 

@@ -16,7 +16,12 @@ RETRYABLE = (
 
 
 def translate(exc: BaseException) -> BaseException:
-    """The error a caller should see for ``exc`` raised by an actor call."""
+    """The error a caller should see for ``exc`` raised by an actor call.
+
+    Always one of ``errors``: a raw Ray exception never reaches the caller.
+    """
+    if isinstance(exc, ResourceError):
+        return exc
     if isinstance(exc, ray.exceptions.RayTaskError):
         cause = exc.cause
         if isinstance(cause, ResourceError):
@@ -24,4 +29,4 @@ def translate(exc: BaseException) -> BaseException:
         return ManagerUnavailable(f"the coordinator failed: {type(cause).__name__}: {cause}")
     if isinstance(exc, RETRYABLE):
         return ManagerUnavailable(f"the coordinator is unavailable: {exc}")
-    return exc
+    return ManagerUnavailable(f"the call to the coordinator failed: {type(exc).__name__}: {exc}")
