@@ -152,16 +152,12 @@ def _probe(address: str) -> None:
         ) from None
 
 
-AUTH_HINT = (
-    "it requires token authentication: set RAY_AUTH_MODE=token (the token is read from "
-    "RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token)"
-)
-
-
 def _explain(message: str, ray_log: str) -> str:
     """Add what Ray's own log (captured while connecting) says went wrong, when we know it."""
     if "InvalidAuthToken" in ray_log or "Unauthenticated" in ray_log:
-        return f"{message}; {AUTH_HINT}"
+        from anya_resource.actors.deploy import AUTH_HINT
+
+        return f"{message}; it requires token authentication: {AUTH_HINT}"
     return message
 
 

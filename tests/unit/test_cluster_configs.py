@@ -33,10 +33,52 @@ def _up_command(commands: list[str]) -> list[str]:
     """The `anya-resource up ...` command among ``commands``, split into words."""
     for line in commands:
         for part in re.split(r";|&&|\|\|", line):
-            words = shlex.split(part)
+            words = _without_env(shlex.split(part))
             if words[:2] == ["anya-resource", "up"]:
                 return words
     raise AssertionError(f"no `anya-resource up` in {commands}")
+
+
+def _without_env(words: list[str]) -> list[str]:
+    """``words`` without the ``NAME=value`` settings that lead a shell command."""
+    while words and re.fullmatch(r"[A-Z_][A-Z0-9_]*=\S*", words[0]):
+        words = words[1:]
+    return words
+
+
+def _env_of(command: str, program: str) -> dict[str, str]:
+    """The ``NAME=value`` settings in front of ``program`` in a shell line."""
+    for part in re.split(r";|&&|\|\|", command):
+        words = shlex.split(part)
+        rest = _without_env(words)
+        if rest[:1] == [program]:
+            return dict(w.split("=", 1) for w in words[: len(words) - len(rest)])
+    return {}
+
+
+@pytest.mark.parametrize("name", sorted(LAUNCHER_FILES))
+def test_launcher_files_carry_the_token_to_every_node_and_client(name: str) -> None:
+    """Ray 2.60 token authentication: one token file on every node, token mode on each."""
+    config = _load(CONFIGS / name)
+    assert config["file_mounts"].get("~/.ray/auth_token") == "~/.ray/auth_token"
+    starts = [
+        line
+        for key in ("head_start_ray_commands", "worker_start_ray_commands")
+        for line in config[key]
+        if "ray start" in line
+    ]
+    assert len(starts) == 2
+    ups = [c for c in config["head_start_ray_commands"] if "anya-resource" in c]
+    for line in starts + ups:
+        program = "anya-resource" if "anya-resource" in line else "ray"
+        assert _env_of(line, program).get("RAY_AUTH_MODE") == "token", line
+
+
+def test_kuberay_turns_token_authentication_on_for_every_pod() -> None:
+    cluster = _load(KUBERAY)
+    # The operator sets RAY_AUTH_MODE and RAY_AUTH_TOKEN in every Ray container, the
+    # head's (where `anya-resource up` runs) and the workers' alike.
+    assert cluster["spec"]["authOptions"] == {"mode": "token"}
 
 
 def _option(words: list[str], name: str) -> str:

@@ -50,6 +50,32 @@ def bind_to_loopback() -> None:
     ray_constants.ENABLE_RAY_CLUSTER = False
 
 
+def use_token_if_at_hand() -> bool:
+    """Token authentication for a cluster given by address, if a token is at hand.
+
+    Ray 2.60's ``ray start --head`` turns token authentication on when a token exists
+    (``~/.ray/auth_token``, made by any earlier local ``ray.init``, or by
+    ``ray get-auth-token --generate``), but ``ray.init(address=...)`` with an explicit
+    address never turns it on by itself, so it fails. This does what ``ray start`` does:
+    with ``RAY_AUTH_MODE`` unset and a token in ``RAY_AUTH_TOKEN``, ``RAY_AUTH_TOKEN_PATH``
+    or ``~/.ray/auth_token``, token mode is on for this process (a cluster without
+    authentication ignores the token). An explicit ``RAY_AUTH_MODE`` is left alone.
+    """
+    try:
+        from ray._private.authentication.authentication_token_setup import (
+            maybe_enable_token_auth_if_token_available,
+        )
+    except ImportError:  # a Ray without token authentication
+        return False
+    return bool(maybe_enable_token_auth_if_token_available(warn_if_disabled=False))
+
+
+AUTH_HINT = (
+    "give this machine the cluster's token: RAY_AUTH_TOKEN=<the head's ~/.ray/auth_token>, "
+    "or copy that file to ~/.ray/auth_token"
+)
+
+
 def ensure_ray(address: str | None = None) -> None:
     """Connect to ``address`` (or ``RAY_ADDRESS``), else start a private Ray on loopback."""
     if ray.is_initialized():
@@ -57,14 +83,16 @@ def ensure_ray(address: str | None = None) -> None:
     target = address or os.environ.get("RAY_ADDRESS")
     try:
         if target:
+            use_token_if_at_hand()
             ray.init(address=target, logging_level=logging.WARNING, log_to_driver=False)
         else:
             # Bind to loopback: without this Ray 2.60 advertises the machine's address.
             bind_to_loopback()
             ray.init(address="local", include_dashboard=False, logging_level=logging.WARNING)
-    except (ConnectionError, RuntimeError, ValueError) as exc:
+    except (ConnectionError, RuntimeError, ValueError, ray.exceptions.RayError) as exc:
         where = target or "a new local Ray instance"
-        raise ManagerUnavailable(f"cannot reach a Ray cluster at {where}: {exc}") from exc
+        hint = f"; if the cluster uses token authentication, {AUTH_HINT}" if target else ""
+        raise ManagerUnavailable(f"cannot reach a Ray cluster at {where}: {exc}{hint}") from exc
 
 
 def coordinator(policy: Policy | None = None) -> Any:
