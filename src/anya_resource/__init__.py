@@ -20,6 +20,7 @@ from anya_resource.errors import (
     LeaseRevoked,
     ManagerUnavailable,
     NotLeaseHolder,
+    Overloaded,
     PoolExhausted,
     ResourceError,
 )
@@ -67,6 +68,7 @@ __all__ = [
     "ManagerUnavailable",
     "NodeHealth",
     "NotLeaseHolder",
+    "Overloaded",
     "Policy",
     "PoolExhausted",
     "Priority",

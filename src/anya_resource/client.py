@@ -38,14 +38,17 @@ from anya_resource.actors.wire import lease_from_wire
 from anya_resource.config import Policy, Priority
 from anya_resource.core import Holder
 from anya_resource.core.history import decode as decode_history
+from anya_resource.core.model import CHANNEL_SEPARATOR
 from anya_resource.core.requests import check_timing
 from anya_resource.errors import (
     AcquireTimeout,
+    Infeasible,
     InvalidRequest,
     LeaseExpired,
     LeaseRevoked,
     ManagerUnavailable,
     NotLeaseHolder,
+    Overloaded,
     ResourceError,
 )
 from anya_resource.health import ResourceHealth
@@ -63,6 +66,55 @@ RENEW_CHECK_S = 0.5
 # A restarting coordinator answers within a second or two; polling it every quarter
 # second at most finds it back soon after (each try fails at once while it restarts).
 RETRY_MAX_S = 0.25
+# Past its timeout the coordinator rejects a waiter itself; this much later the client
+# gives up on an answer that does not come (a coordinator that is down).
+ANSWER_GRACE_S = 5.0
+# Acquires one manager may have waiting at once (each costs ~1 KB here and at the
+# coordinator): past it, Overloaded, which names the limit.
+MAX_WAITING_PER_MANAGER = 100_000
+SUBMIT_BATCH = 1_000  # requests per acquire_many call (~40 ms of the coordinator's loop)
+
+
+class _Waiting:
+    """An acquire sent and not answered yet: its request, deadline and future."""
+
+    __slots__ = ("answered", "deadline", "future", "spec")
+
+    def __init__(self, spec: dict[str, Any], deadline: float | None) -> None:
+        self.spec = spec
+        self.deadline = deadline
+        self.future: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+        self.answered = False  # the coordinator decided it (no cancel needed)
+
+    def grant(self, wire: bytes) -> None:
+        if not self.future.done():
+            self.answered = True
+            self.future.set_result(wire)
+
+    def fail(self, error: BaseException, answered: bool) -> None:
+        if not self.future.done():
+            self.answered = answered
+            self.future.set_exception(error)
+
+
+_ERRORS: dict[str, type[ResourceError]] = {
+    cls.__name__: cls
+    for cls in (
+        AcquireTimeout,
+        Infeasible,
+        InvalidRequest,
+        LeaseExpired,
+        LeaseRevoked,
+        ManagerUnavailable,
+        NotLeaseHolder,
+        Overloaded,
+    )
+}
+
+
+def error_from(name: str, message: str) -> ResourceError:
+    """The error the coordinator named, rebuilt here (never a raw one)."""
+    return _ERRORS.get(name, ResourceError)(message)
 
 
 def _same_token(expected: str, presented: object) -> bool:
@@ -97,9 +149,14 @@ class ResourceManager:
         self._policy = policy
         self._holder = current_holder()
         self._holder_fields = asdict(self._holder)
-        # Idempotency keys: unique per manager (a random prefix), then a counter.
-        self._key_prefix = uuid.uuid4().hex + "-"
+        # This manager's channel: its idempotency keys are "<channel>/<n>", and the
+        # coordinator sends it, through one long poll, the decisions of its requests that
+        # had to wait and the ends of its leases.
+        self._channel = uuid.uuid4().hex
         self._key_count = itertools.count()
+        self._waiting: dict[str, _Waiting] = {}  # key -> an acquire not answered yet
+        self._to_submit: list[str] = []
+        self._submit_scheduled = False
         # Releases not sent yet: they ride along with the next acquire, or go out
         # together one loop turn later (one Ray call for many).
         # Lists, not tuples: Ray sends a dict of lists and strings as msgpack, and pickles
@@ -108,7 +165,6 @@ class ResourceManager:
         self._flush_scheduled = False
         self._watch_cursor = 0
         self.held: dict[str, Lease] = {}
-        self._waiting_keys: set[str] = set()  # acquires sent and not answered yet
         self._pending_releases: set[asyncio.Task[None]] = set()
         self._background: list[asyncio.Task[None]] = []
         self._epoch: int | None = None
@@ -247,28 +303,43 @@ class ResourceManager:
         kind: type[Any],
         on_revoked: Callable[[Lease], None] | None,
     ) -> Any:
-        key = f"{self._key_prefix}{next(self._key_count)}"
-        releases, self._outgoing = self._outgoing, []
-        spec = {**spec, "idempotency_key": key, "releases": releases}
-        deadline = None if timeout is None else time.monotonic() + timeout
-        self._waiting_keys.add(key)
-        try:
-            wire: bytes = await self._call(
-                lambda c: c.acquire.remote(self._remaining(spec, deadline)),
-                patience=RESTART_PATIENCE_S if timeout is None else timeout + RESTART_PATIENCE_S,
+        """Submit (batched with the others of this loop turn), then wait for the answer.
+
+        The answer comes in the submitting call's reply if the request is decided at
+        once, else as an event of this manager's channel: no call stays open per waiter.
+        """
+        if len(self._waiting) >= MAX_WAITING_PER_MANAGER:
+            raise Overloaded(
+                f"this manager has {len(self._waiting):,} acquires waiting already, the most "
+                f"one manager takes ({MAX_WAITING_PER_MANAGER:,}); wait for some, or use "
+                "timeout=0 to try without waiting"
             )
+        key = f"{self._channel}/{next(self._key_count)}"
+        deadline = None if timeout is None else time.monotonic() + timeout
+        waiting = _Waiting({**spec, "idempotency_key": key}, deadline)
+        self._waiting[key] = waiting
+        self._submit(key)
+        self._ensure_background()
+        try:
+            if deadline is None:
+                wire = await waiting.future
+            else:
+                # The coordinator rejects it at its deadline; this is the backstop for a
+                # coordinator that cannot answer (restarting, unreachable).
+                left = deadline - time.monotonic() + ANSWER_GRACE_S
+                wire = await asyncio.wait_for(waiting.future, timeout=left)
         except BaseException as exc:
-            self._waiting_keys.discard(key)
-            if isinstance(exc, ManagerUnavailable):
-                self._outgoing.extend(releases)  # they may never have arrived: send again
-            if not isinstance(exc, ResourceError) or isinstance(
-                exc, AcquireTimeout | ManagerUnavailable
-            ):
-                # Cancelled, timed out or cut off: a grant may be crossing this on the
+            self._waiting.pop(key, None)
+            if not waiting.answered:
+                # Cancelled, timed out here or cut off: a grant may be crossing this on the
                 # wire. Cancelling by key gives it back, whatever state it is in.
                 self._send_later(lambda c: c.cancel.remote(key))
+            if isinstance(exc, asyncio.TimeoutError) and not isinstance(exc, AcquireTimeout):
+                raise AcquireTimeout(
+                    f"{key}: no answer from the coordinator within {timeout} s"
+                ) from None
             raise
-        self._waiting_keys.discard(key)
+        self._waiting.pop(key, None)
         record = lease_from_wire(wire)
         lease = kind(**lease_fields(record), _record=record, _manager=self, on_revoked=on_revoked)
         if isinstance(lease, ResourceConnection):
@@ -276,6 +347,61 @@ class ResourceManager:
         self.held[lease.lease_id] = lease
         self._ensure_background()
         return lease
+
+    def _submit(self, key: str) -> None:
+        """Send ``key``'s request with the others of this loop turn, in one call."""
+        self._to_submit.append(key)
+        if not self._submit_scheduled:
+            self._submit_scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush_submits)
+
+    def _flush_submits(self) -> None:
+        self._submit_scheduled = False
+        keys, self._to_submit = self._to_submit, []
+        batch = [
+            (key, waiting)
+            for key in dict.fromkeys(keys)
+            if (waiting := self._waiting.get(key)) is not None and not waiting.future.done()
+        ]
+        loop = asyncio.get_running_loop()
+        # In calls of SUBMIT_BATCH at most: a long batch would hold the coordinator's
+        # event loop (heartbeats, releases) for its whole length.
+        for start in range(0, len(batch), SUBMIT_BATCH):
+            chunk = batch[start : start + SUBMIT_BATCH]
+            self._track(loop.create_task(self._send_submits(chunk)))
+
+    async def _send_submits(self, batch: list[tuple[str, _Waiting]]) -> None:
+        releases, self._outgoing = self._outgoing, []
+        channel = self._channel
+
+        def send(coordinator: Any) -> Any:
+            # Recomputed at every try: a retry after a restart waits only what is left.
+            specs = [self._remaining(w.spec, w.deadline) for _, w in batch]
+            return coordinator.acquire_many.remote(specs, releases, channel)
+
+        try:
+            answers: list[list[Any]] = await self._call(send)
+        except ResourceError as exc:
+            self._outgoing.extend(releases)  # they may never have arrived: send again
+            for _, waiting in batch:
+                waiting.fail(exc, answered=False)
+            return
+        for (_, waiting), answer in zip(batch, answers, strict=True):
+            self._answer(waiting, answer)
+
+    @staticmethod
+    def _answer(waiting: _Waiting, answer: list[Any]) -> None:
+        if answer[0] == "granted":
+            waiting.grant(answer[1])
+        elif answer[0] == "error":
+            waiting.fail(error_from(answer[1], answer[2]), answered=True)
+        # "queued": its decision comes as an event of this manager's channel
+
+    def _resubmit_waiting(self) -> None:
+        """After a restart: every waiting request again, same key (never granted twice)."""
+        for key, waiting in self._waiting.items():
+            if not waiting.future.done():
+                self._submit(key)
 
     @staticmethod
     def _remaining(spec: dict[str, Any], deadline: float | None) -> dict[str, Any]:
@@ -306,7 +432,7 @@ class ResourceManager:
         if mine is not None or lease._manager is self:
             self._forget(lease)
             await lease.closed()
-        await self._call(lambda c: c.release.remote(lease.lease_id, lease.token, self._holder.key))
+        await self._call(lambda c: c.release.remote(lease.lease_id, lease.token, self._channel))
         lease.released = True
 
     def release_soon(self, lease: Lease) -> None:
@@ -323,7 +449,7 @@ class ResourceManager:
         self._flush_scheduled = False
         if self._outgoing:
             pairs, self._outgoing = self._outgoing, []
-            by = self._holder.key
+            by = self._channel
             self._send_later(lambda c: c.release_many.remote(pairs, by))
 
     def _forget(self, lease: Lease) -> None:
@@ -339,7 +465,10 @@ class ResourceManager:
             except ResourceError as exc:
                 log.warning("background call failed: %s", exc)
 
-        task = asyncio.get_running_loop().create_task(deliver())
+        self._track(asyncio.get_running_loop().create_task(deliver()))
+
+    def _track(self, task: asyncio.Task[None]) -> None:
+        """A call in flight in the background: ``close`` waits for it."""
         self._pending_releases.add(task)
         task.add_done_callback(self._pending_releases.discard)
 
@@ -382,24 +511,25 @@ class ResourceManager:
                         await self.renew(lease)
 
     async def _watch_loop(self) -> None:
-        key = self._holder.key
         # The first poll always goes out, even if the lease that started this loop is
         # already given back: a loop that ended at once would be started again by the
         # next acquire, two new tasks per lease. It ends after a whole poll with nothing
-        # held.
+        # held, waiting or in flight.
         # It also ends when Ray was shut down under it: a call on a handle would then
         # start a new Ray instance of its own (Ray's auto-init), not on loopback, behind
         # the caller's back.
         first = True
-        while (first or self.held or self._pending_releases) and ray.is_initialized():
+        while (
+            first or self.held or self._waiting or self._pending_releases
+        ) and ray.is_initialized():
             first = False
             try:
-                reply = await self._coordinator.watch.remote(key, self._watch_cursor)
+                reply = await self._coordinator.watch.remote(self._channel, self._watch_cursor)
             except RETRYABLE:
                 if not ray.is_initialized():
                     return
                 self._watch_cursor = 0  # a new coordinator counts events afresh
-                await self._claim_all()
+                await self._after_restart()
                 continue
             except Exception as exc:
                 log.warning("watch failed: %s", exc)
@@ -407,26 +537,44 @@ class ResourceManager:
                 continue
             self._watch_cursor = reply["cursor"]
             if self._epoch is not None and reply["epoch"] != self._epoch:
-                await self._claim_all()
+                await self._after_restart()
             for event in reply["events"]:
-                if event.get("kind") == "pool_wanted":
-                    self._pools.wanted(event["pool"])  # another process waits for that pool
-                    continue
-                lease = self.held.get(event["lease_id"])
-                if lease is None:
-                    continue
-                reason = event.get("reason", "revoked")
-                if reason == "released":
-                    self._mark_ended(lease, "released", "released by another process")
-                else:
-                    ending = "expired" if reason == "expired" else "revoked"
-                    self._mark_ended(lease, ending, reason, event["ended"])
+                self._on_event(event)
+
+    def _on_event(self, event: dict[str, Any]) -> None:
+        kind = event.get("kind")
+        if kind == "pool_wanted":
+            self._pools.wanted(event["pool"])  # another manager waits for that pool
+            return
+        if kind in ("granted", "rejected"):
+            waiting = self._waiting.get(event["key"])
+            if waiting is None:
+                return  # given up: its cancel gives a grant back
+            if kind == "granted":
+                waiting.grant(event["lease"])
+            else:
+                waiting.fail(error_from(event["error"], event["message"]), answered=True)
+            return
+        lease = self.held.get(event["lease_id"])
+        if lease is None:
+            return
+        reason = event.get("reason", "revoked")
+        if reason == "released":
+            self._mark_ended(lease, "released", "released by another process")
+        else:
+            ending = "expired" if reason == "expired" else "revoked"
+            self._mark_ended(lease, ending, reason, event["ended"])
+
+    async def _after_restart(self) -> None:
+        """A new coordinator: the census first, then every waiting request again."""
+        await self._claim_all()
+        self._resubmit_waiting()
 
     async def _claim_all(self) -> None:
         """The coordinator restarted: give it this manager's account (``claim``).
 
         Every held lease with its token (the proof), and the keys of the acquires still
-        waiting (they will claim their own grants when they are retried): the new
+        waiting (they will claim their own grants when they are sent again): the new
         coordinator confirms what is held, and gives back at once what this manager
         restored no longer holds (a release or a cancel lost with the old one).
         """
@@ -434,8 +582,8 @@ class ResourceManager:
         self._epoch = info["epoch"]
         held = [lease for lease in self.held.values() if lease.valid]
         pairs = [[lease.lease_id, lease.token] for lease in held]
-        waiting = sorted(self._waiting_keys)
-        prefix = self._key_prefix
+        waiting = sorted(self._waiting)
+        prefix = self._channel + CHANNEL_SEPARATOR
         results: dict[str, float | None] = await self._call(
             lambda c: c.claim.remote(prefix, pairs, waiting)
         )
@@ -449,17 +597,23 @@ class ResourceManager:
                 lease.expires_at = expires_at
 
     def _mark_ended(self, lease: Lease, how: str, reason: str, ended: bool = True) -> None:
-        """``lease`` may no longer be used (``how``: revoked, expired or released)."""
-        if how == "revoked":
-            lease.revoked = True
-        elif how == "released":
-            lease.released = True
-        else:
-            lease.expired = True
-        lease.reason = reason
+        """``lease`` may no longer be used (``how``: revoked, expired or released).
+
+        ``on_revoked`` is called once per lease: a revocation and the reclaim at the end
+        of its grace period are one ending to its holder.
+        """
+        first = lease.valid
+        if first:
+            if how == "revoked":
+                lease.revoked = True
+            elif how == "released":
+                lease.released = True
+            else:
+                lease.expired = True
+            lease.reason = reason
         if ended:
             self.held.pop(lease.lease_id, None)
-        if lease.on_revoked is not None:
+        if first and lease.on_revoked is not None:
             try:
                 lease.on_revoked(lease)
             except Exception:
@@ -502,6 +656,10 @@ class ResourceManager:
         """Release everything this manager holds and stop its background tasks."""
         # Connections first: each slot goes back only once its connection is closed.
         await self._pools.close()
+        for waiting in list(self._waiting.values()):
+            waiting.fail(ManagerUnavailable("the manager was closed while this waited"), False)
+        for _ in range(2):  # their acquires wake up and send their cancels, awaited below
+            await asyncio.sleep(0)
         for lease in list(self.held.values()):
             self.release_soon(lease)
         self._flush_releases()

@@ -44,6 +44,10 @@ class PoolExhausted(ResourceError):
     """No slot of the pool could be had (for callers that asked not to wait)."""
 
 
+class Overloaded(ResourceError):
+    """Too many requests wait already (per manager, or in the whole queue); names the limit."""
+
+
 class ManagerUnavailable(ResourceError):
     """The coordinator cannot be reached (no Ray cluster, or it is restarting)."""
 
@@ -57,6 +61,7 @@ __all__ = [
     "LeaseRevoked",
     "ManagerUnavailable",
     "NotLeaseHolder",
+    "Overloaded",
     "PoolExhausted",
     "ResourceError",
 ]

@@ -119,8 +119,12 @@ class FakeBitcoind:
         return given in (self.credentials, getattr(self, "cookie", None))
 
     def enqueue(self) -> bool:
+        # Refused when every worker thread is busy and the queue is full. Counted as one
+        # total: a worker that has just finished is free at once, not only once the
+        # request it wakes has been scheduled (counting the queue alone refused a request
+        # in that gap, on a loaded machine, though a worker was free: a flaky 503).
         with self.lock:
-            if self.queued >= self.rpcworkqueue:
+            if self.queued + self.in_progress >= self.rpcthreads + self.rpcworkqueue:
                 self.rejected += 1
                 return False
             self.queued += 1

@@ -169,7 +169,7 @@ class Coordinator:
             elif isinstance(decision, Revoke):
                 self.revoked.add(decision.lease_id)
                 lease = self.s.leases.active[decision.lease_id]
-                self.tell(lease.holder.key, "revoked", decision.lease_id)
+                self.tell(lease.listener, "revoked", decision.lease_id)
             elif isinstance(decision, Reclaim) and decision.tell is not None:
                 self.tell(decision.tell, "ended", decision.lease_id)
 
@@ -234,16 +234,21 @@ class Coordinator:
         return ready
 
 
-def client_of(holder_key: str | None) -> int | None:
-    """The model's client behind a holder key ("<node>:<pid>:<create time>")."""
-    if holder_key is None:
+def client_of(listener: str | None) -> int | None:
+    """The model's client behind a lease's listener (its manager's channel)."""
+    if listener is None or not listener.startswith("manager-"):
         return None
-    return int(holder_key.split(":")[1]) - 1000
+    return int(listener.removeprefix("manager-"))
+
+
+def channel_of_client(client: Client) -> str:
+    """The client manager's channel: its keys are "<channel>/<n>"."""
+    return f"manager-{client.index}"
 
 
 def manager_of(client: Client) -> str:
     """The prefix of every idempotency key the client's manager makes."""
-    return f"manager-{client.index}-"
+    return channel_of_client(client) + "/"
 
 
 def holder_for(index: int, node: str) -> Holder:
@@ -349,11 +354,13 @@ class RecoveryMachine(RuleBasedStateMachine):
                 return
             self.released_by_other.add(lease_id)
             other.releasing[lease_id] = belief.token
-            self.send(Msg("release", other.index, (lease_id, belief.token, other.holder.key)))
+            self.send(
+                Msg("release", other.index, (lease_id, belief.token, channel_of_client(other)))
+            )
             return
         del client.held[lease_id]
         client.releasing[lease_id] = belief.token
-        self.send(Msg("release", client.index, (lease_id, belief.token, client.holder.key)))
+        self.send(Msg("release", client.index, (lease_id, belief.token, channel_of_client(client))))
 
     @rule(who=picks)
     def renew_all(self, who: int) -> None:
@@ -428,7 +435,9 @@ class RecoveryMachine(RuleBasedStateMachine):
             belief = client.held.pop(args[0], None)
             if kind == "revoked" and belief is not None:
                 client.releasing[args[0]] = belief.token  # let go, as asked
-                self.send(Msg("release", client.index, (args[0], belief.token, client.holder.key)))
+                self.send(
+                    Msg("release", client.index, (args[0], belief.token, channel_of_client(client)))
+                )
         elif kind == "confirmed":
             for lease_id, expires_at in args[0]:
                 if lease_id in client.held:
@@ -438,7 +447,9 @@ class RecoveryMachine(RuleBasedStateMachine):
                         client.releasing[lease_id] = belief.token
                         self.send(
                             Msg(
-                                "release", client.index, (lease_id, belief.token, client.holder.key)
+                                "release",
+                                client.index,
+                                (lease_id, belief.token, channel_of_client(client)),
                             )
                         )
                     else:
@@ -530,7 +541,9 @@ class RecoveryMachine(RuleBasedStateMachine):
             lease_id = reply.args[0]
             token = self.clients[reply.client].releasing.get(lease_id, "")
             return Msg(
-                "release", reply.client, (lease_id, token, self.clients[reply.client].holder.key)
+                "release",
+                reply.client,
+                (lease_id, token, channel_of_client(self.clients[reply.client])),
             )
         return Msg("claim", reply.client, ())
 

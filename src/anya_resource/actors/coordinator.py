@@ -51,6 +51,7 @@ from anya_resource.core import (
     check_invariants,
 )
 from anya_resource.core.history import HistoryRing, compact
+from anya_resource.core.model import channel_of
 from anya_resource.core.recovery import recovering, start
 from anya_resource.core.verdict import judge_health
 from anya_resource.errors import (
@@ -68,7 +69,8 @@ log = logging.getLogger(__name__)
 
 TICK_S = 0.05
 WATCH_TIMEOUT_S = 30.0
-MAX_PENDING_EVENTS = 1000
+MAX_PENDING_EVENTS = 200_000  # per channel: a manager's grants and ends not yet polled
+WATCH_BATCH = 20_000  # events per watch reply
 POOL_WANTED_S = 0.25  # how often holders of a pool's slots hear that others wait for it
 AGENT_START_GRACE_S = 15.0  # an agent that never beat yet may be starting: this much more
 
@@ -142,7 +144,9 @@ class CoordinatorImpl:
         self.commits = startup.commits
         self.recovered = len(self.scheduler.leases)
         self.started_at = now
-        self.futures: dict[str, asyncio.Future[Decision]] = {}
+        # Requests that wait (request id -> idempotency key): their decision goes to the
+        # key's channel as an event, since no call is held open for them.
+        self.queued: dict[str, str] = {}
         self.agents: dict[str, Any] = {}
         self.agent_started: dict[str, float] = {}  # node -> when its agent was started or found
         self.node_health: dict[str, NodeHealth] = {}
@@ -153,6 +157,7 @@ class CoordinatorImpl:
         self.events: dict[str, list[tuple[int, dict[str, Any]]]] = {}
         self.event_seq = 0
         self.watchers: dict[str, asyncio.Event] = {}
+        self.hinted: dict[str, set[str]] = {}  # channel -> pools it was told are wanted
         self.dead_jobs: set[str] = set()
         self.pool_hinted_at: dict[str, float] = {}  # pool -> last pool_wanted sent (pools)
         # What may be told once the write of its ticket is done (see the module's doc).
@@ -337,14 +342,35 @@ class CoordinatorImpl:
     # -- carrying out decisions ----------------------------------------------------------
 
     def _apply(self, decisions: list[Decision]) -> None:
-        """Carry ``decisions`` out, each once what it stands on is written."""
+        """Carry ``decisions`` out, each once what it stands on is written.
+
+        A request decided in the call that submitted it is answered in that call's reply;
+        one decided later (it waited) is answered by an event on its manager's channel.
+        """
         self._stage()
+        event: dict[str, Any]
         for decision in decisions:
             if isinstance(decision, Grant):
                 self.metrics.grant(decision)
-                self._later(lambda d=decision: self._resolve(d.request_id, d))  # type: ignore[misc]
+                waited = self.queued.pop(decision.request_id, None)
+                if waited is not None:
+                    event = {
+                        "kind": "granted",
+                        "key": waited,
+                        "lease": lease_to_wire(decision.lease),
+                    }
+                    self._later(lambda c=channel_of(waited), e=event: self._tell(c, e))  # type: ignore[misc]
             elif isinstance(decision, Reject):
-                self._later(lambda d=decision: self._resolve(d.request_id, d))  # type: ignore[misc]
+                waited = self.queued.pop(decision.request_id, None)
+                if waited is not None:
+                    error = reject_error(decision)
+                    event = {
+                        "kind": "rejected",
+                        "key": waited,
+                        "error": type(error).__name__,
+                        "message": str(error),
+                    }
+                    self._later(lambda c=channel_of(waited), e=event: self._tell(c, e))  # type: ignore[misc]
             elif isinstance(decision, Reclaim):
                 if decision.tell is not None:
                     event = {
@@ -352,32 +378,35 @@ class CoordinatorImpl:
                         "reason": decision.reason.value,
                         "ended": True,
                     }
-                    self._later(lambda k=decision.tell, e=event: self._tell_holder(k, e))  # type: ignore[misc]
+                    self._later(lambda k=decision.tell, e=event: self._tell(k, e))  # type: ignore[misc]
             elif isinstance(decision, Revoke):
                 lease = self.scheduler.leases.active.get(decision.lease_id)
-                if lease is not None and lease.holder.key is not None:
-                    self._tell_holder(lease.holder.key, {**asdict(decision), "ended": False})
+                if lease is not None:
+                    self._tell(lease.listener, {**asdict(decision), "ended": False})
 
-    def _resolve(self, request_id: str, decision: Decision) -> None:
-        future = self.futures.pop(request_id, None)
-        if future is not None and not future.done():
-            future.set_result(decision)
-
-    def _tell_holder(self, key: str, event: dict[str, Any]) -> None:
+    def _tell(self, channel: str | None, event: dict[str, Any]) -> None:
+        """Queue ``event`` for the manager listening on ``channel`` (its next ``watch``)."""
+        if channel is None:
+            return
         self.event_seq += 1
-        pending = self.events.setdefault(key, [])
+        pending = self.events.setdefault(channel, [])
         pending.append((self.event_seq, event))
-        del pending[:-MAX_PENDING_EVENTS]
-        watcher = self.watchers.get(key)
+        if len(pending) > MAX_PENDING_EVENTS:
+            # Only a manager that stopped polling gets this far behind (its process is
+            # gone or wedged): what it missed it learns from its census, if it comes back.
+            del pending[: len(pending) - MAX_PENDING_EVENTS]
+        if event.get("kind") == "pool_wanted":
+            self.hinted.setdefault(channel, set()).add(event["pool"])
+        watcher = self.watchers.get(channel)
         if watcher is not None:
             watcher.set()
 
     # -- pools: holders of idle slots give them back when others wait --------------------
     #
     # A process keeps the connections it is done with warm, each on its slot, until their
-    # idle timeout. While requests from other processes wait for that pool, every holder
-    # of its slots hears ``{"kind": "pool_wanted", "pool": name}`` through its watch; its
-    # pool then closes idle connections and gives their slots back at once.
+    # idle timeout. While requests from other managers wait for that pool, every manager
+    # holding its slots hears ``{"kind": "pool_wanted", "pool": name}`` through its watch;
+    # its pool then closes idle connections and gives their slots back at once.
 
     async def _pool_wanted_loop(self) -> None:
         while True:
@@ -390,33 +419,30 @@ class CoordinatorImpl:
         pools = {p for p in request.pools if now - self.pool_hinted_at.get(p, 0.0) >= 0.05}
         if pools:
             self.pool_hinted_at.update(dict.fromkeys(pools, now))
-            self._tell_pool_holders({p: {request.holder.key} for p in pools})
+            asker = channel_of(request.idempotency_key) or request.holder.key
+            self._tell_pool_holders({p: {asker} for p in pools})
 
     def _pool_wanted_all(self) -> None:
         """Repeat the hint for every pool that still has waiters."""
         waiting: dict[str, set[str | None]] = {}
         for waiter in self.scheduler.queue.by_id.values():
-            for pool in waiter.request.pools:
-                waiting.setdefault(pool, set()).add(waiter.request.holder.key)
+            request = waiter.request
+            asker = channel_of(request.idempotency_key) or request.holder.key
+            for pool in request.pools:
+                waiting.setdefault(pool, set()).add(asker)
         if waiting:
             self._tell_pool_holders(waiting)
 
     def _tell_pool_holders(self, waiting: dict[str, set[str | None]]) -> None:
-        """Tell each holder of slots of these pools, unless it is the only one waiting."""
-        told: set[tuple[str, str]] = set()
+        """Tell each manager holding slots of these pools, unless it is the only one waiting."""
         for lease in self.scheduler.leases:
-            key = lease.holder.key
-            if key is None:
+            listener = lease.listener
+            if listener is None:
                 continue
             for pool in lease.pools:
-                others = waiting.get(pool, set()) - {key}
-                if not others or (key, pool) in told:
-                    continue
-                told.add((key, pool))
-                event = {"kind": "pool_wanted", "pool": pool}
-                heard = [e for _, e in self.events.get(key, [])]
-                if event not in heard:  # not yet heard: once is enough
-                    self._tell_holder(key, event)
+                others = waiting.get(pool, set()) - {listener}
+                if others and pool not in self.hinted.get(listener, ()):  # once is enough
+                    self._tell(listener, {"kind": "pool_wanted", "pool": pool})
 
     # -- the API the client calls ---------------------------------------------------------
 
@@ -451,32 +477,49 @@ class CoordinatorImpl:
             detached=spec.get("detached", False),
         )
 
-    async def acquire(self, spec: dict[str, Any]) -> bytes:
-        """Grant (or queue, then grant) a request; the lease goes back as bytes, once written.
+    async def acquire_many(
+        self,
+        specs: list[dict[str, Any]],
+        releases: list[list[str]] | None = None,
+        by: str | None = None,
+    ) -> list[list[Any]]:
+        """Submit the requests a manager made since its last call; answer once written.
 
-        ``wire.lease_from_wire`` rebuilds the ``LeaseRecord``: Ray passes bytes through
-        as they are, where it would pickle a dataclass on both sides of every acquire.
+        Per request: ``["granted", lease bytes]``, ``["queued"]`` (its grant or rejection
+        comes later as an event on the manager's channel, so a waiting request holds no
+        call here however many wait), or ``["error", error class name, message]``.
+        Releases the manager had not sent yet ride along (applied first, whatever becomes
+        of the requests). The lease bytes are ``wire.lease_to_wire``'s: Ray passes bytes
+        through as they are.
         """
-        # Releases the client had not sent yet ride along: one call instead of two.
-        # Applied whatever becomes of the request itself (a bad request is not retried).
-        self._release_all(spec.get("releases", ()), _holder_key(spec))
-        try:
-            request = self._request(spec)
-            request_id, decisions = self.scheduler.submit(request, time.time())
-        except ResourceError:
-            await self._durable()  # the releases are written before the error is told
-            raise
-        future = self.futures.get(request_id)
-        if future is None:
-            future = self.futures[request_id] = asyncio.get_running_loop().create_future()
+        self._release_all(releases or (), by)
+        now = time.time()
+        answers: list[list[Any]] = []
+        for spec in specs:
+            try:
+                answers.append(self._submit(spec, now))
+            except ResourceError as exc:
+                answers.append(["error", type(exc).__name__, str(exc)])
+        await self._durable()  # nothing is told before it is written
+        return answers
+
+    def _submit(self, spec: dict[str, Any], now: float) -> list[Any]:
+        request = self._request(spec)
+        request_id, decisions = self.scheduler.submit(request, now)
+        mine = next((d for d in decisions if getattr(d, "request_id", None) == request_id), None)
+        key = request.idempotency_key
+        if mine is None and key is not None:
+            self.queued[request_id] = key  # answered by an event when it is decided
         self._apply(decisions)
-        if request.pools and not future.done() and request_id in self.scheduler.queue:
-            self._pool_wanted_now(request)
-        mine = await asyncio.shield(future)
+        if mine is None:
+            if request.pools:
+                self._pool_wanted_now(request)
+            return ["queued"]
         if isinstance(mine, Grant):
-            return lease_to_wire(mine.lease)
+            return ["granted", lease_to_wire(mine.lease)]
         assert isinstance(mine, Reject)
-        raise reject_error(mine)
+        error = reject_error(mine)
+        return ["error", type(error).__name__, str(error)]
 
     async def cancel(self, idempotency_key: str) -> None:
         """The caller gave up on the request with this key, whatever its state.
@@ -528,17 +571,24 @@ class CoordinatorImpl:
         return results
 
     async def watch(
-        self, holder_key: str, after: int = 0, timeout: float = WATCH_TIMEOUT_S
+        self, channel: str, after: int = 0, timeout: float = WATCH_TIMEOUT_S
     ) -> dict[str, Any]:
-        """Long poll: events for this process's leases after ``after``, and the epoch."""
-        pending = self.events.setdefault(holder_key, [])
+        """Long poll: events for this manager's channel after ``after``, and the epoch.
+
+        The grants and rejections of its waiting requests, the ends and revocations of
+        its leases, and pool hints. An event stays until a later poll acknowledges it by
+        asking for what came after, so a poll abandoned by its client never swallows one.
+        """
+        pending = self.events.setdefault(channel, [])
         pending[:] = [(seq, e) for seq, e in pending if seq > after]  # acknowledged
+        self.hinted[channel] = {e["pool"] for _, e in pending if e.get("kind") == "pool_wanted"}
         if not pending:
-            event = self.watchers.setdefault(holder_key, asyncio.Event())
+            event = self.watchers.setdefault(channel, asyncio.Event())
             event.clear()
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(event.wait(), timeout=min(timeout, WATCH_TIMEOUT_S))
-        events = [(seq, e) for seq, e in self.events.get(holder_key, []) if seq > after]
+        events = [(seq, e) for seq, e in self.events.get(channel, []) if seq > after]
+        events = events[:WATCH_BATCH]
         return {
             "epoch": self.epoch,
             "events": [e for _, e in events],

@@ -13,6 +13,20 @@ from typing import Any, TypeAlias
 
 Amounts: TypeAlias = dict[str, int]
 
+# A client manager's idempotency keys are "<channel>/<n>": the channel names the manager,
+# which hears of its requests' grants and of its leases' ends (a process may have several
+# managers; a lease belongs to the one that asked for it).
+CHANNEL_SEPARATOR = "/"
+
+
+def channel_of(key: str | None) -> str | None:
+    """The manager channel of an idempotency key, or None if the key names none."""
+    if key is None:
+        return None
+    channel, separator, _ = key.rpartition(CHANNEL_SEPARATOR)
+    return channel if separator and channel else None
+
+
 NODE_RESOURCES: tuple[str, ...] = ("memory", "cpu", "gpu", "disk")
 
 
@@ -105,6 +119,11 @@ class LeaseRecord:
     state: LeaseState = LeaseState.ACTIVE
     revoke_reason: str | None = None
     revoke_deadline: float | None = None
+
+    @property
+    def listener(self) -> str | None:
+        """Who hears of this lease's end: its manager's channel, else its holder process."""
+        return channel_of(self.idempotency_key) or self.holder.key
 
     def fields(self) -> tuple[Any, ...]:
         """Every field as plain values, in declaration order (``from_fields`` inverts it).
@@ -237,10 +256,10 @@ class Revoke:
 class Reclaim:
     """The lease is gone and its capacity is free again.
 
-    ``tell`` names the holder process (its key) that must hear of it: set unless the
-    holder itself gave the lease back (a release from its own process, a cancel), so
-    that a lease released by another process with its token, expired, or taken back
-    is never still believed held.
+    ``tell`` names who must hear of it (``LeaseRecord.listener``: the manager channel
+    that asked for the lease, else the holder process): set unless that one gave the
+    lease back itself (its own release, a cancel), so that a lease released by anybody
+    else with its token, expired, or taken back is never still believed held.
     """
 
     lease_id: str

@@ -64,11 +64,13 @@ from anya_resource.errors import (
     LeaseExpired,
     LeaseRevoked,
     NotLeaseHolder,
+    Overloaded,
 )
 
 WAIT_SAMPLES = 2048  # recent waits kept per priority class, for percentiles
 KEY_MEMORY = 100_000  # idempotency keys remembered
 NEVER_FITS_MEMORY = 4096
+MAX_WAITING = 1_000_000  # requests waiting at once in the whole queue (~1 KB each here)
 MANAGER_PREFIX_MIN = 8  # a census names its manager by a prefix no shorter than this  # shapes whose feasibility is remembered until the nodes change
 
 
@@ -270,6 +272,11 @@ class Scheduler:
         reason = self.never_fits(request)
         if reason is not None:
             raise Infeasible(reason)
+        if len(self.queue) >= MAX_WAITING:
+            raise Overloaded(
+                f"{len(self.queue):,} requests wait already, the most the queue takes "
+                f"({MAX_WAITING:,}); try again later, or with timeout=0"
+            )
         self._sequence += 1
         request_id = f"req-{self.leases.epoch}-{self._sequence}"
         deadline = None if request.timeout is None else now + request.timeout
@@ -334,12 +341,12 @@ class Scheduler:
     def release(
         self, lease_id: str, token: object, now: float, by: str | None = None
     ) -> list[Decision]:
-        """The lease is given back (``by``: the releasing process's key). Idempotent.
+        """The lease is given back (``by``: the releaser's channel). Idempotent.
 
         A lease that already ended, here or before a restart, is a no-op for whoever
         has its token: the token itself proves the cluster issued it. When ``by`` is
-        not the holder, the holder is told (``Reclaim.tell``): it must not go on
-        believing it holds the lease.
+        not the lease's listener, the listener is told (``Reclaim.tell``): it must not
+        go on believing it holds the lease.
         """
         lease = self._active_or_genuine(lease_id, token)
         if lease is None:
@@ -490,7 +497,7 @@ class Scheduler:
             lease = self.leases.active[lease_id]
             key = lease.idempotency_key
             if key is not None and key.startswith(manager) and key not in keep:
-                self._reclaim(lease, ReclaimReason.UNCLAIMED, decisions, freed, by=lease.holder.key)
+                self._reclaim(lease, ReclaimReason.UNCLAIMED, decisions, freed, by=lease.listener)
         decisions.extend(self._settle(now, freed))
         return results, decisions
 
@@ -978,9 +985,9 @@ class Scheduler:
 
     @staticmethod
     def _tell(lease: LeaseRecord, by: str | None = None) -> str | None:
-        """The holder to tell that ``lease`` is gone: nobody if it let go itself."""
-        key = lease.holder.key
-        return None if key is not None and key == by else key
+        """Who to tell that ``lease`` is gone: nobody if its listener let go itself."""
+        listener = lease.listener
+        return None if listener is not None and listener == by else listener
 
     def _quota(self, tenant: str) -> TenantQuota:
         quota = self.tenants.get(tenant)
