@@ -72,28 +72,32 @@ ANSWER_GRACE_S = 5.0
 # Acquires one manager may have waiting at once (each costs ~1 KB here and at the
 # coordinator): past it, Overloaded, which names the limit.
 MAX_WAITING_PER_MANAGER = 100_000
-SUBMIT_BATCH = 1_000  # requests per acquire_many call (~40 ms of the coordinator's loop)
+# Requests per acquire_many call: its argument (~250 bytes a request) and its reply (a
+# lease is ~450 bytes) stay under Ray's 100 KB for values sent inline with a call. Larger
+# ones go through the object store, where a driver's argument on a multi-node cluster
+# was lost as "OwnerDiedError" (seen with ray.cluster_utils); and each call holds the
+# coordinator's event loop for ~6 ms at most.
+SUBMIT_BATCH = 150
 
 
 class _Waiting:
     """An acquire sent and not answered yet: its request, deadline and future."""
 
-    __slots__ = ("answered", "deadline", "future", "spec")
+    __slots__ = ("deadline", "future", "refused", "spec")
 
     def __init__(self, spec: dict[str, Any], deadline: float | None) -> None:
         self.spec = spec
         self.deadline = deadline
         self.future: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
-        self.answered = False  # the coordinator decided it (no cancel needed)
+        self.refused = False  # the coordinator refused it: nothing to cancel
 
     def grant(self, wire: bytes) -> None:
         if not self.future.done():
-            self.answered = True
             self.future.set_result(wire)
 
-    def fail(self, error: BaseException, answered: bool) -> None:
+    def fail(self, error: BaseException, refused: bool) -> None:
         if not self.future.done():
-            self.answered = answered
+            self.refused = refused
             self.future.set_exception(error)
 
 
@@ -330,9 +334,10 @@ class ResourceManager:
                 wire = await asyncio.wait_for(waiting.future, timeout=left)
         except BaseException as exc:
             self._waiting.pop(key, None)
-            if not waiting.answered:
+            if not waiting.refused:
                 # Cancelled, timed out here or cut off: a grant may be crossing this on the
-                # wire. Cancelling by key gives it back, whatever state it is in.
+                # wire, or have just come (the caller stopped waiting before it woke up).
+                # Cancelling by key gives it back, whatever state it is in.
                 self._send_later(lambda c: c.cancel.remote(key))
             if isinstance(exc, asyncio.TimeoutError) and not isinstance(exc, AcquireTimeout):
                 raise AcquireTimeout(
@@ -364,8 +369,7 @@ class ResourceManager:
             if (waiting := self._waiting.get(key)) is not None and not waiting.future.done()
         ]
         loop = asyncio.get_running_loop()
-        # In calls of SUBMIT_BATCH at most: a long batch would hold the coordinator's
-        # event loop (heartbeats, releases) for its whole length.
+        # In calls of SUBMIT_BATCH at most (see there).
         for start in range(0, len(batch), SUBMIT_BATCH):
             chunk = batch[start : start + SUBMIT_BATCH]
             self._track(loop.create_task(self._send_submits(chunk)))
@@ -384,7 +388,7 @@ class ResourceManager:
         except ResourceError as exc:
             self._outgoing.extend(releases)  # they may never have arrived: send again
             for _, waiting in batch:
-                waiting.fail(exc, answered=False)
+                waiting.fail(exc, refused=False)
             return
         for (_, waiting), answer in zip(batch, answers, strict=True):
             self._answer(waiting, answer)
@@ -394,7 +398,7 @@ class ResourceManager:
         if answer[0] == "granted":
             waiting.grant(answer[1])
         elif answer[0] == "error":
-            waiting.fail(error_from(answer[1], answer[2]), answered=True)
+            waiting.fail(error_from(answer[1], answer[2]), refused=True)
         # "queued": its decision comes as an event of this manager's channel
 
     def _resubmit_waiting(self) -> None:
@@ -553,7 +557,7 @@ class ResourceManager:
             if kind == "granted":
                 waiting.grant(event["lease"])
             else:
-                waiting.fail(error_from(event["error"], event["message"]), answered=True)
+                waiting.fail(error_from(event["error"], event["message"]), refused=True)
             return
         lease = self.held.get(event["lease_id"])
         if lease is None:

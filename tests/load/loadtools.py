@@ -46,10 +46,10 @@ SCRIPT = Path(__file__).with_name("waiters.py")
 ORDER = {"critical": 0, "high": 1, "low": 2}
 
 
-def spawn(count: int, out: Path, hold: float = 0.005) -> subprocess.Popen[str]:
+def spawn(count: int, out: Path, hold: float = 0.005, extra: int = 0) -> subprocess.Popen[str]:
     address = ray.get_runtime_context().gcs_address
     return subprocess.Popen(
-        [sys.executable, str(SCRIPT), address, str(count), PLAN, str(hold), str(out)],
+        [sys.executable, str(SCRIPT), address, str(count), PLAN, str(hold), str(out), str(extra)],
         stdout=subprocess.PIPE,
         text=True,
         env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
@@ -133,6 +133,52 @@ def run(manager: ResourceManager, loop: Loop, tmp: Path, nodes: int) -> dict[str
             sum(after - before for before, after in client_rss) / waiters
         ),
         "grants_checked_in_order": len(_grants(logs)),
+    }
+
+
+ONE_PROCESS = int(os.environ.get("ANYA_LOAD_ONE_PROCESS", "100000"))
+
+
+def one_process(manager: ResourceManager, loop: Loop, tmp: Path) -> dict[str, Any]:
+    """``ONE_PROCESS`` waiters in one process: bounded memory, then a clear refusal."""
+    from anya_resource.client import MAX_WAITING_PER_MANAGER
+
+    slot = loop.run(manager.acquire({"pools": {"one": 1}}, priority="critical", timeout=30))
+    rss_before = coordinator_rss(manager, loop)
+    extra = 5 if ONE_PROCESS >= MAX_WAITING_PER_MANAGER else 0
+    process = spawn(ONE_PROCESS, tmp / "grants.jsonl", extra=extra)
+    try:
+        assert process.stdout is not None
+        started = time.monotonic()
+        words = process.stdout.readline().split()
+        assert words[:1] == ["queued"], words
+        queued_in = time.monotonic() - started
+        loop.run(eventually(lambda: _waiting(manager, ONE_PROCESS), timeout=120))
+        rss_queued = coordinator_rss(manager, loop)
+        refusal = process.stdout.readline().strip() if extra else ""
+        if extra:
+            assert refusal.startswith("overloaded") and f"{MAX_WAITING_PER_MANAGER:,}" in refusal
+        control = loop.run(_control_calls(manager))
+        assert max(control) < 1.0, f"a release or renewal took {max(control):.2f} s"
+        health = loop.run(manager.check_resource_health())
+        assert all(n.missed_heartbeats == 0 for n in health.nodes), health.nodes
+        client = (int(words[2]) - int(words[1])) / ONE_PROCESS
+        coordinator = (rss_queued - rss_before) / ONE_PROCESS
+        # Bounded: a few KB per waiter on each side, not a copy of the queue per grant.
+        assert client < 20_000 and coordinator < 20_000, (client, coordinator)
+    finally:
+        if process.poll() is None:
+            os.kill(process.pid, signal.SIGKILL)
+        process.wait(timeout=30)
+    loop.run(manager.release(slot))
+    loop.run(eventually(lambda: _drained(manager), timeout=120))
+    return {
+        "waiters_in_one_process": ONE_PROCESS,
+        "submitted_in_s": round(queued_in, 2),
+        "refusal": refusal,
+        "control_call_max_s": round(max(control), 4),
+        "coordinator_rss_per_waiter_bytes": round(coordinator),
+        "client_rss_per_waiter_bytes": round(client),
     }
 
 

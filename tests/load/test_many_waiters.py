@@ -28,3 +28,10 @@ def manager(loop: Loop) -> ResourceManager:
 @pytest.mark.timeout(600)
 def test_many_waiters_on_one_node(manager: ResourceManager, loop: Loop, tmp_path: Path) -> None:
     loadtools.report(loadtools.run(manager, loop, tmp_path, nodes=1))
+
+
+@pytest.mark.timeout(600)
+def test_a_hundred_thousand_waiters_in_one_process(
+    manager: ResourceManager, loop: Loop, tmp_path: Path
+) -> None:
+    loadtools.report(loadtools.one_process(manager, loop, tmp_path))

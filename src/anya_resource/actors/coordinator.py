@@ -70,7 +70,9 @@ log = logging.getLogger(__name__)
 TICK_S = 0.05
 WATCH_TIMEOUT_S = 30.0
 MAX_PENDING_EVENTS = 200_000  # per channel: a manager's grants and ends not yet polled
-WATCH_BATCH = 20_000  # events per watch reply
+# Events per watch reply: a grant carries its lease (~450 bytes), and a reply under Ray's
+# 100 KB for inline values never goes through the object store (client.SUBMIT_BATCH).
+WATCH_BATCH = 150
 POOL_WANTED_S = 0.25  # how often holders of a pool's slots hear that others wait for it
 AGENT_START_GRACE_S = 15.0  # an agent that never beat yet may be starting: this much more
 
