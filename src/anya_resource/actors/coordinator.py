@@ -74,6 +74,7 @@ MAX_PENDING_EVENTS = 200_000  # per channel: a manager's grants and ends not yet
 # 100 KB for inline values never goes through the object store (client.SUBMIT_BATCH).
 WATCH_BATCH = 150
 POOL_WANTED_S = 0.25  # how often holders of a pool's slots hear that others wait for it
+STALL_S = 0.5  # a node-loop wake-up this much late is the coordinator's stall
 AGENT_START_GRACE_S = 15.0  # an agent that never beat yet may be starting: this much more
 
 
@@ -248,8 +249,17 @@ class CoordinatorImpl:
             self._apply(self.scheduler.tick(time.time()))
 
     async def _node_loop(self) -> None:
+        woke = time.monotonic()
         while True:
             await asyncio.sleep(self.policy.heartbeat_s)
+            # A node is never lost because this coordinator was busy: a wake-up later than
+            # planned (a long call, a pause of the process) is time nobody could be heard
+            # in, so it does not count as any agent's silence.
+            now = time.monotonic()
+            stalled = now - woke - self.policy.heartbeat_s
+            woke = now
+            if stalled > STALL_S:
+                self._forgive(stalled)
             try:
                 await self._sync_nodes()
                 await self._reclaim_ended_jobs()
@@ -294,6 +304,12 @@ class CoordinatorImpl:
         self._apply(self.scheduler.sync_nodes(capacities, now))
         for node_id in [n for n in self.agents if n not in capacities]:
             self._forget_node(node_id)
+
+    def _forgive(self, seconds: float) -> None:
+        log.warning("the coordinator was stalled %.1f s: not counted as agents' silence", seconds)
+        for table in (self.last_heartbeat, self.agent_started):
+            for node_id in table:
+                table[node_id] += seconds
 
     def _capped(self, node_id: str, reported: dict[str, int]) -> dict[str, int]:
         capacity = dict(reported)
