@@ -54,6 +54,7 @@ from anya_resource.core.history import HistoryRing, compact
 from anya_resource.core.model import channel_of
 from anya_resource.core.recovery import recovering, start
 from anya_resource.core.verdict import judge_health
+from anya_resource.core.warm import wanted_back
 from anya_resource.errors import (
     AcquireTimeout,
     Infeasible,
@@ -74,6 +75,7 @@ MAX_PENDING_EVENTS = 200_000  # per channel: a manager's grants and ends not yet
 # 100 KB for inline values never goes through the object store (client.SUBMIT_BATCH).
 WATCH_BATCH = 150
 POOL_WANTED_S = 0.25  # how often holders of a pool's slots hear that others wait for it
+ASK_BACK_S = 0.01  # after a request is queued, warm leases are asked back this soon
 STALL_S = 0.5  # a node-loop wake-up this much late is the coordinator's stall
 AGENT_START_GRACE_S = 15.0  # an agent that never beat yet may be starting: this much more
 
@@ -161,6 +163,8 @@ class CoordinatorImpl:
         self.event_seq = 0
         self.watchers: dict[str, asyncio.Event] = {}
         self.hinted: dict[str, set[str]] = {}  # channel -> pools it was told are wanted
+        self.asked_back: set[str] = set()  # leases whose managers were told they are wanted
+        self._asking_back = False
         self.dead_jobs: set[str] = set()
         self.pool_hinted_at: dict[str, float] = {}  # pool -> last pool_wanted sent (pools)
         # What may be told once the write of its ticket is done (see the module's doc).
@@ -430,6 +434,29 @@ class CoordinatorImpl:
         while True:
             await asyncio.sleep(POOL_WANTED_S)
             self._pool_wanted_all()
+            self._ask_back()
+
+    # -- warm leases: their managers give them back while others wait for them ------------
+    #
+    # core/warm.py decides which held leases waiting requests want back; each manager hears
+    # ``{"kind": "wanted", "leases": [...]}`` once per lease, gives idle warm ones back at
+    # once, and does not reuse busy ones when their use ends.
+
+    def _ask_back_soon(self) -> None:
+        """A request was queued: ask for warm leases back shortly (once per burst)."""
+        if not self._asking_back:
+            self._asking_back = True
+            asyncio.get_running_loop().call_later(ASK_BACK_S, self._ask_back)
+
+    def _ask_back(self) -> None:
+        self._asking_back = False
+        active = self.scheduler.leases.active
+        self.asked_back &= active.keys()
+        for listener, lease_ids in wanted_back(self.scheduler, time.time()).items():
+            new = lease_ids - self.asked_back
+            if new:
+                self.asked_back |= new
+                self._tell(listener, {"kind": "wanted", "leases": sorted(new)})
 
     def _pool_wanted_now(self, request: Request) -> None:
         """A request was queued on pools: their holders hear it now (at most every 50 ms)."""
@@ -532,6 +559,7 @@ class CoordinatorImpl:
         if mine is None:
             if request.pools:
                 self._pool_wanted_now(request)
+            self._ask_back_soon()
             return ["queued"]
         if isinstance(mine, Grant):
             return ["granted", lease_to_wire(mine.lease)]

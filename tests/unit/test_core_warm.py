@@ -1,0 +1,76 @@
+"""Warm leases: which held leases the queue wants back (core/warm.py)."""
+
+from __future__ import annotations
+
+from anya_resource.core import Holder
+from anya_resource.core.warm import wanted_back
+from tests.unit.core_support import Harness, make_policy
+
+HOLDER = Holder(pid=7, create_time=1.0, node_id="n1")
+
+
+def harness() -> Harness:
+    h = Harness(
+        make_policy(
+            pools={"default": {"size": 4}, "rpc": {"size": 1}},
+            tenants={"capped": {"limit": {"cpu": 1}}},
+            aging={"per_second": 1.0, "max_boost": 40},
+        )
+    )
+    h.node("n1", cpu=2)
+    h.node("n2", cpu=2)
+    return h
+
+
+def test_nothing_waits_nothing_is_wanted() -> None:
+    h = harness()
+    h.acquire({"cpu": 1}, idempotency_key="warm-a/1")
+    assert wanted_back(h.s, h.now) == {}
+
+
+def test_a_lower_lease_is_wanted_by_a_higher_waiter_on_its_node() -> None:
+    h = harness()
+    low = h.acquire({"cpu": 2}, priority="low", node="n1", idempotency_key="warm-a/1")
+    other = h.acquire({"cpu": 2}, priority="low", node="n2", idempotency_key="warm-b/1")
+    h.wait({"cpu": 2}, priority="high", node="n1", idempotency_key="waiter/1")
+    assert wanted_back(h.s, h.now) == {"warm-a": {low.lease.lease_id}}
+    assert other.lease.lease_id not in wanted_back(h.s, h.now).get("warm-b", set())
+
+
+def test_a_higher_lease_keeps_its_capacity_and_equals_give_way_to_the_older_waiter() -> None:
+    h = harness()
+    h.acquire({"cpu": 2}, priority="critical", node="n1", idempotency_key="warm-a/1")
+    equal = h.acquire({"cpu": 2}, priority="normal", node="n2", idempotency_key="warm-b/1")
+    h.wait({"cpu": 2}, priority="normal", idempotency_key="waiter/1")
+    assert wanted_back(h.s, h.now) == {"warm-b": {equal.lease.lease_id}}
+
+
+def test_aging_lets_a_waiter_outgrow_a_lease_it_did_not_outrank() -> None:
+    h = harness()
+    held = h.acquire({"cpu": 2}, priority="high", node="n1", idempotency_key="warm-a/1")
+    h.acquire({"cpu": 2}, priority="high", node="n2", idempotency_key="warm-b/1")
+    h.wait({"cpu": 1}, priority="normal", node="n1", idempotency_key="waiter/1")
+    assert wanted_back(h.s, h.now) == {}
+    h.clock.advance(30)  # normal (50) + 30 s of aging > high (75)
+    assert wanted_back(h.s, h.now) == {"warm-a": {held.lease.lease_id}}
+
+
+def test_pool_slots_and_a_tenant_at_its_limit() -> None:
+    h = harness()
+    slot = h.acquire({"pools": {"rpc": 1}}, holder=HOLDER, idempotency_key="warm-a/1")
+    h.wait({"pools": {"rpc": 1}}, holder=HOLDER, idempotency_key="waiter/1")
+    assert wanted_back(h.s, h.now) == {"warm-a": {slot.lease.lease_id}}
+    h2 = harness()
+    mine = h2.acquire({"cpu": 1}, tenant="capped", node="n1", idempotency_key="warm-a/1")
+    h2.wait({"cpu": 1}, tenant="capped", node="n2", idempotency_key="waiter/1")
+    assert wanted_back(h2.s, h2.now) == {"warm-a": {mine.lease.lease_id}}
+
+
+def test_leases_that_would_not_help_are_not_asked_for() -> None:
+    h = harness()
+    h.acquire({"pools": {"default": 1}}, holder=HOLDER, idempotency_key="warm-a/1")
+    h.acquire({"cpu": 2}, node="n1", idempotency_key="warm-b/1")
+    h.acquire({"cpu": 2}, node="n2", idempotency_key="warm-c/1")
+    h.wait({"cpu": 1}, node="n1", idempotency_key="waiter/1")
+    wanted = wanted_back(h.s, h.now)
+    assert set(wanted) == {"warm-b"}  # not the pool slot, not the lease on n2
