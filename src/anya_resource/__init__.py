@@ -28,7 +28,7 @@ from anya_resource.errors import (
 if TYPE_CHECKING:
     from anya_resource.client import ResourceManager, SyncResourceManager
     from anya_resource.health import NodeHealth, ResourceHealth
-    from anya_resource.integrations import current_lease, leased
+    from anya_resource.integrations import current_lease, leased, leased_statistics
     from anya_resource.lease import Lease, ResourceConnection
 
 # name -> the module that defines it, imported when the name is first used
@@ -39,6 +39,7 @@ _LAZY = {
     "ResourceHealth": "anya_resource.health",
     "current_lease": "anya_resource.integrations",
     "leased": "anya_resource.integrations",
+    "leased_statistics": "anya_resource.integrations",
     "Lease": "anya_resource.lease",
     "ResourceConnection": "anya_resource.lease",
 }
@@ -79,4 +80,5 @@ __all__ = [
     "SyncResourceManager",
     "current_lease",
     "leased",
+    "leased_statistics",
 ]

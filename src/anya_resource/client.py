@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import hmac
 import itertools
+import json
 import logging
 import os
 import threading
@@ -36,7 +37,7 @@ from anya_resource.actors import deploy
 from anya_resource.actors.translate import RETRYABLE, translate
 from anya_resource.actors.wire import lease_from_wire
 from anya_resource.config import Policy, Priority
-from anya_resource.core import Holder
+from anya_resource.core import Holder, LeaseRecord
 from anya_resource.core.history import decode as decode_history
 from anya_resource.core.model import CHANNEL_SEPARATOR
 from anya_resource.core.requests import check_timing
@@ -57,6 +58,7 @@ from anya_resource.pools.entries import caller_stack
 from anya_resource.pools.kinds import Flavour
 from anya_resource.pools.registry import ProcessPools
 from anya_resource.pools.stats import PoolStatistics
+from anya_resource.share import SPARE_IDLE_S, Waiter, WarmCounts, WarmEntry, WarmShare
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +80,13 @@ MAX_WAITING_PER_MANAGER = 100_000
 # was lost as "OwnerDiedError" (seen with ray.cluster_utils); and each call holds the
 # coordinator's event loop for ~6 ms at most.
 SUBMIT_BATCH = 150
+
+
+def warm_kind(spec: Mapping[str, Any]) -> str:
+    """What makes two acquires the same kind, for a warm lease: the request as sent
+    (resources, priority, tenant, ttl, preemptible, node), less who asks and how long."""
+    fields = {k: v for k, v in spec.items() if k not in ("holder", "timeout")}
+    return json.dumps(fields, sort_keys=True, default=str)
 
 
 class _Waiting:
@@ -173,6 +182,10 @@ class ResourceManager:
         self._background: list[asyncio.Task[None]] = []
         self._epoch: int | None = None
         self._pools = ProcessPools(self, policy)  # real connections, made on first use
+        self._warm = WarmShare()  # warm leases, idle and busy (share.py)
+        self._growing: set[asyncio.Task[None]] = set()  # acquires for the share's waiters
+        self._loop: asyncio.AbstractEventLoop | None = None  # where the manager runs
+        self._warm_idle_s = policy.lease.warm_idle_s if policy is not None else 0.0
 
     @classmethod
     async def new(
@@ -190,8 +203,10 @@ class ResourceManager:
         except Exception as exc:  # Ray's own, untranslated: never the caller's to see
             raise translate(exc) from None
         manager = cls(handle, resolved)
+        manager._loop = asyncio.get_running_loop()
         info = await manager._call(lambda c: c.ping.remote())
         manager._epoch = info["epoch"]
+        manager._warm_idle_s = float(info.get("warm_idle_s", 0.0))  # the deployed policy's
         return manager
 
     # -- calls, with restart handling and error translation ------------------------------
@@ -228,10 +243,18 @@ class ResourceManager:
         node: str | None = None,
         detached: bool = False,
         on_revoked: Callable[[Lease], None] | None = None,
+        warm: bool = False,
     ) -> AcquireContext[Lease]:
-        """Ask for ``resources`` (``{"memory": "2GiB", "gpu": 1, "pools": {"postgres": 1}}``)."""
+        """Ask for ``resources`` (``{"memory": "2GiB", "gpu": 1, "pools": {"postgres": 1}}``).
+
+        With ``warm=True`` the lease, once given back, stays with this manager (held,
+        idle) for the next warm acquire of the same kind, which then takes no Ray call;
+        it goes back to the coordinator after the policy's ``lease.warm_idle_s``, or at
+        once when a request that it does not outrank waits for what it holds.
+        """
         spec = self._spec(resources, priority, tenant, timeout, ttl, preemptible, node, detached)
-        return AcquireContext(lambda: self._acquire(spec, timeout, Lease, on_revoked))
+        kind = warm_kind(spec) if warm and not detached else None
+        return AcquireContext(lambda: self._acquire(spec, timeout, Lease, on_revoked, kind))
 
     def allocate_memory(self, nbytes: int | str, **options: Any) -> AcquireContext[Lease]:
         """A lease on ``nbytes`` of memory, on the caller's own node unless ``node=`` says."""
@@ -306,12 +329,22 @@ class ResourceManager:
         timeout: float | None,
         kind: type[Any],
         on_revoked: Callable[[Lease], None] | None,
+        warm: str | None = None,
     ) -> Any:
         """Submit (batched with the others of this loop turn), then wait for the answer.
 
         The answer comes in the submitting call's reply if the request is decided at
         once, else as an event of this manager's channel: no call stays open per waiter.
         """
+        if warm is not None and self._warm_idle_s > 0:
+            return await self._acquire_warm(spec, timeout, kind, on_revoked, warm)
+        record = await self._request(spec, timeout)
+        lease = self._lease(record, kind, on_revoked)
+        self.held[lease.lease_id] = lease
+        return lease
+
+    async def _request(self, spec: dict[str, Any], timeout: float | None) -> LeaseRecord:
+        """The coordinator's grant of ``spec`` (waiting its turn), or its refusal raised."""
         if len(self._waiting) >= MAX_WAITING_PER_MANAGER:
             raise Overloaded(
                 f"this manager has {len(self._waiting):,} acquires waiting already, the most "
@@ -345,13 +378,117 @@ class ResourceManager:
                 ) from None
             raise
         self._waiting.pop(key, None)
-        record = lease_from_wire(wire)
+        self._ensure_background()
+        return lease_from_wire(wire)
+
+    def _lease(
+        self, record: LeaseRecord, kind: type[Any], on_revoked: Callable[[Lease], None] | None
+    ) -> Any:
+        """A caller's lease object on ``record``."""
         lease = kind(**lease_fields(record), _record=record, _manager=self, on_revoked=on_revoked)
         if isinstance(lease, ResourceConnection):
             lease.pool = next(iter(record.pools), "")
-        self.held[lease.lease_id] = lease
-        self._ensure_background()
         return lease
+
+    # -- warm leases (share.py): no Ray call while the process's share has one idle --------
+
+    async def _acquire_warm(
+        self,
+        spec: dict[str, Any],
+        timeout: float | None,
+        kind: type[Any],
+        on_revoked: Callable[[Lease], None] | None,
+        warm: str,
+    ) -> Any:
+        entry = await self._use_warm(spec, timeout, warm)
+        lease = self._lease(entry.record, kind, on_revoked)
+        lease._warm = warm
+        entry.lease = lease
+        return lease
+
+    async def _use_warm(self, spec: dict[str, Any], timeout: float | None, warm: str) -> WarmEntry:
+        """An idle lease of ``warm``'s kind now, else the first to come free or be granted."""
+        entry = self._warm.use(warm)
+        if entry is not None:
+            return entry
+        loop = self._loop = asyncio.get_running_loop()
+        future: asyncio.Future[WarmEntry] = loop.create_future()
+
+        def deliver(entry: WarmEntry | None, error: BaseException | None) -> None:
+            loop.call_soon_threadsafe(self._settle_warm, future, entry, error)
+
+        waiter = Waiter(warm, deliver)
+        entry, ask = self._warm.use_or_wait(waiter)
+        if entry is not None:
+            return entry
+        if ask:
+            self._grow(spec, warm)
+        try:
+            return await asyncio.wait_for(future, timeout)
+        except asyncio.TimeoutError:
+            raise AcquireTimeout(
+                f"no lease of this kind came free or was granted within {timeout} s"
+            ) from None
+        finally:
+            self._warm.give_up(waiter)
+
+    def _settle_warm(
+        self,
+        future: asyncio.Future[WarmEntry],
+        entry: WarmEntry | None,
+        error: BaseException | None,
+    ) -> None:
+        if future.done():  # its caller stopped waiting: the lease is free again
+            if entry is not None:
+                self.end_use(entry.record.lease_id)
+        elif entry is not None:
+            future.set_result(entry)
+        else:
+            future.set_exception(error or ManagerUnavailable("no answer"))
+
+    def _grow(self, spec: dict[str, Any], warm: str) -> None:
+        """One more lease of ``warm``'s kind for the share's waiters (batched as usual)."""
+
+        async def grow() -> None:
+            try:
+                record = await self._request({**spec, "timeout": None}, None)
+            except ResourceError as exc:
+                permanent = isinstance(exc, (Infeasible, InvalidRequest, Overloaded))
+                self._warm.asked_failed(warm, exc, permanent)
+                return
+            if not self._warm.add(record, warm, time.monotonic(), asked=True):
+                self._give_back(record)
+
+        task = asyncio.get_running_loop().create_task(grow())
+        self._growing.add(task)
+        task.add_done_callback(self._growing.discard)
+
+    def end_use(self, lease_id: str) -> None:
+        """A use of a warm lease ended (any thread): it stays warm, or goes back."""
+        record = self._warm.done(lease_id, time.monotonic())
+        if record is not None:
+            self._loop_call(self._give_back, record)
+
+    def _loop_call(self, fn: Callable[..., Any], *args: Any) -> None:
+        """``fn(*args)`` on this manager's event loop, from whatever thread calls."""
+        loop = self._loop
+        if loop is None:
+            return  # never used from a loop: nothing of it can be warm
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is loop:
+            fn(*args)
+        else:
+            loop.call_soon_threadsafe(fn, *args)
+
+    def _give_back(self, record: LeaseRecord) -> None:
+        """A lease goes back to the coordinator (batched with the other releases)."""
+        self._outgoing.append([record.lease_id, record.token])
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush_releases)
 
     def _submit(self, key: str) -> None:
         """Send ``key``'s request with the others of this loop turn, in one call."""
@@ -428,11 +565,15 @@ class ResourceManager:
         if not isinstance(lease, Lease):
             raise InvalidRequest(f"release: got {lease!r}, expected a Lease returned by acquire()")
         mine = self.held.get(lease.lease_id)
-        if mine is not None and not _same_token(mine.token, lease.token):
+        warm = self._warm.get(lease.lease_id)
+        token = mine.token if mine is not None else warm.record.token if warm else None
+        if token is not None and not _same_token(token, lease.token):
             raise NotLeaseHolder(
                 f"lease {lease.lease_id}: the token presented does not match; expected the "
                 "secret token returned with the grant"
             )
+        if self._end_warm(lease):
+            return
         if mine is not None or lease._manager is self:
             self._forget(lease)
             await lease.closed()
@@ -440,8 +581,13 @@ class ResourceManager:
         lease.released = True
 
     def release_soon(self, lease: Lease) -> None:
-        """Give ``lease`` back without waiting for the round trip (still delivered)."""
+        """Give ``lease`` back without waiting for the round trip (still delivered).
+
+        A warm lease stays with this manager instead (no Ray call at all).
+        """
         if lease.released:
+            return
+        if self._end_warm(lease):
             return
         self._forget(lease)
         self._outgoing.append([lease.lease_id, lease.token])
@@ -455,6 +601,15 @@ class ResourceManager:
             pairs, self._outgoing = self._outgoing, []
             by = self._channel
             self._send_later(lambda c: c.release_many.remote(pairs, by))
+
+    def _end_warm(self, lease: Lease) -> bool:
+        """``lease`` is a warm lease in use by its caller: its use ends, it stays warm."""
+        entry = self._warm.get(lease.lease_id)
+        if entry is None or entry.lease is not lease:
+            return False
+        lease.released = True  # to its caller it is given back
+        self.end_use(lease.lease_id)
+        return True
 
     def _forget(self, lease: Lease) -> None:
         lease.released = True
@@ -513,6 +668,40 @@ class ResourceManager:
                 if lease.valid and lease.expires_at - now <= lease.ttl * 2 / 3:
                     with contextlib.suppress(ResourceError):
                         await self.renew(lease)
+            self._give_back_stale()
+            for entry in self._warm.entries():
+                if entry.record.expires_at - now <= entry.record.ttl * 2 / 3:
+                    await self._renew_warm(entry)
+
+    def _give_back_stale(self) -> None:
+        """Idle warm leases past the policy's idle time (or wanted by a waiter they
+        outrank, past SPARE_IDLE_S) go back."""
+        for record in self._warm.stale(time.monotonic(), self._warm_idle_s, SPARE_IDLE_S):
+            self._give_back(record)
+
+    async def _renew_warm(self, entry: WarmEntry) -> None:
+        record = entry.record
+        try:
+            record.expires_at = await self._call(
+                lambda c: c.renew.remote(record.lease_id, record.token, None)
+            )
+        except ResourceError as exc:  # revoked, expired or unreachable: not kept any longer
+            if isinstance(exc, (LeaseRevoked, LeaseExpired)):
+                self._warm_ended(record.lease_id, "expired", str(exc))
+            return
+        if entry.lease is not None:
+            entry.lease.expires_at = record.expires_at
+
+    def _warm_ended(self, lease_id: str, how: str, reason: str, ended: bool = True) -> None:
+        """A warm lease ended (or is being revoked): never reused; its user is told."""
+        if ended:
+            entry = self._warm.drop(lease_id)
+        else:
+            entry, idle = self._warm.revoking(lease_id)
+            if idle is not None:
+                self._give_back(idle)
+        if entry is not None and entry.lease is not None:
+            self._mark_ended(entry.lease, how, reason, ended)
 
     async def _watch_loop(self) -> None:
         # The first poll always goes out, even if the lease that started this loop is
@@ -524,7 +713,7 @@ class ResourceManager:
         # the caller's back.
         first = True
         while (
-            first or self.held or self._waiting or self._pending_releases
+            first or self.held or self._waiting or self._warm or self._pending_releases
         ) and ray.is_initialized():
             first = False
             try:
@@ -550,6 +739,15 @@ class ResourceManager:
         if kind == "pool_wanted":
             self._pools.wanted(event["pool"])  # another manager waits for that pool
             return
+        if kind == "wanted":
+            # Waiting requests want these back (core/warm.py): idle ones go now, busy ones
+            # after their use; spare ones once idle a moment.
+            spare = event.get("spare", [])
+            for record in self._warm.want(event["leases"], spare, time.monotonic()):
+                self._give_back(record)
+            if spare:
+                asyncio.get_running_loop().call_later(SPARE_IDLE_S, self._give_back_stale)
+            return
         if kind in ("granted", "rejected"):
             waiting = self._waiting.get(event["key"])
             if waiting is None:
@@ -559,15 +757,16 @@ class ResourceManager:
             else:
                 waiting.fail(error_from(event["error"], event["message"]), refused=True)
             return
-        lease = self.held.get(event["lease_id"])
-        if lease is None:
-            return
         reason = event.get("reason", "revoked")
         if reason == "released":
-            self._mark_ended(lease, "released", "released by another process")
+            how, reason = "released", "released by another process"
         else:
-            ending = "expired" if reason == "expired" else "revoked"
-            self._mark_ended(lease, ending, reason, event["ended"])
+            how = "expired" if reason == "expired" else "revoked"
+        ended = event.get("ended", True)
+        self._warm_ended(event["lease_id"], how, reason, ended)
+        lease = self.held.get(event["lease_id"])
+        if lease is not None:
+            self._mark_ended(lease, how, reason, ended)
 
     async def _after_restart(self) -> None:
         """A new coordinator: the census first, then every waiting request again."""
@@ -585,12 +784,21 @@ class ResourceManager:
         info = await self._call(lambda c: c.ping.remote())
         self._epoch = info["epoch"]
         held = [lease for lease in self.held.values() if lease.valid]
+        warm = self._warm.entries()
         pairs = [[lease.lease_id, lease.token] for lease in held]
+        pairs += [[entry.record.lease_id, entry.record.token] for entry in warm]
         waiting = sorted(self._waiting)
         prefix = self._channel + CHANNEL_SEPARATOR
         results: dict[str, float | None] = await self._call(
             lambda c: c.claim.remote(prefix, pairs, waiting)
         )
+        for entry in warm:
+            expires_at = results.get(entry.record.lease_id)
+            if expires_at is None:  # ended, or being revoked: never used again
+                reason = "it ended while the coordinator restarted"
+                self._warm_ended(entry.record.lease_id, "expired", reason, ended=False)
+            else:
+                entry.record.expires_at = expires_at
         for lease in held:
             expires_at = results.get(lease.lease_id)
             if expires_at is None:
@@ -638,6 +846,10 @@ class ResourceManager:
         result: dict[str, Any] = await self._call(lambda c: c.what_if.remote(spec, count))
         return result
 
+    def warm_statistics(self) -> WarmCounts:
+        """This manager's warm leases now: idle, busy, and uses waiting for one."""
+        return self._warm.counts()
+
     async def check_resource_health(self) -> ResourceHealth:
         health: ResourceHealth = await self._call(lambda c: c.check_health.remote())
         return health
@@ -664,8 +876,12 @@ class ResourceManager:
             waiting.fail(ManagerUnavailable("the manager was closed while this waited"), False)
         for _ in range(2):  # their acquires wake up and send their cancels, awaited below
             await asyncio.sleep(0)
+        closed = ManagerUnavailable("the manager was closed while this waited")
+        self._warm.fail_waiters(closed)
         for lease in list(self.held.values()):
             self.release_soon(lease)
+        for record in self._warm.close():  # idle and busy: closing, nothing stays warm
+            self._give_back(record)
         self._flush_releases()
         if self._pending_releases:
             await asyncio.gather(*self._pending_releases, return_exceptions=True)
@@ -733,6 +949,42 @@ class SyncResourceManager:
     def release(self, lease: Lease) -> None:
         self._run(self._async.release(lease))
 
+    def use_warm(self, spec: dict[str, Any], warm: str, timeout: float | None) -> WarmEntry:
+        """The blocking twin of ``ResourceManager._use_warm`` (``@leased``): an idle lease
+        of the kind at once, in the calling thread; else wait here for one to come free
+        or be granted (the manager's loop sends the one acquire that asks for it)."""
+        share = self._async._warm
+        entry = share.use(warm)
+        if entry is not None:
+            return entry
+        box: list[tuple[WarmEntry | None, BaseException | None]] = []
+        ready = threading.Event()
+
+        def deliver(entry: WarmEntry | None, error: BaseException | None) -> None:
+            box.append((entry, error))
+            ready.set()
+
+        waiter = Waiter(warm, deliver)
+        entry, ask = share.use_or_wait(waiter)
+        if entry is not None:
+            return entry
+        if ask:
+            self._loop.call_soon_threadsafe(self._async._grow, spec, warm)
+        ready.wait(timeout)
+        share.give_up(waiter)
+        if not box:
+            raise AcquireTimeout(
+                f"no lease of this kind came free or was granted within {timeout} s"
+            )
+        got, error = box[0]
+        if got is None:
+            raise error or ManagerUnavailable("no answer")
+        return got
+
+    def end_use(self, lease_id: str) -> None:
+        """A use of a warm lease ended (from any thread, e.g. a Ray callback)."""
+        self._async.end_use(lease_id)
+
     def release_quietly(self, lease: Lease) -> None:
         """Release without waiting, from any thread (e.g. a Ray future's callback)."""
         self._loop.call_soon_threadsafe(self._async.release_soon, lease)
@@ -747,6 +999,9 @@ class SyncResourceManager:
         self, resources: Mapping[str, Any], count: int = 1, **options: Any
     ) -> dict[str, Any]:
         return self._run(self._async.what_if(resources, count, **options))
+
+    def warm_statistics(self) -> WarmCounts:
+        return self._async.warm_statistics()  # thread-safe: no trip to the loop
 
     def check_resource_health(self) -> ResourceHealth:
         return self._run(self._async.check_resource_health())

@@ -145,6 +145,9 @@ class LeasePolicy(_Strict):
     max_ttl: float = Field(default=86400.0, gt=0, le=86400 * 365)
     # How long a revoked lease's holder has to let go before its capacity is reused.
     preemption_grace_s: float = Field(default=5.0, ge=0, le=3600)
+    # How long a manager keeps a warm lease (acquired with warm=True) idle for its next
+    # acquire of the same kind, unless waiting requests want it back first; 0: never.
+    warm_idle_s: float = Field(default=2.0, ge=0, le=3600)
 
     @model_validator(mode="after")
     def _renew_before_expiry(self) -> LeasePolicy:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -10,7 +11,13 @@ from typing import Any
 import pytest
 import ray
 
-from anya_resource import SyncResourceManager, current_lease, leased
+from anya_resource import (
+    AcquireTimeout,
+    SyncResourceManager,
+    current_lease,
+    leased,
+    leased_statistics,
+)
 from tests.raytools import GiB, local_ray
 
 pytestmark = pytest.mark.ray
@@ -19,6 +26,7 @@ POLICY = {
     "heartbeat_s": 0.2,
     "reserve": {"memory": 0, "cpu": 0},
     "lease": {"default_ttl": 2.0, "renew_every": 0.5},
+    "pools": {"pg": {"size": 2, "kind": "slot"}},
 }
 
 
@@ -31,6 +39,7 @@ def sync() -> Iterator[SyncResourceManager]:
 
 
 def wait_until_idle(sync: SyncResourceManager, timeout: float = 15) -> dict[str, Any]:
+    """Every lease back with the coordinator (warm ones after the policy's idle time)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         snap = sync.snapshot()
@@ -40,16 +49,14 @@ def wait_until_idle(sync: SyncResourceManager, timeout: float = 15) -> dict[str,
     raise AssertionError(f"leases still held: {sync.leases()}")
 
 
-def worker_holders(sync: SyncResourceManager, timeout: float = 20) -> list[dict[str, Any]]:
-    """Holders of leases that a task's worker has taken over from this process."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        # Held by the caller until the task has started and taken it over.
-        holders = [row["holder"] for row in sync.leases() if row["holder"]["pid"] != os.getpid()]
-        if holders:
-            return holders
-        time.sleep(0.1)
-    raise AssertionError(f"no lease taken over by a worker: {sync.leases()}")
+def wait_until_free(sync: SyncResourceManager, timeout: float = 5) -> float:
+    """Seconds until no warm lease of this process is busy (a task's use has ended)."""
+    started = time.monotonic()
+    while time.monotonic() - started < timeout:
+        if leased_statistics().busy == 0:
+            return time.monotonic() - started
+        time.sleep(0.005)
+    raise AssertionError(f"a lease is still busy: {leased_statistics()}")
 
 
 @leased(cpu=1, memory="64MiB", priority="high")
@@ -82,28 +89,95 @@ def test_task_runs_on_the_granted_node_and_releases(sync: SyncResourceManager) -
     wait_until_idle(sync)
 
 
-def test_lease_is_bound_to_the_tasks_worker_and_outlives_its_ttl(
+def test_the_submitting_process_holds_the_lease_past_its_ttl(
     sync: SyncResourceManager,
 ) -> None:
-    ref = sleeps.remote(5.0)  # longer than the 2 s TTL: the task renews it
-    holders = worker_holders(sync)
-    pid = ray.get(ref)
-    assert holders[0]["pid"] == pid
+    ref = sleeps.remote(5.0)  # longer than the 2 s TTL: this process renews it
+    time.sleep(3.0)
+    rows = sync.leases()
+    assert len(rows) == 1 and rows[0]["holder"]["pid"] == os.getpid()
+    assert leased_statistics().busy == 1
+    assert ray.get(ref) != os.getpid()  # the body ran in a worker
+    wait_until_free(sync)
     wait_until_idle(sync)
 
 
-def test_failed_task_releases(sync: SyncResourceManager) -> None:
+def test_a_warm_lease_serves_the_next_task_with_no_new_grant(sync: SyncResourceManager) -> None:
+    first = ray.get(where_am_i.remote(1))
+    assert leased_statistics().idle == 1  # kept, idle, once the ref settled
+    later = [ray.get(where_am_i.remote(i)) for i in range(20)]
+    # ray.get may return a moment before the ref's callback frees the lease: the next
+    # task may then find it still busy and get one more. Not a lease per task.
+    assert first["lease_id"] in {r["lease_id"] for r in later}
+    assert len({r["lease_id"] for r in later}) <= 2
+    wait_until_idle(sync)  # back with the coordinator after lease.warm_idle_s
+    assert leased_statistics().idle == 0
+
+
+def test_failed_task_frees_its_lease(sync: SyncResourceManager) -> None:
     with pytest.raises(ValueError, match="boom"):
         ray.get(fails.remote())
+    wait_until_free(sync)
     wait_until_idle(sync)
 
 
-def test_cancelled_task_releases(sync: SyncResourceManager) -> None:
+def test_cancelled_task_frees_its_lease(sync: SyncResourceManager) -> None:
     ref = sleeps.remote(60.0)
-    worker_holders(sync)  # the task runs and holds its lease: cancel it there
+    assert leased_statistics().busy == 1
     ray.cancel(ref, force=True)
     with pytest.raises((ray.exceptions.TaskCancelledError, ray.exceptions.WorkerCrashedError)):
         ray.get(ref)
+    wait_until_free(sync)
+    wait_until_idle(sync)
+
+
+@leased(cpu=1, max_retries=0)
+def pid_then_sleep(path: str, seconds: float) -> None:
+    with open(path, "w") as out:
+        out.write(str(os.getpid()))
+    time.sleep(seconds)
+
+
+def test_a_killed_workers_lease_is_free_within_a_second(
+    sync: SyncResourceManager, tmp_path: Any
+) -> None:
+    path = tmp_path / "pid"
+    ref = pid_then_sleep.remote(str(path), 60.0)
+    deadline = time.monotonic() + 30
+    while not (path.exists() and path.read_text()) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    os.kill(int(path.read_text()), signal.SIGKILL)
+    assert wait_until_free(sync, timeout=5) < 1.0
+    with pytest.raises(ray.exceptions.WorkerCrashedError):
+        ray.get(ref)
+    wait_until_idle(sync)
+
+
+def test_a_dropped_ref_still_frees_its_lease(sync: SyncResourceManager) -> None:
+    sleeps.remote(0.5)  # the ref is dropped at once
+    assert leased_statistics().busy == 1
+    wait_until_free(sync)
+
+
+@leased(pools={"pg": 1}, timeout=1.0)
+def on_a_slot(seconds: float) -> float:
+    started = time.time()
+    time.sleep(seconds)
+    return started
+
+
+def test_back_pressure_at_the_pools_size_and_its_timeout(sync: SyncResourceManager) -> None:
+    refs = [on_a_slot.remote(0.3) for _ in range(6)]  # 2 slots: .remote() waits its turn
+    assert leased_statistics().busy == 2  # (idle ones may be of other tests' kinds)
+    starts = sorted(ray.get(refs))
+    # Never more than 2 at once: the third started after the first ended, and so on.
+    for earlier, later in zip(starts, starts[2:], strict=False):
+        assert later >= earlier + 0.3 - 0.05
+    busy = [on_a_slot.remote(3.0) for _ in range(2)]
+    with pytest.raises(AcquireTimeout):
+        on_a_slot.remote(0.0)  # both slots busy for 3 s: gives up after its 1 s
+    ray.get(busy)
+    wait_until_free(sync)
     wait_until_idle(sync)
 
 

@@ -164,6 +164,7 @@ class CoordinatorImpl:
         self.watchers: dict[str, asyncio.Event] = {}
         self.hinted: dict[str, set[str]] = {}  # channel -> pools it was told are wanted
         self.asked_back: set[str] = set()  # leases whose managers were told they are wanted
+        self.asked_spare: set[str] = set()  # ... told not to keep them idle
         self._asking_back = False
         self.dead_jobs: set[str] = set()
         self.pool_hinted_at: dict[str, float] = {}  # pool -> last pool_wanted sent (pools)
@@ -439,8 +440,9 @@ class CoordinatorImpl:
     # -- warm leases: their managers give them back while others wait for them ------------
     #
     # core/warm.py decides which held leases waiting requests want back; each manager hears
-    # ``{"kind": "wanted", "leases": [...]}`` once per lease, gives idle warm ones back at
-    # once, and does not reuse busy ones when their use ends.
+    # ``{"kind": "wanted", "leases": [...], "spare": [...]}`` once per lease and level:
+    # it gives idle "leases" back at once and does not reuse busy ones when their use
+    # ends; "spare" ones it gives back once they have been idle a moment.
 
     def _ask_back_soon(self) -> None:
         """A request was queued: ask for warm leases back shortly (once per burst)."""
@@ -452,11 +454,16 @@ class CoordinatorImpl:
         self._asking_back = False
         active = self.scheduler.leases.active
         self.asked_back &= active.keys()
-        for listener, lease_ids in wanted_back(self.scheduler, time.time()).items():
-            new = lease_ids - self.asked_back
-            if new:
-                self.asked_back |= new
-                self._tell(listener, {"kind": "wanted", "leases": sorted(new)})
+        self.asked_spare &= active.keys()
+        found = wanted_back(self.scheduler, time.time())
+        for listener in found.wanted.keys() | found.spare.keys():
+            wanted = found.wanted.get(listener, set()) - self.asked_back
+            spare = found.spare.get(listener, set()) - self.asked_spare - self.asked_back
+            if wanted or spare:
+                self.asked_back |= wanted
+                self.asked_spare |= spare
+                event = {"kind": "wanted", "leases": sorted(wanted), "spare": sorted(spare)}
+                self._tell(listener, event)
 
     def _pool_wanted_now(self, request: Request) -> None:
         """A request was queued on pools: their holders hear it now (at most every 50 ms)."""
@@ -498,6 +505,7 @@ class CoordinatorImpl:
             "nodes": len(self.agents),
             "recovering": recovering(self.scheduler),
             "pid": os.getpid(),
+            "warm_idle_s": self.policy.lease.warm_idle_s,
         }
 
     def _request(self, spec: dict[str, Any]) -> Request:

@@ -2,49 +2,74 @@
 
 A client manager keeps a lease it gave back *warm* (held, idle) for its next acquire of
 the same kind, so that acquire and release take no Ray call (client.py). The coordinator
-cannot tell a warm lease from one in use, and need not: while a request waits that could
-use what a lease holds, and that the lease does not outrank, the lease's manager is told
-to give it back. An idle warm lease then goes back at once; a busy one is not reused when
-its use ends. So priorities, aging, FIFO among equals and quotas hold across processes as
-if every acquire went to the coordinator: a lower or equal-priority lease never stays
-warm while such a request waits (an older waiter of its own class comes first).
+cannot tell a warm lease from one in use, and need not. For every waiting request it
+finds the leases that could serve it, and says of each one of two things:
 
-"Could use": the lease is on a node the waiter may be placed on and holds a node resource
-it asks for, or holds a slot of a pool it asks for, or belongs to its tenant while that
-tenant is at its limit. "Outranks": the lease's base priority is above the waiter's
-effective priority (aging included). One waiter per shape is looked at, the best of its
+* **wanted**: the lease does not outrank the waiter (its base priority is at most the
+  waiter's effective priority, aging included; FIFO among equals, since the waiter came
+  after the lease was granted). Its manager gives it back at once if idle, and does not
+  reuse it when its use ends. So priorities, aging and quotas hold across processes as
+  if every acquire went to the coordinator: a lower or equal-priority lease never stays
+  warm while such a request waits.
+* **spare**: the lease outranks the waiter, so it may stay in use, and be reused by the
+  work it outranks the waiter with; but it must not sit idle while the waiter waits. Its
+  manager gives it back once it has been idle a moment (client.SPARE_IDLE_S).
+
+"Could serve": the lease is on a node the waiter may be placed on and holds a node
+resource it asks for, or holds a slot of a pool it asks for, or belongs to its tenant
+while that tenant is at its limit. A manager is never asked for its own leases: what a
+process waits for while it holds leases of the same kind is its own back-pressure (its
+share serves it first, client.py). One waiter per shape is looked at, the best of its
 group: the others of that shape are outranked by it, or want the same things back.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from anya_resource.core.model import LeaseRecord, LeaseState, tenant_demand
+from anya_resource.core.model import LeaseRecord, LeaseState, channel_of, tenant_demand
 
 if TYPE_CHECKING:
     from anya_resource.core.scheduler import Scheduler
     from anya_resource.core.waitqueue import Waiter
 
 
-def wanted_back(scheduler: Scheduler, now: float) -> dict[str, set[str]]:
-    """listener -> the ids of its leases that waiting requests want back."""
-    wanted: dict[str, set[str]] = {}
+@dataclass
+class WantedBack:
+    """Per listener (a manager's channel), the ids of its leases waiters want back."""
+
+    wanted: dict[str, set[str]] = field(default_factory=dict)  # not outranked: stop reusing
+    spare: dict[str, set[str]] = field(default_factory=dict)  # outranked: only if idle
+
+
+def wanted_back(scheduler: Scheduler, now: float) -> WantedBack:
+    """Which held leases the waiting requests want back, and how (see the module's doc)."""
+    found = WantedBack()
     if not scheduler.queue:
-        return wanted
+        return found
     for best in scheduler.queue.group_bests(now):
         effective = scheduler.queue.effective(best, now)
+        own = channel_of(best.request.idempotency_key)
         for lease in _useful_to(scheduler, best):
             listener = lease.listener
             if (
-                listener is not None
-                and lease.state is LeaseState.ACTIVE
-                and not lease.detached
-                and lease.priority <= effective
+                listener is None
+                or listener == own
+                or lease.state is not LeaseState.ACTIVE
+                or lease.detached
             ):
-                wanted.setdefault(listener, set()).add(lease.lease_id)
-    return wanted
+                continue
+            level = found.wanted if lease.priority <= effective else found.spare
+            level.setdefault(listener, set()).add(lease.lease_id)
+    for listener, ids in found.wanted.items():  # wanted says more than spare
+        spare = found.spare.get(listener)
+        if spare is not None:
+            spare -= ids
+            if not spare:
+                del found.spare[listener]
+    return found
 
 
 def _useful_to(scheduler: Scheduler, waiter: Waiter) -> Iterable[LeaseRecord]:
@@ -67,4 +92,4 @@ def _useful_to(scheduler: Scheduler, waiter: Waiter) -> Iterable[LeaseRecord]:
                 yield lease
 
 
-__all__ = ["wanted_back"]
+__all__ = ["WantedBack", "wanted_back"]

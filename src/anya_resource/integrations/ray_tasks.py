@@ -1,11 +1,25 @@
 """``@leased``: Ray tasks and actors that run where, and when, a lease was granted.
 
-``f.remote(...)`` first acquires a lease (waiting its turn by priority), then submits
-the Ray task pinned to the granted node (``NodeAffinitySchedulingStrategy``, not
-soft). The task binds the lease to its own worker process (so the lease goes if the
-worker dies), keeps it renewed while it runs, and releases it when it returns or
-raises; the caller releases it too when the task's result is settled, which covers
-a task cancelled before it ever started. Releases are idempotent, so both may.
+**Tasks** run on *warm leases* (share.py): the submitting process holds the leases,
+and each task uses one from ``.remote()`` until its ObjectRef settles. ``f.remote(...)``
+takes an idle lease of its kind from the process's share (no Ray call), or waits for
+one of its own to come free or for the coordinator to grant one more (one acquire per
+waiting call, batched with the others of the moment), then submits the Ray task pinned
+to the lease's node (``NodeAffinitySchedulingStrategy``, not soft) and returns its
+ObjectRef. When the ref settles (returned, raised, cancelled, worker died) the lease
+is free for the next task of this process, or goes back to the coordinator if a
+request it does not outrank waits for it; idle, it goes back after the policy's
+``lease.warm_idle_s``. So a task costs no coordinator call, no thread and no call from
+its worker; ``.remote()`` blocks only as back-pressure, while every lease of the
+process's share is in use (``timeout=`` bounds that wait: ``AcquireTimeout``).
+
+Who holds what: the lease is held by the submitting process from its grant until it
+goes back, busy while a task of it runs, idle between tasks. If the task's worker
+dies, its ref settles with Ray's error and the lease is free at once. If the
+submitting process dies, its node's agent reports it and the coordinator reclaims its
+leases (and Ray ends the tasks it owned). Nothing leaks either way.
+
+**Actors** keep a lease for their lifetime: the actor's process holds and renews it.
 
 Ray's own logical CPU and memory are not asked for (``num_cpus=0``): the lease is
 the admission control. GPUs are asked for from Ray as well, so that Ray sets
@@ -26,8 +40,10 @@ import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from anya_resource.actors import deploy
-from anya_resource.client import SyncResourceManager, current_holder
-from anya_resource.lease import Lease
+from anya_resource.client import SyncResourceManager, current_holder, warm_kind
+from anya_resource.lease import Lease, lease_fields
+from anya_resource.quantities import from_units
+from anya_resource.share import WarmCounts, WarmEntry
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +65,12 @@ def current_lease() -> Lease:
     if lease is None:
         raise RuntimeError("current_lease() is only available inside a @leased task or actor")
     return lease
+
+
+def leased_statistics() -> WarmCounts:
+    """This process's warm leases for ``@leased`` tasks: idle, busy, and ``.remote()``
+    calls waiting for one."""
+    return _manager().warm_statistics()
 
 
 def _set_actor_lease(lease: Lease) -> None:
@@ -116,20 +138,29 @@ def _adopt_here(lease: Lease) -> _Renewer:
     return _Renewer(lease)
 
 
-def _give_back(lease: Lease) -> None:
-    # Fire and forget: the caller releases it too once the result is settled.
-    deploy.coordinator().release.remote(lease.lease_id, lease.token)
-
-
 def _run_task(fn: Callable[..., Any], lease: Lease, *args: Any, **kwargs: Any) -> Any:
-    renewer = _adopt_here(lease)
+    """A ``@leased`` task's body: ``fn`` with ``current_lease()`` set. Nothing else: the
+    submitting process holds the lease, and its use ends when the ref settles."""
     token = _task_lease.set(lease)
     try:
         return fn(*args, **kwargs)
     finally:
         _task_lease.reset(token)
-        renewer.close()
-        _give_back(lease)
+
+
+def _remote_task(fn: Callable[..., Any]) -> Any:
+    """The Ray task of ``fn``: exported once, with ``fn`` in it (not sent per call)."""
+
+    def run(__anya_lease: Lease, *args: Any, **kwargs: Any) -> Any:
+        # This function travels to the worker by value; current_lease() reads the
+        # worker's real module.
+        from anya_resource.integrations import ray_tasks
+
+        return ray_tasks._run_task(fn, __anya_lease, *args, **kwargs)
+
+    run.__name__ = getattr(fn, "__name__", "leased")
+    run.__qualname__ = getattr(fn, "__qualname__", run.__name__)
+    return ray.remote(run)
 
 
 class _Leased:
@@ -139,9 +170,16 @@ class _Leased:
         self._target = target
         self._options = options
         self._resources, self._lease_options, self._ray_options = _split(options)
+        self._variants: dict[str, Any] = {}
 
     def options(self: S, **options: Any) -> S:
-        return type(self)(self._target, {**self._options, **options})
+        """The same, with these options changed (made once per set of options)."""
+        merged = {**self._options, **options}
+        key = repr(sorted(merged.items(), key=lambda item: item[0]))
+        variant = self._variants.get(key)
+        if variant is None:
+            variant = self._variants[key] = type(self)(self._target, merged)
+        return variant
 
     def _submit(
         self, submit: Callable[[dict[str, Any], Lease], T]
@@ -163,21 +201,74 @@ class LeasedFunction(_Leased, Generic[F]):
 
     def __init__(self, fn: F, options: dict[str, Any]) -> None:
         super().__init__(fn, options)
-        self._task: Any = ray.remote(_run_task)
+        self._task: Any = _remote_task(fn)
+        self._on_node: dict[tuple[str, float | int], Any] = {}  # (node, gpus) -> pinned task
+        self._spec: dict[str, Any] | None = None
+        self._kind = ""
         self.__name__ = getattr(fn, "__name__", "leased")
         self.__doc__ = fn.__doc__
 
     def remote(self, *args: Any, **kwargs: Any) -> Any:
-        """Acquire the lease (waiting its turn), then submit the task; an ObjectRef."""
-        manager, lease, ref = self._submit(
-            lambda options, portable: self._task.options(**options).remote(
-                self._target, portable, *args, **kwargs
-            )
-        )
-        # The caller keeps renewing until the result is settled: the task may take a
-        # while to start, and must not find its lease expired when it does.
-        ref.future().add_done_callback(lambda _: manager.release_quietly(lease))
+        """Take a warm lease (waiting only while every one of this process's is in
+        use), submit the task pinned to its node; an ObjectRef. The lease's use ends
+        when the ref settles."""
+        manager = _manager()
+        if self._spec is None:
+            lease_options = {k: v for k, v in self._lease_options.items() if k != "timeout"}
+            self._spec = manager._async._spec(self._resources, **lease_options)
+            self._kind = warm_kind(self._spec)
+        entry = manager.use_warm(self._spec, self._kind, self._lease_options.get("timeout"))
+        lease_id = entry.record.lease_id
+        try:
+            ref = self._pinned_task(entry).remote(_shipped(entry), *args, **kwargs)
+        except BaseException:
+            manager.end_use(lease_id)
+            raise
+        _when_settled(ref, lambda: manager.end_use(lease_id))
         return ref
+
+    def _pinned_task(self, entry: WarmEntry) -> Any:
+        """The task with Ray options pinned to ``entry``'s node (made once per node)."""
+        record = entry.record
+        gpus = from_units("gpu", record.resources.get("gpu", 0))
+        key = (record.node_id, gpus)
+        task = self._on_node.get(key)
+        if task is None:
+            options = {
+                "num_cpus": 0,
+                "num_gpus": gpus,
+                **self._ray_options,
+                "scheduling_strategy": NodeAffinitySchedulingStrategy(
+                    node_id=record.node_id, soft=False
+                ),
+            }
+            task = self._on_node[key] = self._task.options(**options)
+        return task
+
+
+def _shipped(entry: WarmEntry) -> Lease:
+    """What a task receives as its ``current_lease()``: the lease's fields, token
+    included (built once per lease)."""
+    if entry.shipped is None:
+        entry.shipped = Lease(**lease_fields(entry.record))
+    shipped: Lease = entry.shipped
+    return shipped
+
+
+def _when_settled(ref: Any, callback: Callable[[], None]) -> None:
+    """``callback()`` once ``ref``'s task has settled, in whatever way; the ref is kept
+    alive until then (a caller that drops it must not leave the lease busy)."""
+    keep: list[Any] = [ref]  # held by the callback, which Ray holds until it runs
+
+    def settled(*_: Any) -> None:
+        keep.clear()
+        callback()
+
+    on_ready = getattr(ref, "_on_ready", None)
+    if on_ready is not None:  # Ray's: waits without fetching the value
+        on_ready(settled)
+    else:  # the public future (fetches the value)
+        ref.future().add_done_callback(settled)
 
 
 class LeasedActorClass(_Leased):

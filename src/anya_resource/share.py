@@ -1,0 +1,280 @@
+"""A process's warm leases: held between uses, for the next use of the same kind.
+
+A lease acquired warm (``acquire(..., warm=True)``, every ``@leased`` task) is not given
+back to the coordinator when its use ends: it stays here, *idle*, and the next use of
+the same kind (the same request: resources, tenant, priority, preemptible, node) takes
+it with no Ray call. It is still held (counted, renewed, reclaimed if this process
+dies); what changes is only who uses it. It goes back to the coordinator
+
+* after the policy's ``lease.warm_idle_s`` idle;
+* at once when idle, and instead of being reused when busy, once the coordinator says
+  that a request it does not outrank waits for it (``want``, core/warm.py);
+* once idle for ``SPARE_IDLE_S`` when a request it outranks waits for it (``spare``);
+* when it ends (revoked, expired) or its manager closes.
+
+A use of a kind that finds nothing idle waits here (``Waiter``): for one of its own
+kind's busy leases to come free, or for the coordinator to grant one more, whichever
+comes first. At most one acquire per waiting use is sent, so a process that holds
+all the capacity of a kind waits on its own leases, at no Ray call per use.
+
+Thread-safe: ``@leased`` ends a task's use from Ray's callback thread, while the
+manager's event loop renews, hears events and gives leases back. No Ray, no asyncio
+here: the manager carries out what these methods return.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from anya_resource.core import LeaseRecord
+
+# An idle lease that a waiting request it outranks could use goes back after this long:
+# long enough for its own process to take it again between two uses, short against
+# the waiter's wait.
+SPARE_IDLE_S = 0.05
+
+
+@dataclass(eq=False)
+class WarmEntry:
+    """One warm lease: its record, kind, and who uses it now."""
+
+    record: LeaseRecord
+    kind: str
+    busy: bool = False
+    idle_since: float = 0.0
+    lease: Any = None  # the caller's Lease object while an async caller uses it
+    shipped: Any = None  # what a @leased task receives (built once per lease)
+
+
+@dataclass(eq=False)
+class Waiter:
+    """A use of ``kind`` waiting in this process; ``deliver`` is called under the lock."""
+
+    kind: str
+    deliver: Callable[[WarmEntry | None, BaseException | None], None]
+    done: bool = False
+
+
+@dataclass(frozen=True)
+class WarmCounts:
+    """A manager's warm leases at one moment (``manager.warm_statistics()``)."""
+
+    idle: int = 0
+    busy: int = 0
+    waiting: int = 0
+
+
+@dataclass
+class WarmShare:
+    """The warm leases of one manager (see the module's doc)."""
+
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+    _entries: dict[str, WarmEntry] = field(default_factory=dict)
+    _idle: dict[str, list[str]] = field(default_factory=dict)  # kind -> ids, newest last
+    _waiters: dict[str, deque[Waiter]] = field(default_factory=dict)
+    _asking: dict[str, int] = field(default_factory=dict)  # kind -> acquires in flight
+    _wanted: set[str] = field(default_factory=set)
+    _spare: set[str] = field(default_factory=set)
+
+    def __bool__(self) -> bool:
+        return bool(self._entries) or any(self._waiters.values())
+
+    # -- using -------------------------------------------------------------------------
+
+    def use(self, kind: str) -> WarmEntry | None:
+        """An idle lease of ``kind``, now busy; None if there is none."""
+        with self._lock:
+            return self._use(kind)
+
+    def use_or_wait(self, waiter: Waiter) -> tuple[WarmEntry | None, bool]:
+        """An idle lease now, or ``waiter`` queued: (entry, whether to ask for one more).
+
+        One more is asked for while fewer acquires of this kind are in flight than
+        uses wait for it.
+        """
+        with self._lock:
+            entry = self._use(waiter.kind)
+            if entry is not None:
+                return entry, False
+            waiters = self._waiters.setdefault(waiter.kind, deque())
+            waiters.append(waiter)
+            asking = self._asking.get(waiter.kind, 0)
+            if asking < sum(1 for w in waiters if not w.done):
+                self._asking[waiter.kind] = asking + 1
+                return None, True
+            return None, False
+
+    def give_up(self, waiter: Waiter) -> None:
+        """``waiter`` stops waiting (timed out, cancelled): it gets nothing more."""
+        with self._lock:
+            waiter.done = True
+
+    def add(self, record: LeaseRecord, kind: str, now: float, asked: bool = False) -> bool:
+        """A lease granted for ``kind`` joins the share (busy, for the caller, if not
+        ``asked``; else handed to a waiter or kept idle). False if it must go back."""
+        with self._lock:
+            if asked:
+                self._asking[kind] = max(0, self._asking.get(kind, 0) - 1)
+            entry = WarmEntry(record, kind, busy=not asked)
+            self._entries[record.lease_id] = entry
+            if asked:
+                return self._free(entry, now)
+            return True
+
+    def done(self, lease_id: str, now: float) -> LeaseRecord | None:
+        """The use of ``lease_id`` ended: handed to a waiter, or idle; or returned, to go
+        back to the coordinator (wanted by someone else, or no longer warm)."""
+        with self._lock:
+            entry = self._entries.get(lease_id)
+            if entry is None or not entry.busy:
+                return None
+            entry.lease = None
+            if self._free(entry, now):
+                return None
+            return entry.record
+
+    def asked_failed(self, kind: str, error: BaseException, permanent: bool) -> None:
+        """An acquire for ``kind``'s waiters failed: the oldest waiter (all of them if
+        the answer would be the same for each) gets ``error``."""
+        with self._lock:
+            self._asking[kind] = max(0, self._asking.get(kind, 0) - 1)
+            waiters = self._waiters.get(kind)
+            while waiters:
+                waiter = waiters.popleft()
+                if waiter.done:
+                    continue
+                waiter.done = True
+                waiter.deliver(None, error)
+                if not permanent:
+                    break
+
+    # -- the coordinator's word ----------------------------------------------------------
+
+    def want(self, lease_ids: list[str], spare: list[str], now: float) -> list[LeaseRecord]:
+        """Waiting requests want these back: the idle ones to give back now."""
+        with self._lock:
+            self._wanted.update(i for i in lease_ids if i in self._entries)
+            self._spare.update(i for i in spare if i in self._entries)
+            return self._take_idle(lambda e: e.record.lease_id in self._wanted)
+
+    def stale(self, now: float, idle_s: float, spare_idle_s: float) -> list[LeaseRecord]:
+        """Idle ones to give back: idle past ``idle_s``, or past ``spare_idle_s`` when
+        another request waits for what they hold."""
+
+        def stale(entry: WarmEntry) -> bool:
+            limit = spare_idle_s if entry.record.lease_id in self._spare else idle_s
+            return now - entry.idle_since >= limit
+
+        with self._lock:
+            return self._take_idle(stale)
+
+    def drop(self, lease_id: str) -> WarmEntry | None:
+        """``lease_id`` ended (revoked, expired, reclaimed): forget it."""
+        with self._lock:
+            entry = self._entries.pop(lease_id, None)
+            self._wanted.discard(lease_id)
+            self._spare.discard(lease_id)
+            return entry
+
+    def revoking(self, lease_id: str) -> tuple[WarmEntry | None, LeaseRecord | None]:
+        """``lease_id`` is being revoked: never reused; returned at once if idle."""
+        with self._lock:
+            entry = self._entries.get(lease_id)
+            if entry is None:
+                return None, None
+            self._wanted.add(lease_id)
+            if entry.busy:
+                return entry, None
+            self._forget(entry)
+            return entry, entry.record
+
+    def close(self) -> list[LeaseRecord]:
+        """Everything goes back; waiting uses fail with ``error`` set by the caller."""
+        with self._lock:
+            records = [entry.record for entry in self._entries.values()]
+            self._entries.clear()
+            self._idle.clear()
+            self._wanted.clear()
+            self._spare.clear()
+            return records
+
+    def fail_waiters(self, error: BaseException) -> None:
+        with self._lock:
+            for waiters in self._waiters.values():
+                for waiter in waiters:
+                    if not waiter.done:
+                        waiter.done = True
+                        waiter.deliver(None, error)
+            self._waiters.clear()
+            self._asking.clear()
+
+    # -- reading -----------------------------------------------------------------------
+
+    def get(self, lease_id: str) -> WarmEntry | None:
+        return self._entries.get(lease_id)
+
+    def entries(self) -> list[WarmEntry]:
+        with self._lock:
+            return list(self._entries.values())
+
+    def counts(self) -> WarmCounts:
+        with self._lock:
+            busy = sum(1 for e in self._entries.values() if e.busy)
+            waiting = sum(1 for ws in self._waiters.values() for w in ws if not w.done)
+            return WarmCounts(idle=len(self._entries) - busy, busy=busy, waiting=waiting)
+
+    def idle_ids(self) -> set[str]:
+        with self._lock:
+            return {i for i, e in self._entries.items() if not e.busy}
+
+    # -- inside the lock -----------------------------------------------------------------
+
+    def _use(self, kind: str) -> WarmEntry | None:
+        ids = self._idle.get(kind)
+        while ids:
+            entry = self._entries.get(ids.pop())
+            if entry is not None and not entry.busy:
+                entry.busy = True
+                return entry
+        return None
+
+    def _free(self, entry: WarmEntry, now: float) -> bool:
+        """``entry``'s use ended: to a waiter, or idle; False if it must go back."""
+        lease_id = entry.record.lease_id
+        if lease_id in self._wanted:
+            self._forget(entry)
+            return False
+        waiters = self._waiters.get(entry.kind)
+        while waiters:
+            waiter = waiters.popleft()
+            if not waiter.done:
+                waiter.done = True
+                entry.busy = True
+                waiter.deliver(entry, None)
+                return True
+        entry.busy = False
+        entry.idle_since = now
+        self._idle.setdefault(entry.kind, []).append(lease_id)
+        return True
+
+    def _take_idle(self, which: Callable[[WarmEntry], bool]) -> list[LeaseRecord]:
+        taken = [e for e in self._entries.values() if not e.busy and which(e)]
+        for entry in taken:
+            self._forget(entry)
+        return [entry.record for entry in taken]
+
+    def _forget(self, entry: WarmEntry) -> None:
+        lease_id = entry.record.lease_id
+        self._entries.pop(lease_id, None)
+        self._wanted.discard(lease_id)
+        self._spare.discard(lease_id)
+        ids = self._idle.get(entry.kind)
+        if ids and lease_id in ids:
+            ids.remove(lease_id)
+
+
+__all__ = ["SPARE_IDLE_S", "Waiter", "WarmCounts", "WarmEntry", "WarmShare"]
