@@ -185,6 +185,7 @@ class ResourceManager:
         self._warm = WarmShare()  # warm leases, idle and busy (share.py)
         self._growing: set[asyncio.Task[None]] = set()  # acquires for the share's waiters
         self._loop: asyncio.AbstractEventLoop | None = None  # where the manager runs
+        self._warm_reported: tuple[frozenset[str], frozenset[str]] = (frozenset(), frozenset())
         self._warm_idle_s = policy.lease.warm_idle_s if policy is not None else 0.0
 
     @classmethod
@@ -294,8 +295,9 @@ class ResourceManager:
         timeout = options.get("timeout")
         spec = self._spec({"pools": {pool: 1}} if pool else {}, **options)
         spec["default_pool"] = pool is None
+        warm = None if spec["detached"] else warm_kind(spec)  # kept warm when given back
         slot: ResourceConnection = await self._acquire(
-            spec, timeout, ResourceConnection, on_revoked
+            spec, timeout, ResourceConnection, on_revoked, warm
         )
         return slot
 
@@ -669,9 +671,20 @@ class ResourceManager:
                     with contextlib.suppress(ResourceError):
                         await self.renew(lease)
             self._give_back_stale()
+            self._report_warm()
             for entry in self._warm.entries():
                 if entry.record.expires_at - now <= entry.record.ttl * 2 / 3:
                     await self._renew_warm(entry)
+
+    def _report_warm(self) -> None:
+        """Tell the coordinator which warm leases are idle and which busy, if that
+        changed (for snapshot, leases, status and metrics; decides nothing)."""
+        idle, busy = self._warm.uses()
+        if (idle, busy) == self._warm_reported:
+            return
+        self._warm_reported = (idle, busy)
+        channel = self._channel
+        self._send_later(lambda c: c.warm_report.remote(channel, sorted(idle), sorted(busy)))
 
     def _give_back_stale(self) -> None:
         """Idle warm leases past the policy's idle time (or wanted by a waiter they

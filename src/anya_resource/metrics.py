@@ -53,6 +53,7 @@ METRICS: dict[str, tuple[str, str, tuple[str, ...]]] = {
     "pool_in_use": ("gauge", "Slots of a pool held by leases", ("pool",)),
     "pool_waiting": ("gauge", "Slots of a pool asked for by waiting requests", ("pool",)),
     "leases": ("gauge", "Active leases", ()),
+    "warm_leases": ("gauge", "Warm leases held by client processes, by use", ("use",)),
     "queue_waiting": ("gauge", "Requests waiting", ()),
     "grants": ("counter", "Leases granted", ("priority",)),
     "rejections": (
@@ -119,14 +120,17 @@ class CoordinatorMetrics:
         if len(self._waits) < MAX_PENDING_WAITS:
             self._waits.append((priority, grant.waited))
 
-    def flush(self, scheduler: Scheduler) -> None:
-        """Hand what was noted since the last flush to Ray, and set every gauge."""
+    def flush(self, scheduler: Scheduler, warm: Mapping[str, int] | None = None) -> None:
+        """Hand what was noted since the last flush to Ray, and set every gauge
+        (``warm``: warm leases by use, idle and busy, as their managers reported)."""
         if not self.metrics:
             self._grants.clear()
             self._waits.clear()
             return
         self._flush_events(scheduler)
         self._set_gauges(scheduler)
+        for use, count in (warm or {}).items():
+            self.metrics["warm_leases"].set(float(count), tags={"use": use})
 
     def _flush_events(self, scheduler: Scheduler) -> None:
         grants, self._grants = self._grants, {}

@@ -163,8 +163,10 @@ def status_overview(snapshot: dict[str, Any], health: dict[str, Any]) -> Text:
     else:
         text.append("UNHEALTHY", style="bold red")
     alive = sum(1 for node in snapshot.get("nodes", {}).values() if node.get("alive"))
+    warm = snapshot.get("warm") or {}
+    warm_text = f" ({warm.get('idle', 0)} warm idle)" if warm.get("idle") else ""
     text.append(
-        f"  {alive} node(s), {snapshot.get('leases', 0)} lease(s), "
+        f"  {alive} node(s), {snapshot.get('leases', 0)} lease(s){warm_text}, "
         f"{queue.get('waiting', 0)} waiting, epoch {snapshot.get('epoch', '-')}, "
         f"placement {snapshot.get('placement', '-')}\n  "
         f"memory {health.get('memory_usage_percent', 0.0):.0f} %, "
@@ -387,6 +389,8 @@ def leases_table(
     table.add_column("state", no_wrap=True)
     for lease in leases:
         state = lease.get("state", "")
+        if lease.get("warm"):  # a warm lease: held by its process, idle or busy
+            state += f", warm {lease['warm']}" if wide else f" ({lease['warm']})"
         if lease.get("preemptible"):
             state += ", preemptible" if wide else " (p)"
         cells: list[str] = [

@@ -227,9 +227,11 @@ class WarmShare:
             waiting = sum(1 for ws in self._waiters.values() for w in ws if not w.done)
             return WarmCounts(idle=len(self._entries) - busy, busy=busy, waiting=waiting)
 
-    def idle_ids(self) -> set[str]:
+    def uses(self) -> tuple[frozenset[str], frozenset[str]]:
+        """(idle lease ids, busy lease ids)."""
         with self._lock:
-            return {i for i, e in self._entries.items() if not e.busy}
+            idle = frozenset(i for i, e in self._entries.items() if not e.busy)
+            return idle, frozenset(self._entries.keys() - idle)
 
     # -- inside the lock -----------------------------------------------------------------
 

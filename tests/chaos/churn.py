@@ -1,10 +1,12 @@
 """A churning client process for the chaos suite: acquire, hold a little, release, record.
 
 ``python tests/chaos/churn.py ADDRESS SECONDS OUT [hold]``: for SECONDS it takes leases
-(a slot of pool ``slots`` or 1 GiB of memory, at random) and gives them back, writing
-every hold to OUT as JSON: when the acquire was sent, when the grant came back, when
-the hold ended (before the release was sent), the lease id and fencing token, whether
-the lease was still valid at the end, and every release that was refused. ``hold POOL``
+(a slot of pool ``slots`` or 1 GiB of memory, at random; warm or not, at random) and
+gives them back, writing every hold to OUT as JSON: when the acquire was sent, when the
+grant came back, when the hold ended (before the release was sent), the lease id and
+fencing token, whether it was warm, the process, whether the lease was still valid at
+the end, and every release that was refused. A warm lease serves several holds of its
+process in turn, with no new grant. ``hold POOL``
 instead takes one slot of POOL and keeps it until killed (for holder-death runs). Then it
 closes its manager, prints ``closed`` and waits on stdin, so that the test can check the
 cluster with the process alive, and again after killing it.
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import random
 import sys
 import time
@@ -32,9 +35,10 @@ async def churn(address: str, seconds: float, out: str) -> None:
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         kind = random.choice(list(KINDS))
+        warm = random.random() < 0.5
         sent = time.monotonic()
         try:
-            lease = await manager.acquire(KINDS[kind], timeout=5)
+            lease = await manager.acquire(KINDS[kind], timeout=5, warm=warm)
         except AcquireTimeout:
             continue
         except ResourceError as exc:
@@ -56,6 +60,8 @@ async def churn(address: str, seconds: float, out: str) -> None:
                 "end": end,
                 "lease_id": lease.lease_id,
                 "fencing": lease.fencing_token,
+                "warm": warm,
+                "pid": os.getpid(),
                 "valid": valid,
                 "reason": lease.reason,
             }

@@ -18,6 +18,7 @@ figures. docs/reliability.md has those of a 100-kill run.
 from __future__ import annotations
 
 import bisect
+import itertools
 import json
 import os
 import signal
@@ -155,9 +156,19 @@ async def invariants(manager: ResourceManager) -> list[str]:
 
 def check_holds(holds: list[dict[str, Any]], memory_leases: int) -> dict[str, int]:
     """Every check of the churn run over the recorded holds; returns the counts."""
-    ids = [h["lease_id"] for h in holds]
-    fencing = [h["fencing"] for h in holds]
-    assert len(set(ids)) == len(ids), "a lease id was handed out twice"
+    # A warm lease serves several holds of its own process in turn: one grant, one
+    # fencing token, holds that never overlap. Each grant is the first hold of its id.
+    by_id: dict[str, list[dict[str, Any]]] = {}
+    for h in sorted(holds, key=lambda h: h["start"]):
+        by_id.setdefault(h["lease_id"], []).append(h)
+    for lease_id, uses in by_id.items():
+        assert len({(h["pid"], h["fencing"]) for h in uses}) == 1, (
+            f"{lease_id} was handed out twice (to two processes, or with two tokens)"
+        )
+        for earlier, later in itertools.pairwise(uses):
+            assert later["start"] >= earlier["end"], f"{lease_id} was used twice at once"
+    grants = [uses[0] for uses in by_id.values()]
+    fencing = [h["fencing"] for h in grants]
     assert len(set(fencing)) == len(fencing), "a fencing token was handed out twice"
     # A recorded hold lies inside the real one (its start after the grant came back, its
     # end before the release went out): if the recorded ones never overlap past the
@@ -176,18 +187,23 @@ def check_holds(holds: list[dict[str, Any]], memory_leases: int) -> dict[str, in
         assert most <= limit, f"{most} {kind} holds at once, limit {limit}"
     # Fencing follows grant order: a lease granted before another was asked for
     # (its grant came back before the other's acquire was sent) has the lower token.
-    by_start = sorted(holds, key=lambda h: h["start"])
+    by_start = sorted(grants, key=lambda h: h["start"])
     starts = [h["start"] for h in by_start]
     highest: list[int] = []
     for h in by_start:
         highest.append(max(h["fencing"], highest[-1] if highest else -1))
-    for h in holds:
+    for h in grants:
         before = bisect.bisect_left(starts, h["sent"])
         if before:
             assert highest[before - 1] < h["fencing"], (
                 f"{h['lease_id']} was asked for after a grant with a higher fencing token"
             )
-    return {"holds": len(holds), "invalid": sum(1 for h in holds if not h["valid"])}
+    return {
+        "holds": len(holds),
+        "grants": len(grants),
+        "warm_reuses": len(holds) - len(grants),
+        "invalid": sum(1 for h in holds if not h["valid"]),
+    }
 
 
 # -- the runs --------------------------------------------------------------------------
@@ -229,6 +245,8 @@ def test_coordinator_kill_loop_under_churn(manager: ResourceManager, loop: Loop)
         "kills": KILLS,
         "clients": CLIENTS,
         "holds_checked": counts["holds"],
+        "grants": counts["grants"],
+        "warm_reuses": counts["warm_reuses"],
         "holds_invalid_at_end": counts["invalid"],
         "releases_refused": len(refused),
         "resume_p50_s": statistics.median(ordered),

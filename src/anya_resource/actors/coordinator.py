@@ -165,6 +165,9 @@ class CoordinatorImpl:
         self.hinted: dict[str, set[str]] = {}  # channel -> pools it was told are wanted
         self.asked_back: set[str] = set()  # leases whose managers were told they are wanted
         self.asked_spare: set[str] = set()  # ... told not to keep them idle
+        # channel -> lease id -> "idle" or "busy", as each manager last reported its warm
+        # leases (warm_report): for display only, decides nothing.
+        self.warm_use: dict[str, dict[str, str]] = {}
         self._asking_back = False
         self.dead_jobs: set[str] = set()
         self.pool_hinted_at: dict[str, float] = {}  # pool -> last pool_wanted sent (pools)
@@ -276,7 +279,7 @@ class CoordinatorImpl:
         while True:
             await asyncio.sleep(self.policy.heartbeat_s)
             try:
-                self.metrics.flush(self.scheduler)
+                self.metrics.flush(self.scheduler, self._warm_counts())
                 now = time.time()
                 if self.history_ring.due(now):
                     self.history_ring.add(compact(self.scheduler, now), now)
@@ -652,6 +655,7 @@ class CoordinatorImpl:
     async def snapshot(self) -> dict[str, Any]:
         snap = self.scheduler.snapshot(time.time())
         snap["health"] = {n: h.to_dict() for n, h in self.node_health.items()}
+        snap["warm"] = self._warm_counts()
         snap["recovery"] = {
             "restored": self.recovered,
             "unclaimed": recovering(self.scheduler),
@@ -662,7 +666,37 @@ class CoordinatorImpl:
         return snap
 
     async def lease_list(self) -> list[dict[str, Any]]:
-        return self.scheduler.lease_list()
+        """Every active lease; ``warm``: "idle" or "busy" for a warm lease, else None."""
+        uses = self._warm_uses()
+        rows = self.scheduler.lease_list()
+        for row in rows:
+            row["warm"] = uses.get(row["lease_id"])
+        return rows
+
+    async def warm_report(self, channel: str, idle: list[str], busy: list[str]) -> None:
+        """A manager's warm leases as it sees them now (sent when they change, at most
+        every half second; warm acquires and releases themselves take no call)."""
+        uses = {**dict.fromkeys(busy, "busy"), **dict.fromkeys(idle, "idle")}
+        if uses:
+            self.warm_use[channel] = uses
+        else:
+            self.warm_use.pop(channel, None)
+
+    def _warm_uses(self) -> dict[str, str]:
+        """lease id -> "idle"/"busy", for active leases only (stale reports dropped)."""
+        active = self.scheduler.leases.active
+        uses: dict[str, str] = {}
+        for channel, reported in list(self.warm_use.items()):
+            live = {i: use for i, use in reported.items() if i in active}
+            if live:
+                uses.update(live)
+            else:
+                del self.warm_use[channel]
+        return uses
+
+    def _warm_counts(self) -> dict[str, int]:
+        uses = list(self._warm_uses().values())
+        return {"idle": uses.count("idle"), "busy": uses.count("busy")}
 
     async def history(self, seconds: float | None = None) -> list[bytes]:
         """The history entries of the last ``seconds`` (None: all), JSON-encoded.

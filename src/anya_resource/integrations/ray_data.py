@@ -52,7 +52,11 @@ def leased_udf(
         def __call__(self, batch: Any, *args: Any, **kwargs: Any) -> Any:
             if not per_batch:
                 return super().__call__(batch, *args, **kwargs)
-            with self._anya.acquire(per_batch, priority=priority, tenant=tenant, timeout=timeout):
+            # A warm lease: the actor's next batch takes it again with no Ray call, unless a
+            # request it does not outrank waits for it (share.py).
+            with self._anya.acquire(
+                per_batch, priority=priority, tenant=tenant, timeout=timeout, warm=True
+            ):
                 return super().__call__(batch, *args, **kwargs)
 
     LeasedUDF.__name__ = f"Leased{udf.__name__}"

@@ -1,0 +1,305 @@
+"""A process's warm leases (share.py): pure, with a fake clock and hypothesis."""
+
+from __future__ import annotations
+
+import threading
+
+from hypothesis import settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+
+from anya_resource.core import Holder, LeaseRecord
+from anya_resource.share import Waiter, WarmEntry, WarmShare
+
+KINDS = ("a", "b")
+
+
+def record(n: int) -> LeaseRecord:
+    return LeaseRecord(
+        lease_id=f"lease-{n}",
+        request_id=f"req-{n}",
+        token=f"token-{n}",
+        fencing_token=n,
+        node_id="n1",
+        resources={"cpu": 1000},
+        pools={},
+        priority=50,
+        priority_name="normal",
+        tenant="default",
+        ttl=30.0,
+        granted_at=0.0,
+        expires_at=30.0,
+        preemptible=False,
+        holder=Holder(pid=1, create_time=1.0, node_id="n1"),
+    )
+
+
+class Box:
+    """A waiter's mailbox, as the manager's deliver callbacks fill it."""
+
+    def __init__(self, kind: str) -> None:
+        self.got: list[tuple[WarmEntry | None, BaseException | None]] = []
+        self.waiter = Waiter(kind, lambda entry, error: self.got.append((entry, error)))
+
+
+def test_a_lease_given_back_is_taken_again_with_no_acquire() -> None:
+    share = WarmShare()
+    assert share.use("a") is None
+    share.add(record(1), "a", now=0.0)
+    assert share.counts().busy == 1
+    assert share.done("lease-1", now=1.0) is None  # kept, idle
+    entry = share.use("a")
+    assert entry is not None and entry.record.lease_id == "lease-1"
+    assert share.use("a") is None  # busy now
+    assert share.use("b") is None  # not of another kind
+
+
+def test_a_waiting_use_asks_once_and_gets_the_first_lease_to_come_free() -> None:
+    share = WarmShare()
+    share.add(record(1), "a", now=0.0)
+    box = Box("a")
+    entry, ask = share.use_or_wait(box.waiter)
+    assert entry is None and ask
+    other = Box("a")
+    assert share.use_or_wait(other.waiter) == (None, True)  # two wait: two asks
+    share.done("lease-1", now=1.0)  # its own lease comes free first
+    assert box.got and box.got[0][0] is not None
+    assert box.got[0][0].record.lease_id == "lease-1"
+    assert share.add(record(2), "a", now=2.0, asked=True)  # the grant: to the next one
+    assert other.got[0][0] is not None and other.got[0][0].record.lease_id == "lease-2"
+    assert share.counts().busy == 2
+
+
+def test_asks_stay_at_the_number_of_waiting_uses() -> None:
+    share = WarmShare()
+    first, second = Box("a"), Box("a")
+    assert share.use_or_wait(first.waiter)[1]
+    share.give_up(first.waiter)
+    assert not share.use_or_wait(second.waiter)[1]  # the first ask is still in flight
+    share.add(record(1), "a", now=0.0, asked=True)
+    assert second.got[0][0] is not None
+    assert not first.got
+
+
+def test_wanted_idle_goes_back_now_and_busy_goes_back_after_its_use() -> None:
+    share = WarmShare()
+    share.add(record(1), "a", now=0.0)
+    share.add(record(2), "a", now=0.0)
+    share.done("lease-1", now=1.0)
+    back = share.want(["lease-1", "lease-2"], [], now=1.0)
+    assert [r.lease_id for r in back] == ["lease-1"]
+    done = share.done("lease-2", now=2.0)
+    assert done is not None and done.lease_id == "lease-2"
+    assert share.entries() == []
+
+
+def test_a_wanted_lease_is_not_handed_to_a_waiter() -> None:
+    share = WarmShare()
+    share.add(record(1), "a", now=0.0)
+    box = Box("a")
+    share.use_or_wait(box.waiter)
+    share.want(["lease-1"], [], now=0.5)
+    assert share.done("lease-1", now=1.0) is not None
+    assert not box.got
+
+
+def test_idle_time_and_spare() -> None:
+    share = WarmShare()
+    for n in (1, 2):
+        share.add(record(n), "a", now=0.0)
+        share.done(f"lease-{n}", now=0.0)
+    share.want([], ["lease-2"], now=0.0)
+    assert share.stale(0.01, idle_s=2.0, spare_idle_s=0.05) == []
+    assert [r.lease_id for r in share.stale(0.06, 2.0, 0.05)] == ["lease-2"]
+    assert [r.lease_id for r in share.stale(2.0, 2.0, 0.05)] == ["lease-1"]
+
+
+def test_revoking_and_ended_leases_are_never_reused() -> None:
+    share = WarmShare()
+    share.add(record(1), "a", now=0.0)
+    share.add(record(2), "a", now=0.0)
+    share.done("lease-2", now=0.0)
+    entry, idle = share.revoking("lease-2")
+    assert entry is not None and idle is not None  # idle: back at once
+    entry, idle = share.revoking("lease-1")
+    assert entry is not None and idle is None  # busy: back after its use
+    assert share.done("lease-1", now=1.0) is not None
+    share.add(record(3), "a", now=0.0)
+    assert share.drop("lease-3") is not None
+    assert share.done("lease-3", now=1.0) is None and share.use("a") is None
+
+
+def test_failed_asks_reach_the_oldest_waiter_or_all_of_them() -> None:
+    share = WarmShare()
+    boxes = [Box("a") for _ in range(3)]
+    for box in boxes:
+        share.use_or_wait(box.waiter)
+    share.asked_failed("a", TimeoutError("late"), permanent=False)
+    assert [bool(b.got) for b in boxes] == [True, False, False]
+    share.asked_failed("a", ValueError("never fits"), permanent=True)
+    assert all(b.got for b in boxes)
+    assert isinstance(boxes[2].got[0][1], ValueError)
+
+
+def test_close_returns_everything_and_fails_the_waiters() -> None:
+    share = WarmShare()
+    share.add(record(1), "a", now=0.0)
+    share.add(record(2), "b", now=0.0)
+    share.done("lease-2", now=0.0)
+    box = Box("a")
+    share.use_or_wait(box.waiter)
+    share.fail_waiters(RuntimeError("closed"))
+    assert sorted(r.lease_id for r in share.close()) == ["lease-1", "lease-2"]
+    assert isinstance(box.got[0][1], RuntimeError)
+    assert not share
+
+
+def test_uses_from_many_threads_never_share_a_lease() -> None:
+    share = WarmShare()
+    for n in range(4):
+        share.add(record(n), "a", now=0.0)
+        share.done(f"lease-{n}", now=0.0)
+    in_use: set[str] = set()
+    clash: list[str] = []
+    guard = threading.Lock()
+
+    def worker() -> None:
+        for _ in range(2000):
+            entry = share.use("a")
+            if entry is None:
+                continue
+            lease_id = entry.record.lease_id
+            with guard:
+                if lease_id in in_use:
+                    clash.append(lease_id)
+                in_use.add(lease_id)
+            with guard:
+                in_use.discard(lease_id)
+            share.done(lease_id, now=0.0)
+
+    threads = [threading.Thread(target=worker) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert clash == []
+    assert share.counts().idle == 4
+
+
+class ShareMachine(RuleBasedStateMachine):
+    """Random uses, waits, grants, ends and the coordinator's word: a lease is never
+    with two users, a waiter is answered at most once, a wanted or ended lease is never
+    handed out again, and the counts add up."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.share = WarmShare()
+        self.now = 0.0
+        self.next = 0
+        self.users: dict[str, str] = {}  # lease id -> who uses it now
+        self.boxes: list[Box] = []
+        self.unusable: set[str] = set()  # wanted, revoking or ended: never handed out
+        self.returned: set[str] = set()  # given back to the coordinator
+
+    def _handed(self, entry: WarmEntry, who: str) -> None:
+        lease_id = entry.record.lease_id
+        assert lease_id not in self.users, f"{lease_id} handed twice"
+        assert lease_id not in self.unusable, f"{lease_id} handed after it was wanted"
+        assert lease_id not in self.returned
+        self.users[lease_id] = who
+
+    @rule(kind=st.sampled_from(KINDS))
+    def use(self, kind: str) -> None:
+        entry = self.share.use(kind)
+        if entry is not None:
+            self._handed(entry, "direct")
+
+    @rule(kind=st.sampled_from(KINDS), asked=st.booleans())
+    def grant(self, kind: str, asked: bool) -> None:
+        self.next += 1
+        rec = record(self.next)
+        before = [len(b.got) for b in self.boxes]
+        kept = self.share.add(rec, kind, self.now, asked=asked)
+        assert kept
+        if not asked:
+            self.users[rec.lease_id] = "caller"
+        for box, count in zip(self.boxes, before, strict=True):
+            if len(box.got) > count and box.got[-1][0] is not None:
+                self._handed(box.got[-1][0], "waiter")
+
+    @rule(kind=st.sampled_from(KINDS))
+    def wait(self, kind: str) -> None:
+        box = Box(kind)
+        entry, _ = self.share.use_or_wait(box.waiter)
+        if entry is not None:
+            self._handed(entry, "direct")
+        else:
+            self.boxes.append(box)
+
+    @precondition(lambda self: self.users)
+    @rule(data=st.data())
+    def end_use(self, data: st.DataObject) -> None:
+        lease_id = data.draw(st.sampled_from(sorted(self.users)))
+        del self.users[lease_id]
+        before = [len(b.got) for b in self.boxes]
+        back = self.share.done(lease_id, self.now)
+        if back is not None:
+            self.returned.add(back.lease_id)
+        for box, count in zip(self.boxes, before, strict=True):
+            if len(box.got) > count and box.got[-1][0] is not None:
+                self._handed(box.got[-1][0], "waiter")
+
+    @precondition(lambda self: self.next)
+    @rule(n=st.integers(1, 30), spare=st.booleans())
+    def coordinator_wants(self, n: int, spare: bool) -> None:
+        lease_id = f"lease-{n}"
+        if spare:
+            back = self.share.want([], [lease_id], self.now)
+        else:
+            if self.share.get(lease_id) is not None:
+                self.unusable.add(lease_id)
+            back = self.share.want([lease_id], [], self.now)
+        self.returned |= {r.lease_id for r in back}
+
+    @precondition(lambda self: self.next)
+    @rule(n=st.integers(1, 30), ended=st.booleans())
+    def lease_ends(self, n: int, ended: bool) -> None:
+        lease_id = f"lease-{n}"
+        if self.share.get(lease_id) is not None:
+            self.unusable.add(lease_id)
+        if ended:
+            self.share.drop(lease_id)
+        else:
+            _, idle = self.share.revoking(lease_id)
+            if idle is not None:
+                self.returned.add(idle.lease_id)
+
+    @rule(seconds=st.floats(0, 3))
+    def time_passes(self, seconds: float) -> None:
+        self.now += seconds
+        for back in self.share.stale(self.now, idle_s=2.0, spare_idle_s=0.05):
+            self.returned.add(back.lease_id)
+            assert back.lease_id not in self.users
+
+    @precondition(lambda self: self.boxes)
+    @rule(data=st.data())
+    def give_up(self, data: st.DataObject) -> None:
+        box = data.draw(st.sampled_from(self.boxes))
+        self.share.give_up(box.waiter)
+
+    @invariant()
+    def answered_at_most_once(self) -> None:
+        for box in self.boxes:
+            assert len(box.got) <= 1
+
+    @invariant()
+    def counts_add_up(self) -> None:
+        counts = self.share.counts()
+        entries = self.share.entries()
+        assert counts.idle + counts.busy == len(entries)
+        busy = {e.record.lease_id for e in entries if e.busy}
+        assert busy <= set(self.users) | self.unusable
+
+
+TestShareMachine = ShareMachine.TestCase
+TestShareMachine.settings = settings(max_examples=200, stateful_step_count=40, deadline=None)
