@@ -9,6 +9,8 @@ each figure and its baseline see the same machine load:
 * ``raw_sync``: the same no-op through blocking ``ray.get`` (for reference);
 * ``lease_seq``: ``async with manager.acquire({"cpu": 0.01}): pass``, one at a time;
   leaving the block releases without waiting (``release_soon``);
+* ``warm_seq``: the same with ``warm=True``: the lease stays with the manager between
+  cycles, so a cycle takes no Ray call (target: ``warm_seq / raw_async >= 30``);
 * ``lease_tasks``: the same from 8 asyncio tasks sharing one ``ResourceManager``
   (one process, one client), with ``raw_tasks`` (8 tasks, no-op calls) as its raw twin;
 * ``lease_actors``: the same from 8 Ray actors, each with its own ``ResourceManager``
@@ -60,6 +62,7 @@ from anya_resource.actors import deploy
 REQUEST = {"cpu": 0.01}
 CONCURRENCY = 8
 TARGET_SEQUENTIAL_RATIO = 0.5
+TARGET_WARM_RATIO = 30.0  # issue 12: a warm acquire+release against the raw round trip
 NUM_CPUS = 4
 # Extra time before a synchronised start of the client actors, so all begin together.
 START_MARGIN_S = 0.3
@@ -89,6 +92,19 @@ async def lease_loop(manager: ResourceManager, until: float, latencies: list[flo
     while time.time() < until:
         started = clock()
         async with manager.acquire(REQUEST):
+            latencies.append(clock() - started)
+        count += 1
+    return count
+
+
+async def warm_loop(manager: ResourceManager, until: float, latencies: list[float]) -> int:
+    """Sequential acquire+release of a warm lease (``warm=True``): after the first, no
+    Ray call at all, as long as nobody else waits for what it holds."""
+    count = 0
+    clock = time.perf_counter
+    while time.time() < until:
+        started = clock()
+        async with manager.acquire(REQUEST, warm=True):
             latencies.append(clock() - started)
         count += 1
     return count
@@ -303,10 +319,14 @@ async def one_round(
     async def leases(until: float, lat: list[float]) -> int:
         return await lease_loop(manager, until, lat)
 
+    async def warm(until: float, lat: list[float]) -> int:
+        return await warm_loop(manager, until, lat)
+
     many = CONCURRENCY
     out["raw_async"] = await timed([raw], seconds, warmup, cpu=cpu)
     out["raw_sync"] = raw_sync(echo, seconds, warmup, cpu)
     out["lease_seq"] = await timed([leases], seconds, warmup, manager=manager, cpu=cpu)
+    out["warm_seq"] = await timed([warm], seconds, warmup, manager=manager, cpu=cpu)
     out["raw_tasks"] = await timed([raw] * many, seconds, warmup, cpu=cpu)
     out["lease_tasks"] = await timed([leases] * many, seconds, warmup, manager=manager, cpu=cpu)
     if clients:
@@ -319,6 +339,7 @@ PHASES = (  # name, what it is ({n}: client actors), raw twin
     ("raw_async", "no-op call, await, 1 at a time", None),
     ("raw_sync", "no-op call, ray.get, 1 at a time", None),
     ("lease_seq", "acquire+release, 1 at a time", None),
+    ("warm_seq", "warm acquire+release, 1 at a time", None),
     ("raw_tasks", f"no-op call, {CONCURRENCY} asyncio tasks", None),
     ("lease_tasks", f"acquire+release, {CONCURRENCY} tasks, 1 manager", "raw_tasks"),
     ("raw_actors", "no-op call, {n} actors", None),
@@ -421,9 +442,11 @@ async def bench(args: argparse.Namespace, console: Console) -> dict[str, Any]:
         console.print(f"round {index + 1}/{args.rounds} ...", style="dim")
         rounds.append(await one_round(echo, manager, clients, args.seconds, args.warmup, cpu))
 
-    left = await leases_left(manager)
     await asyncio.gather(*(c.close.remote() for c in clients))
-    await manager.close()
+    await manager.close()  # gives back its warm lease too
+    probe = await ResourceManager.new()
+    left = await leases_left(probe)
+    await probe.close()
     info["loadavg_end"] = list(os.getloadavg())
     phases = {name: summarise(name, [r[name] for r in rounds]) for name in rounds[0]}
     result: dict[str, Any] = {
@@ -449,6 +472,10 @@ async def bench(args: argparse.Namespace, console: Console) -> dict[str, Any]:
     }
     seq = result["ratios"]["lease_seq"]["vs_raw_async"]
     result["target"].update(sequential_ratio=seq, met=seq >= TARGET_SEQUENTIAL_RATIO)
+    warm = result["ratios"]["warm_seq"]["vs_raw_async"]
+    result["target"].update(
+        warm_ratio_min=TARGET_WARM_RATIO, warm_ratio=warm, warm_met=warm >= TARGET_WARM_RATIO
+    )
     return result
 
 
@@ -491,6 +518,11 @@ def render(result: dict[str, Any], console: Console) -> None:
         f"sequential acquire+release / raw round trip: {target['sequential_ratio']:.2f}x "
         f"(target >= {target['sequential_ratio_min']}x: {verdict}); "
         f"leases left after the run: {result['leases_left']}"
+    )
+    warm_verdict = "[green]met[/]" if target["warm_met"] else "[red]not met[/]"
+    console.print(
+        f"warm acquire+release / raw round trip: {target['warm_ratio']:.1f}x "
+        f"(target >= {target['warm_ratio_min']:g}x: {warm_verdict})"
     )
     cpu = result["ratios"]["lease_seq"]["cpu_in_raw_calls"]
     if cpu is not None:

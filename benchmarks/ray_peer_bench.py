@@ -24,7 +24,9 @@ child of this script), and measures:
 * priority: two more driver processes (this script, ``--driver low|high``) share the
   cap of 4 with closed loops of 20 ms tasks (``--threads`` each): the low one starts
   first and saturates the cap, the high one joins ``--lead`` s later, both stop after
-  ``--overlap`` s more. A task's wait runs from just before ``.remote()`` to the first
+  ``--overlap`` s more (before each round, both drivers run the contender for
+  ``ROUND_WARM_S`` and rest ``ROUND_REST_S``, so that each job has its worker
+  processes). A task's wait runs from just before ``.remote()`` to the first
   line of its body (``time.time()`` returned by the task). The figure is p99 of the
   high driver's waits over p99 of the low one's, over the tasks that waited while both
   ran: submitted before the stop and started after the high driver began, so a low
@@ -93,6 +95,8 @@ LABELS = {"ray_cap": "Ray's cap", "semaphore": "semaphore actor", "leased": "@le
 CAPS = (4, 32)
 PRIORITY_CAP = 4
 KILL_CAP = 1
+ROUND_WARM_S = 0.5  # each driver runs a priority round's contender alone this long first
+ROUND_REST_S = 0.2  # then rests (short: Ray reaps idle workers after ~1 s)
 TASK_S = 0.020
 TASK_CPUS = 1  # Ray logical CPUs per task, the same for every contender
 KINDS = {"noop": 0.0, "sleep20ms": TASK_S}
@@ -560,6 +564,23 @@ def priority_point(name: str, settings: dict[str, Any], console: Console) -> dic
                     f"{LABELS[contender]} ...",
                     style="dim",
                 )
+                # Both drivers first run this contender alone for a moment, so that
+                # each job has its worker processes (Ray starts them per job and
+                # reaps idle ones within seconds when a node has more workers than
+                # CPUs; starting one takes ~1 s here, which is no scheduling wait).
+                warm_at = time.time() + 0.1
+                for driver in drivers.values():
+                    driver.send(
+                        {
+                            "contender": contender,
+                            "threads": settings["threads"],
+                            "start": warm_at,
+                            "stop": warm_at + ROUND_WARM_S,
+                        }
+                    )
+                for driver in drivers.values():
+                    driver.expect("RESULT ", ROUND_WARM_S + 300)
+                time.sleep(ROUND_REST_S)
                 low_at = time.time() + 0.3
                 high_at = low_at + lead
                 stop_at = high_at + overlap

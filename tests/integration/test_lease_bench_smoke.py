@@ -22,6 +22,7 @@ PHASES = (
     "raw_async",
     "raw_sync",
     "lease_seq",
+    "warm_seq",
     "raw_tasks",
     "lease_tasks",
     "raw_actors",
@@ -55,7 +56,7 @@ def test_quick_run_writes_all_figures(tmp_path: Path) -> None:
             assert figure in row, f"{phase} has no {figure}"
         assert row["count"] > 0 and row["rate_per_s"] > 0
         assert 0 < row["p50_ms"] <= row["p99_ms"]
-    for phase in ("lease_seq", "lease_tasks", "lease_actors"):
+    for phase in ("lease_seq", "warm_seq", "lease_tasks", "lease_actors"):
         assert result["ratios"][phase]["vs_raw_async"] > 0
         assert "cpu_in_raw_calls" in result["ratios"][phase]
     assert result["ratios"]["lease_tasks"]["vs_raw_tasks"] > 0
@@ -63,5 +64,6 @@ def test_quick_run_writes_all_figures(tmp_path: Path) -> None:
     target = result["target"]
     assert target["sequential_ratio_min"] == 0.5
     assert isinstance(target["met"], bool)
+    assert target["warm_ratio_min"] == 30.0 and isinstance(target["warm_met"], bool)
     # Every release sent in the background arrived: nothing is left held.
     assert result["leases_left"] == 0

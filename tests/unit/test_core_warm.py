@@ -87,12 +87,21 @@ def test_a_higher_lease_is_spare_only_it_may_stay_busy_but_not_idle() -> None:
     assert found.spare == {"warm-a": {high.lease.lease_id}}
 
 
-def test_a_manager_is_never_asked_for_its_own_leases() -> None:
+def test_a_manager_is_never_asked_for_its_own_leases_of_the_waiters_kind() -> None:
     h = harness()
     h.acquire({"cpu": 2}, priority="low", node="n1", idempotency_key="warm-a/1")
     h.acquire({"cpu": 2}, priority="low", node="n2", idempotency_key="warm-a/2")
-    h.wait({"cpu": 2}, priority="high", idempotency_key="warm-a/3")  # its own back-pressure
+    h.wait({"cpu": 2}, priority="low", idempotency_key="warm-a/3")  # its own back-pressure
     assert wanted_back(h.s, h.now) == WantedBack()
+
+
+def test_a_managers_own_low_leases_give_way_to_its_high_waiter() -> None:
+    h = harness()
+    low = h.acquire({"cpu": 2}, priority="low", node="n1", idempotency_key="warm-a/1")
+    h.acquire({"cpu": 2}, priority="critical", node="n2", idempotency_key="warm-a/2")
+    h.wait({"cpu": 2}, priority="high", idempotency_key="warm-a/3")
+    found = wanted_back(h.s, h.now)
+    assert found.wanted == {"warm-a": {low.lease.lease_id}}
 
 
 def test_wanted_says_more_than_spare_for_the_same_lease() -> None:

@@ -13,14 +13,17 @@ finds the leases that could serve it, and says of each one of two things:
   warm while such a request waits.
 * **spare**: the lease outranks the waiter, so it may stay in use, and be reused by the
   work it outranks the waiter with; but it must not sit idle while the waiter waits. Its
-  manager gives it back once it has been idle a moment (client.SPARE_IDLE_S).
+  manager gives it back once it has been idle a moment (share.SPARE_IDLE_S).
 
 "Could serve": the lease is on a node the waiter may be placed on and holds a node
 resource it asks for, or holds a slot of a pool it asks for, or belongs to its tenant
-while that tenant is at its limit. A manager is never asked for its own leases: what a
-process waits for while it holds leases of the same kind is its own back-pressure (its
-share serves it first, client.py). One waiter per shape is looked at, the best of its
-group: the others of that shape are outranked by it, or want the same things back.
+while that tenant is at its limit. A manager is never asked for its own leases of the
+waiter's kind (same shape, priority, tenant, preemptible): what a process waits for
+while it holds leases of that kind is its own back-pressure (its share serves it
+first, share.py). Its leases of other kinds are asked for like anyone's, so a
+process's own low tasks give way to its high ones. One waiter per shape is looked at,
+the best of its group: the others of that shape are outranked by it, or want the same
+things back.
 """
 
 from __future__ import annotations
@@ -29,7 +32,13 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from anya_resource.core.model import LeaseRecord, LeaseState, channel_of, tenant_demand
+from anya_resource.core.model import (
+    LeaseRecord,
+    LeaseState,
+    Request,
+    channel_of,
+    tenant_demand,
+)
 
 if TYPE_CHECKING:
     from anya_resource.core.scheduler import Scheduler
@@ -56,9 +65,9 @@ def wanted_back(scheduler: Scheduler, now: float) -> WantedBack:
             listener = lease.listener
             if (
                 listener is None
-                or listener == own
                 or lease.state is not LeaseState.ACTIVE
                 or lease.detached
+                or (listener == own and _same_kind(lease, best.request))
             ):
                 continue
             level = found.wanted if lease.priority <= effective else found.spare
@@ -70,6 +79,17 @@ def wanted_back(scheduler: Scheduler, now: float) -> WantedBack:
             if not spare:
                 del found.spare[listener]
     return found
+
+
+def _same_kind(lease: LeaseRecord, request: Request) -> bool:
+    """A lease its waiter's own process would reuse for it: same shape and priority."""
+    return (
+        lease.priority == request.priority
+        and lease.resources == request.resources
+        and lease.pools == request.pools
+        and lease.tenant == request.tenant
+        and lease.preemptible == request.preemptible
+    )
 
 
 def _useful_to(scheduler: Scheduler, waiter: Waiter) -> Iterable[LeaseRecord]:
