@@ -355,7 +355,7 @@ def ratios(rounds: list[dict[str, dict[str, Any]]]) -> dict[str, dict[str, Any]]
 
     out: dict[str, dict[str, Any]] = {}
     for name, _, twin in PHASES:
-        if not name.startswith("lease_") or name not in rounds[0]:
+        if not name.startswith(("lease_", "warm_")) or name not in rounds[0]:
             continue
         vs_raw = [rate(r[name]) / rate(r["raw_async"]) for r in rounds]
         entry: dict[str, Any] = {"vs_raw_async": statistics.median(vs_raw), "rounds": vs_raw}

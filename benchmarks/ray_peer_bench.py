@@ -91,7 +91,15 @@ DEFAULT_JSON = HERE.parent / "results" / "ray_peer_bench.json"
 NAMESPACE = "ray_peer_bench"
 
 CONTENDERS = ("ray_cap", "semaphore", "leased")
-LABELS = {"ray_cap": "Ray's cap", "semaphore": "semaphore actor", "leased": "@leased"}
+# Throughput only: the floor of any cap kept in the submitting process (a semaphore of
+# the driver's, freed when a ref settles), which every completion has to round-trip.
+THROUGHPUT_CONTENDERS = (*CONTENDERS, "driver_cap")
+LABELS = {
+    "ray_cap": "Ray's cap",
+    "semaphore": "semaphore actor",
+    "leased": "@leased",
+    "driver_cap": "driver-side cap",
+}
 CAPS = (4, 32)
 PRIORITY_CAP = 4
 KILL_CAP = 1
@@ -195,6 +203,7 @@ class Submitters:
         self.sems = {
             cap: ray.get_actor(f"sem{cap}", namespace=NAMESPACE) for cap in (KILL_CAP, *CAPS)
         }
+        self.gates: dict[int, threading.Semaphore] = {}
 
     def fn(self, contender: str, cap: int, priority: str | None = None) -> Callable[..., Any]:
         if contender == "ray_cap":
@@ -208,7 +217,19 @@ class Submitters:
             if priority is not None:
                 task = task.options(priority=priority)
             return lambda *args: task.remote(*args)
+        if contender == "driver_cap":
+            gate = self.gates.setdefault(cap, threading.Semaphore(cap))
+            return lambda *args: _through_gate(gate, self.ray_task, args)
         raise ValueError(contender)
+
+
+def _through_gate(gate: threading.Semaphore, task: Any, args: tuple[Any, ...]) -> Any:
+    """A cap kept by the driver: wait for room, submit, free the room when the ref settles
+    (no scheduler at all: the floor of any cap enforced in the submitting process)."""
+    gate.acquire()
+    ref = task.remote(*args)
+    ref._on_ready(lambda _exc: gate.release())
+    return ref
 
 
 # -- figures ---------------------------------------------------------------------------------
@@ -349,19 +370,19 @@ def throughput(
     # Warm-up (not measured): workers started, clients connected, code shipped.
     console.print(f"[{name}] throughput warm-up ...", style="dim")
     for kind, cap in points:
-        for contender in CONTENDERS:
+        for contender in THROUGHPUT_CONTENDERS:
             throughput_run(
                 subs.fn(contender, cap), min(16, sizes[kind]), KINDS[kind], settings["max_run_s"]
             )
     runs: dict[str, dict[str, list[dict[str, Any]]]] = {
-        f"{kind}/cap{cap}": {c: [] for c in CONTENDERS} for kind, cap in points
+        f"{kind}/cap{cap}": {c: [] for c in THROUGHPUT_CONTENDERS} for kind, cap in points
     }
     for round_index in range(settings["rounds"]):
         console.print(
             f"[{name}] throughput round {round_index + 1}/{settings['rounds']} ...", style="dim"
         )
         for point_index, (kind, cap) in enumerate(points):
-            for contender in rotated(CONTENDERS, round_index + point_index):
+            for contender in rotated(THROUGHPUT_CONTENDERS, round_index + point_index):
                 run = throughput_run(
                     subs.fn(contender, cap), sizes[kind], KINDS[kind], settings["max_run_s"]
                 )
@@ -379,7 +400,7 @@ def throughput(
             "vs_ray_cap": {},
             "vs_ray_cap_rounds": {},
         }
-        for contender in CONTENDERS:
+        for contender in THROUGHPUT_CONTENDERS:
             rates = [run["rate_per_s"] for run in by[contender]]
             entry["contenders"][contender] = {
                 "rate_per_s": median(rates),
@@ -893,6 +914,14 @@ def render(result: dict[str, Any], console: Console) -> None:
     for name, config in result["configurations"].items():
         if "error" in config:
             continue
+        floors = [
+            f"{KIND_LABELS[p['kind']]} cap {p['cap']}: {_num(p['vs_ray_cap'].get('driver_cap'))}"
+            for p in config["throughput"].values()
+        ]
+        console.print(
+            f"{name}: a driver-side cap (no scheduler; the floor of any cap kept in the "
+            "submitting process), x Ray's cap: " + ", ".join(floors)
+        )
         detail = config["priority"]["contenders"]
         console.print(
             f"{name}: p99 wait high / low (ms): "

@@ -58,7 +58,14 @@ from anya_resource.pools.entries import caller_stack
 from anya_resource.pools.kinds import Flavour
 from anya_resource.pools.registry import ProcessPools
 from anya_resource.pools.stats import PoolStatistics
-from anya_resource.share import SPARE_IDLE_S, Waiter, WarmCounts, WarmEntry, WarmShare
+from anya_resource.share import (
+    SPARE_IDLE_S,
+    TooManyWaiting,
+    Waiter,
+    WarmCounts,
+    WarmEntry,
+    WarmShare,
+)
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +81,9 @@ ANSWER_GRACE_S = 5.0
 # Acquires one manager may have waiting at once (each costs ~1 KB here and at the
 # coordinator): past it, Overloaded, which names the limit.
 MAX_WAITING_PER_MANAGER = 100_000
+# A use that finds every warm lease of its kind busy waits this long for one of them
+# before asking the coordinator for one more (share.py, ResourceManager._grow).
+GROW_GRACE_S = 0.005
 # Requests per acquire_many call: its argument (~250 bytes a request) and its reply (a
 # lease is ~450 bytes) stay under Ray's 100 KB for values sent inline with a call. Larger
 # ones go through the object store, where a driver's argument on a multi-node cluster
@@ -183,7 +193,7 @@ class ResourceManager:
         self._epoch: int | None = None
         self._pools = ProcessPools(self, policy)  # real connections, made on first use
         self._warm = WarmShare()  # warm leases, idle and busy (share.py)
-        self._growing: set[asyncio.Task[None]] = set()  # acquires for the share's waiters
+        self._growing: dict[asyncio.Task[None], str] = {}  # acquires for waiters, by kind
         self._loop: asyncio.AbstractEventLoop | None = None  # where the manager runs
         self._warm_reported: tuple[frozenset[str], frozenset[str]] = (frozenset(), frozenset())
         self._warm_idle_s = policy.lease.warm_idle_s if policy is not None else 0.0
@@ -449,9 +459,18 @@ class ResourceManager:
             future.set_exception(error or ManagerUnavailable("no answer"))
 
     def _grow(self, spec: dict[str, Any], warm: str) -> None:
-        """One more lease of ``warm``'s kind for the share's waiters (batched as usual)."""
+        """One more lease of ``warm``'s kind for the share's waiters (batched as usual).
+
+        While leases of the kind are busy, it goes out only after GROW_GRACE_S, and only
+        if a use still waits then: a caller that saw its task's result (``ray.get``) may
+        ask again a moment before the ref's callback frees its lease.
+        """
 
         async def grow() -> None:
+            if self._warm.busy_of(warm):
+                await asyncio.sleep(GROW_GRACE_S)
+                if not self._warm.still_asking(warm):
+                    return
             try:
                 record = await self._request({**spec, "timeout": None}, None)
             except ResourceError as exc:
@@ -462,8 +481,16 @@ class ResourceManager:
                 self._give_back(record)
 
         task = asyncio.get_running_loop().create_task(grow())
-        self._growing.add(task)
-        task.add_done_callback(self._growing.discard)
+        self._growing[task] = warm
+        task.add_done_callback(lambda done: self._growing.pop(done, None))
+
+    def _cancel_needless_asks(self) -> None:
+        """Acquires sent for waiters that their own leases served meanwhile: cancelled
+        (by key, so a grant crossing the cancel goes back), not left in the queue."""
+        needless = self._warm.needless_asks()
+        for task, warm in list(self._growing.items()):
+            if warm in needless:
+                task.cancel()
 
     def end_use(self, lease_id: str) -> None:
         """A use of a warm lease ended (any thread): it stays warm, or goes back."""
@@ -671,6 +698,7 @@ class ResourceManager:
                     with contextlib.suppress(ResourceError):
                         await self.renew(lease)
             self._give_back_stale()
+            self._cancel_needless_asks()
             self._report_warm()
             for entry in self._warm.entries():
                 if entry.record.expires_at - now <= entry.record.ttl * 2 / 3:
@@ -962,10 +990,17 @@ class SyncResourceManager:
     def release(self, lease: Lease) -> None:
         self._run(self._async.release(lease))
 
-    def use_warm(self, spec: dict[str, Any], warm: str, timeout: float | None) -> WarmEntry:
+    def use_warm(
+        self,
+        spec: dict[str, Any],
+        warm: str,
+        timeout: float | None,
+        max_pending: int | None = None,
+    ) -> WarmEntry:
         """The blocking twin of ``ResourceManager._use_warm`` (``@leased``): an idle lease
         of the kind at once, in the calling thread; else wait here for one to come free
-        or be granted (the manager's loop sends the one acquire that asks for it)."""
+        or be granted (the manager's loop sends the one acquire that asks for it).
+        ``Overloaded`` at once if ``max_pending`` uses of this kind wait already."""
         share = self._async._warm
         entry = share.use(warm)
         if entry is not None:
@@ -978,7 +1013,13 @@ class SyncResourceManager:
             ready.set()
 
         waiter = Waiter(warm, deliver)
-        entry, ask = share.use_or_wait(waiter)
+        try:
+            entry, ask = share.use_or_wait(waiter, max_pending)
+        except TooManyWaiting as exc:
+            raise Overloaded(
+                f"{exc.args[0]} calls of this process already wait for a lease of this kind, "
+                f"the most max_pending={max_pending} allows; expected fewer calls in flight"
+            ) from None
         if entry is not None:
             return entry
         if ask:

@@ -38,6 +38,10 @@ from anya_resource.core import LeaseRecord
 SPARE_IDLE_S = 0.05
 
 
+class TooManyWaiting(Exception):
+    """As many uses of a kind wait as the caller allows (``@leased(max_pending=)``)."""
+
+
 @dataclass(eq=False)
 class WarmEntry:
     """One warm lease: its record, kind, and who uses it now."""
@@ -90,17 +94,24 @@ class WarmShare:
         with self._lock:
             return self._use(kind)
 
-    def use_or_wait(self, waiter: Waiter) -> tuple[WarmEntry | None, bool]:
+    def use_or_wait(
+        self, waiter: Waiter, max_waiting: int | None = None
+    ) -> tuple[WarmEntry | None, bool]:
         """An idle lease now, or ``waiter`` queued: (entry, whether to ask for one more).
 
         One more is asked for while fewer acquires of this kind are in flight than
-        uses wait for it.
+        uses wait for it. ``TooManyWaiting`` if ``max_waiting`` uses of this kind wait
+        already (then nothing changed).
         """
         with self._lock:
             entry = self._use(waiter.kind)
             if entry is not None:
                 return entry, False
             waiters = self._waiters.setdefault(waiter.kind, deque())
+            if max_waiting is not None:
+                waiting = sum(1 for w in waiters if not w.done)
+                if waiting >= max_waiting:
+                    raise TooManyWaiting(waiting)
             waiters.append(waiter)
             asking = self._asking.get(waiter.kind, 0)
             if asking < sum(1 for w in waiters if not w.done):
@@ -136,6 +147,35 @@ class WarmShare:
             if self._free(entry, now):
                 return None
             return entry.record
+
+    def busy_of(self, kind: str) -> int:
+        """How many leases of ``kind`` are in use now."""
+        with self._lock:
+            return sum(1 for e in self._entries.values() if e.busy and e.kind == kind)
+
+    def still_asking(self, kind: str) -> bool:
+        """Is the ask about to go out still wanted? If no use of ``kind`` waits any more
+        (a lease of its own came free first), it is dropped and counted as gone."""
+        with self._lock:
+            if any(not w.done for w in self._waiters.get(kind, ())):
+                return True
+            self._asking[kind] = max(0, self._asking.get(kind, 0) - 1)
+            return False
+
+    def needless_asks(self) -> set[str]:
+        """Kinds with acquires in flight and no use waiting any more (their waiters were
+        served by leases of their own): those acquires are to be cancelled; counted as
+        gone from now on."""
+        with self._lock:
+            needless = {
+                kind
+                for kind, asking in self._asking.items()
+                if asking and not any(not w.done for w in self._waiters.get(kind, ()))
+            }
+            for kind in needless:
+                self._asking[kind] = 0
+                self._waiters.pop(kind, None)
+            return needless
 
     def asked_failed(self, kind: str, error: BaseException, permanent: bool) -> None:
         """An acquire for ``kind``'s waiters failed: the oldest waiter (all of them if
@@ -279,4 +319,4 @@ class WarmShare:
             ids.remove(lease_id)
 
 
-__all__ = ["SPARE_IDLE_S", "Waiter", "WarmCounts", "WarmEntry", "WarmShare"]
+__all__ = ["SPARE_IDLE_S", "TooManyWaiting", "Waiter", "WarmCounts", "WarmEntry", "WarmShare"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -13,6 +14,8 @@ import ray
 
 from anya_resource import (
     AcquireTimeout,
+    InvalidRequest,
+    Overloaded,
     SyncResourceManager,
     current_lease,
     leased,
@@ -104,6 +107,7 @@ def test_the_submitting_process_holds_the_lease_past_its_ttl(
 
 def test_a_warm_lease_serves_the_next_task_with_no_new_grant(sync: SyncResourceManager) -> None:
     first = ray.get(where_am_i.remote(1))
+    wait_until_free(sync)  # the ref's callback: a moment after
     assert leased_statistics().idle == 1  # kept, idle, once the ref settled
     later = [ray.get(where_am_i.remote(i)) for i in range(20)]
     # ray.get may return a moment before the ref's callback frees the lease: the next
@@ -179,6 +183,24 @@ def test_back_pressure_at_the_pools_size_and_its_timeout(sync: SyncResourceManag
     ray.get(busy)
     wait_until_free(sync)
     wait_until_idle(sync)
+
+
+def test_max_pending_bounds_the_calls_that_wait(sync: SyncResourceManager) -> None:
+    bounded = on_a_slot.options(max_pending=1, timeout=30)
+    busy = [bounded.remote(1.5) for _ in range(2)]  # both slots
+    waiting: list[Any] = []
+    thread = threading.Thread(target=lambda: waiting.append(bounded.remote(0.0)))
+    thread.start()
+    deadline = time.monotonic() + 10
+    while leased_statistics().waiting < 1 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    with pytest.raises(Overloaded, match="max_pending=1"):
+        bounded.remote(0.0)  # a second waiter: refused at once
+    thread.join()
+    ray.get(busy + waiting)
+    with pytest.raises(InvalidRequest, match="max_pending"):
+        on_a_slot.options(max_pending=-1)
+    wait_until_free(sync)
 
 
 def test_outside_a_leased_task_current_lease_is_an_error() -> None:

@@ -67,7 +67,7 @@ def test_quick_run_writes_all_figures(tmp_path: Path) -> None:
                 assert row["rate_per_s"] > 0, f"{name} {key} {contender}: {row}"
                 assert len(row["rates_per_s"]) == result["config"]["rounds"]
                 assert not row["errors"], row["errors"]
-            for contender in ("semaphore", "leased"):
+            for contender in ("semaphore", "leased", "driver_cap"):
                 assert point["vs_ray_cap"][contender] > 0
 
         priority = config["priority"]

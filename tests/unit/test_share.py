@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import threading
 
+import pytest
 from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 from anya_resource.core import Holder, LeaseRecord
-from anya_resource.share import Waiter, WarmEntry, WarmShare
+from anya_resource.share import TooManyWaiting, Waiter, WarmEntry, WarmShare
 
 KINDS = ("a", "b")
 
@@ -81,6 +82,18 @@ def test_asks_stay_at_the_number_of_waiting_uses() -> None:
     assert not first.got
 
 
+def test_asks_outlived_by_their_waiters_are_needless() -> None:
+    share = WarmShare()
+    share.add(record(1), "a", now=0.0)
+    box = Box("a")
+    assert share.use_or_wait(box.waiter)[1]
+    assert share.needless_asks() == set()  # someone still waits
+    share.done("lease-1", now=1.0)  # served by its own lease
+    assert share.needless_asks() == {"a"}
+    assert share.needless_asks() == set()  # counted as gone
+    assert share.use_or_wait(Box("a").waiter)[1]  # the next wait asks anew
+
+
 def test_wanted_idle_goes_back_now_and_busy_goes_back_after_its_use() -> None:
     share = WarmShare()
     share.add(record(1), "a", now=0.0)
@@ -101,6 +114,16 @@ def test_a_wanted_lease_is_not_handed_to_a_waiter() -> None:
     share.want(["lease-1"], [], now=0.5)
     assert share.done("lease-1", now=1.0) is not None
     assert not box.got
+
+
+def test_a_limit_on_waiting_uses_refuses_one_more_and_changes_nothing() -> None:
+    share = WarmShare()
+    first = Box("a")
+    share.use_or_wait(first.waiter, max_waiting=1)
+    with pytest.raises(TooManyWaiting):
+        share.use_or_wait(Box("a").waiter, max_waiting=1)
+    assert share.counts().waiting == 1
+    assert share.use_or_wait(Box("b").waiter, max_waiting=1)[1]  # per kind
 
 
 def test_idle_time_and_spare() -> None:
@@ -303,3 +326,15 @@ class ShareMachine(RuleBasedStateMachine):
 
 TestShareMachine = ShareMachine.TestCase
 TestShareMachine.settings = settings(max_examples=200, stateful_step_count=40, deadline=None)
+
+
+def test_an_ask_whose_waiter_was_served_meanwhile_is_dropped() -> None:
+    share = WarmShare()
+    share.add(record(1), "a", now=0.0)
+    assert share.busy_of("a") == 1
+    box = Box("a")
+    assert share.use_or_wait(box.waiter)[1]
+    assert share.still_asking("a")
+    share.done("lease-1", now=1.0)
+    assert not share.still_asking("a")
+    assert share.use_or_wait(Box("a").waiter)[1]  # counted as gone: the next one asks

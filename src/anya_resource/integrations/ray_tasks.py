@@ -12,7 +12,9 @@ is free for the next task of this process, or goes back to the coordinator if a
 request it does not outrank waits for it; idle, it goes back after the policy's
 ``lease.warm_idle_s``. So a task costs no coordinator call, no thread and no call from
 its worker; ``.remote()`` blocks only as back-pressure, while every lease of the
-process's share is in use (``timeout=`` bounds that wait: ``AcquireTimeout``).
+process's share is in use (``timeout=`` bounds that wait: ``AcquireTimeout``;
+``max_pending=N`` bounds how many calls of the process may wait at once: past it,
+``Overloaded`` at once).
 
 Who holds what: the lease is held by the submitting process from its grant until it
 goes back, busy while a task of it runs, idle between tasks. If the task's worker
@@ -44,6 +46,7 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from anya_resource.actors import deploy
 from anya_resource.client import SyncResourceManager, current_holder, warm_kind
+from anya_resource.errors import InvalidRequest
 from anya_resource.lease import Lease, lease_fields
 from anya_resource.quantities import from_units
 from anya_resource.share import WarmCounts, WarmEntry
@@ -54,6 +57,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 S = TypeVar("S", bound="_Leased")
 T = TypeVar("T")
 LEASE_OPTIONS = ("priority", "tenant", "timeout", "ttl", "preemptible", "node", "detached")
+TASK_OPTIONS = ("max_pending",)  # how a task's .remote() waits: not part of the request
 RESOURCE_OPTIONS = ("memory", "cpu", "gpu", "disk", "pools")
 
 _task_lease: contextvars.ContextVar[Lease | None] = contextvars.ContextVar("lease", default=None)
@@ -94,7 +98,9 @@ def _split(options: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any], dic
     resources = {k: options[k] for k in RESOURCE_OPTIONS if options.get(k) is not None}
     lease_options = {k: options[k] for k in LEASE_OPTIONS if k in options}
     ray_options = {
-        k: v for k, v in options.items() if k not in RESOURCE_OPTIONS and k not in LEASE_OPTIONS
+        k: v
+        for k, v in options.items()
+        if k not in RESOURCE_OPTIONS and k not in LEASE_OPTIONS and k not in TASK_OPTIONS
     }
     return resources, lease_options, ray_options
 
@@ -204,6 +210,14 @@ class LeasedFunction(_Leased, Generic[F]):
 
     def __init__(self, fn: F, options: dict[str, Any]) -> None:
         super().__init__(fn, options)
+        max_pending = options.get("max_pending")
+        if max_pending is not None and (
+            isinstance(max_pending, bool) or not isinstance(max_pending, int) or max_pending < 0
+        ):
+            raise InvalidRequest(
+                f"max_pending: got {max_pending!r}, expected a whole number >= 0 (how many "
+                ".remote() calls of this process may wait for a lease at once) or None"
+            )
         self._task: Any = _remote_task(fn)
         self._on_node: dict[tuple[str, float | int], Any] = {}  # (node, gpus) -> pinned task
         self._spec: dict[str, Any] | None = None
@@ -220,7 +234,9 @@ class LeasedFunction(_Leased, Generic[F]):
             lease_options = {k: v for k, v in self._lease_options.items() if k != "timeout"}
             self._spec = manager._async._spec(self._resources, **lease_options)
             self._kind = warm_kind(self._spec)
-        entry = manager.use_warm(self._spec, self._kind, self._lease_options.get("timeout"))
+        timeout = self._lease_options.get("timeout")
+        max_pending = self._options.get("max_pending")
+        entry = manager.use_warm(self._spec, self._kind, timeout, max_pending)
         lease_id = entry.record.lease_id
         try:
             ref = self._pinned_task(entry).remote(_shipped(entry), *args, **kwargs)
