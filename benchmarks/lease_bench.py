@@ -43,7 +43,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import platform
 import statistics
 import sys
 import time
@@ -58,6 +57,7 @@ from rich.table import Table
 
 from anya_resource import ResourceManager
 from anya_resource.actors import deploy
+from benchtools import machine
 
 REQUEST = {"cpu": 0.01}
 CONCURRENCY = 8
@@ -406,16 +406,6 @@ async def agents_ready(manager: ResourceManager, timeout: float = 30.0) -> None:
 async def leases_left(manager: ResourceManager) -> int:
     snap = await manager.snapshot()
     return int(snap["leases"]) if isinstance(snap["leases"], int) else len(snap["leases"])
-
-
-def machine() -> dict[str, Any]:
-    return {
-        "nproc": os.cpu_count(),
-        "python": platform.python_version(),
-        "ray": ray.__version__,
-        "platform": platform.platform(),
-        "loadavg_start": list(os.getloadavg()),
-    }
 
 
 async def bench(args: argparse.Namespace, console: Console) -> dict[str, Any]:

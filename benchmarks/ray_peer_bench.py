@@ -65,7 +65,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import platform
 import queue
 import signal
 import statistics
@@ -85,6 +84,7 @@ from rich.console import Console
 from rich.table import Table
 
 from anya_resource import SyncResourceManager, leased
+from benchtools import machine
 
 HERE = Path(__file__).resolve()
 DEFAULT_JSON = HERE.parent / "results" / "ray_peer_bench.json"
@@ -763,16 +763,6 @@ def driver_main(role: str, address: str) -> int:
 
 
 # -- the whole run ---------------------------------------------------------------------------
-
-
-def machine() -> dict[str, Any]:
-    return {
-        "nproc": os.cpu_count(),
-        "python": platform.python_version(),
-        "ray": ray.__version__,
-        "platform": platform.platform(),
-        "loadavg_start": list(os.getloadavg()),
-    }
 
 
 def run_child(name: str, settings: dict[str, Any], console: Console) -> dict[str, Any]:

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Iterator, Mapping
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any, TypeVar
 
 import ray
@@ -116,3 +120,21 @@ def node_of(resource: str) -> str:
         if node["Alive"] and resource in node["Resources"]:
             return str(node["NodeID"])
     raise LookupError(resource)
+
+
+def run_benchmark(script: Path, *args: str, timeout: float) -> subprocess.CompletedProcess[str]:
+    """Run a benchmark script as a user would, with a private Ray of its own on loopback
+    (no RAY_ADDRESS to join), and fail with its output if it did not exit 0."""
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+    env["RAY_USAGE_STATS_ENABLED"] = "0"
+    done = subprocess.run(
+        [sys.executable, str(script), *args],
+        cwd=script.resolve().parents[1],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    assert done.returncode == 0, f"stdout:\n{done.stdout}\nstderr:\n{done.stderr[-4000:]}"
+    return done

@@ -293,7 +293,8 @@ class ResourceManager:
         stack: traceback.StackSummary,
     ) -> ResourceConnection:
         pooled = await self._pools.pool(pool, flavour)
-        if pooled is not None:
+        if pooled is not None:  # its slots stay warm with their connections already
+            options = {k: v for k, v in options.items() if k != "warm"}
             return await self._pools.checkout(pooled, options, stack)
         return await self._slot_connection(pool, dict(options))
 
@@ -302,10 +303,11 @@ class ResourceManager:
     ) -> ResourceConnection:
         """A bare slot lease (``slot`` pools): nothing to keep warm, so no process pool."""
         on_revoked = options.pop("on_revoked", None)
+        keep_warm = options.pop("warm", False)  # given back, it stays with this manager
         timeout = options.get("timeout")
         spec = self._spec({"pools": {pool: 1}} if pool else {}, **options)
         spec["default_pool"] = pool is None
-        warm = None if spec["detached"] else warm_kind(spec)  # kept warm when given back
+        warm = warm_kind(spec) if keep_warm and not spec["detached"] else None
         slot: ResourceConnection = await self._acquire(
             spec, timeout, ResourceConnection, on_revoked, warm
         )

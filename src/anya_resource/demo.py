@@ -259,11 +259,12 @@ def live_view(state: LiveState, runner: Runner, labels: dict[str, str]) -> Rende
 
 def _classes_report(report: dict[str, Any]) -> Table:
     table = Table(
-        title="Grants and waits per priority (wait: asking to granted)", title_justify="left"
+        title="Tasks and waits per priority (wait: .remote() to a lease, warm or new)",
+        title_justify="left",
     )
     table.add_column("class")
     table.add_column("job")
-    for column in ("grants", "failed", "p50", "p95", "p99", "coord. p95"):
+    for column in ("tasks", "failed", "p50", "p95", "p99", "coord. p95"):
         table.add_column(column, justify="right")
     for name, row in report["classes"].items():
         waits, coordinator = row["wait_s"], row["coordinator_wait_s"] or {}
@@ -286,7 +287,7 @@ def _nodes_report(report: dict[str, Any]) -> Table:
     )
     table.add_column("node")
     for column in (
-        "grants",
+        "tasks",
         "CPU-s granted",
         "utilisation",
         "CPU used",

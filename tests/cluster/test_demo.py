@@ -44,18 +44,19 @@ def test_every_lease_is_released(demo_run: tuple[dict[str, Any], str]) -> None:
 def test_report_matches_the_coordinators_counts(demo_run: tuple[dict[str, Any], str]) -> None:
     report, _ = demo_run
     classes, coordinator = report["classes"], report["coordinator"]
-    assert sum(c["grants"] for c in classes.values()) == coordinator["granted"]
-    assert sum(n["grants"] for n in report["nodes"].values()) == coordinator["granted"]
+    tasks = sum(c["grants"] for c in classes.values())  # tasks let through, each on a lease
+    assert sum(n["grants"] for n in report["nodes"].values()) == tasks
+    # @leased tasks run on warm leases: a lease the coordinator granted serves several
+    # tasks of its process in turn, so there are at most as many grants as tasks.
+    assert 0 < coordinator["granted"] <= tasks
     for name, row in classes.items():
         assert row["grants"] > 0, name
         assert row["failed"] == 0, name
-        # Every grant a client saw, the coordinator timed: the same count per class ...
-        assert row["coordinator_wait_s"]["count"] == row["grants"], name
-        # ... and a client's wait holds the coordinator's, so each percentile is at least it.
-        for q in ("p50", "p95", "p99"):
-            assert row["wait_s"][q] >= row["coordinator_wait_s"][q] - 1e-3, (name, q)
+        assert 0 < row["coordinator_wait_s"]["count"] <= row["grants"], name
     assert report["errors"] == {}
-    assert report["rejections"] == {} and report["preemptions"] == 0
+    # Only cancels: an ask for one more warm lease, cancelled once the task that waited
+    # was served by a lease of its own process (share.py). Nothing refused, nothing timed out.
+    assert set(report["rejections"]) <= {"cancelled"} and report["preemptions"] == 0
 
 
 def test_figures_describe_the_run(demo_run: tuple[dict[str, Any], str]) -> None:

@@ -7,12 +7,11 @@ pytest process that may already have Ray initialised by another test module.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+
+from tests.raytools import run_benchmark
 
 pytestmark = pytest.mark.ray
 
@@ -33,18 +32,7 @@ FIGURES = ("rate_per_s", "rates_per_s", "count", "p50_ms", "p99_ms", "cpu_ms_per
 
 def test_quick_run_writes_all_figures(tmp_path: Path) -> None:
     out = tmp_path / "lease_bench.json"
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    env["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
-    env["RAY_USAGE_STATS_ENABLED"] = "0"
-    done = subprocess.run(
-        [sys.executable, str(BENCH), "--quick", "--json", str(out)],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=240,
-    )
-    assert done.returncode == 0, f"stdout:\n{done.stdout}\nstderr:\n{done.stderr[-4000:]}"
+    done = run_benchmark(BENCH, "--quick", "--json", str(out), timeout=240)
     assert "Leases through Ray" in done.stdout
 
     result = json.loads(out.read_text())

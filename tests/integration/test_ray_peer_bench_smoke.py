@@ -8,12 +8,11 @@ pytest process that may already have Ray initialised by another test module.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+
+from tests.raytools import run_benchmark
 
 pytestmark = [pytest.mark.ray, pytest.mark.cluster, pytest.mark.timeout(660)]
 
@@ -35,18 +34,7 @@ PRIORITY_FIGURES = (
 
 def test_quick_run_writes_all_figures(tmp_path: Path) -> None:
     out = tmp_path / "ray_peer_bench.json"
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    env["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
-    env["RAY_USAGE_STATS_ENABLED"] = "0"
-    done = subprocess.run(
-        [sys.executable, str(BENCH), "--quick", "--json", str(out)],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert done.returncode == 0, f"stdout:\n{done.stdout}\nstderr:\n{done.stderr[-4000:]}"
+    done = run_benchmark(BENCH, "--quick", "--json", str(out), timeout=600)
     assert "@leased against Ray's own cap" in done.stdout
 
     result = json.loads(out.read_text())

@@ -148,6 +148,8 @@ def _classes(
             "tenant": kind.tenant,
             "lease": {"cpu": kind.cpu, "memory": kind.memory},
             "clients": plan.clients,
+            # Tasks let through, each on a lease: a warm one (@leased) may serve several,
+            # so the coordinator's grants ("coordinator_wait_s" count) are at most these.
             "grants": len(mine),
             "failed": sum(not r.ok for r in mine),
             "wait_s": waits[kind.priority],
