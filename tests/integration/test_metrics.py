@@ -6,6 +6,7 @@ Also the history API end to end on a single node. Ray exports custom metrics eve
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import re
 import time
@@ -234,3 +235,40 @@ def test_history_has_an_entry_per_heartbeat_and_the_documented_shape(
     assert 1 <= len(recent) <= 4
     assert all(e["at"] >= asked - 2.5 for e in recent)
     assert len(loop.run(manager.history(seconds=0))) <= 1
+
+
+def test_warm_leases_are_shown_as_idle_or_busy(manager: ResourceManager, loop: Loop) -> None:
+    async def run() -> None:
+        mine = await ResourceManager.new()  # its own channel; closing gives all back
+        busy = await mine.acquire({"cpu": 0.1}, warm=True)
+        idle = await mine.acquire({"cpu": 0.2}, warm=True)
+        await mine.release(idle)  # stays with its manager, idle
+
+        async def shown() -> bool:
+            rows = {r["lease_id"]: r["warm"] for r in await manager.leases()}
+            snap = await manager.snapshot()
+            return (
+                rows.get(busy.lease_id) == "busy"
+                and rows.get(idle.lease_id) == "idle"
+                and (snap["warm"] == {"idle": 1, "busy": 1})
+            )
+
+        await eventually(shown, timeout=10)
+
+        def gauges() -> tuple[float | None, float | None]:
+            samples = scrape()
+            name = "ray_" + PREFIX + "warm_leases"
+            return value(samples, name, use="idle"), value(samples, name, use="busy")
+
+        deadline = time.monotonic() + 30  # Ray exports every few seconds
+        while gauges() != (1.0, 1.0) and time.monotonic() < deadline:
+            await asyncio.sleep(0.5)
+        assert gauges() == (1.0, 1.0)
+        await mine.close()
+
+        async def gone() -> bool:
+            return (await manager.snapshot())["warm"] == {"idle": 0, "busy": 0}
+
+        await eventually(gone, timeout=10)
+
+    loop.run(run())

@@ -191,3 +191,19 @@ def test_errors_before_connecting_are_one_line(args: list[str], code: int, messa
     lines = result.output.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("anya-resource: error:"), result.output
     assert message in lines[0]
+
+
+def test_warm_leases_show_their_use_at_any_width() -> None:
+    _, h = _busy_snapshot()
+    leases = h.s.lease_list()
+    leases[0]["warm"] = "idle"
+    leases[1]["warm"] = "busy"
+    narrow = _text(leases_table(leases, h.now, width=80), width=80)
+    assert "(idle)" in narrow and "(busy)" in narrow
+    assert all(len(line) <= 80 for line in narrow.splitlines())
+    wide = _text(leases_table(leases, h.now, width=160), width=160)
+    assert "warm idle" in wide and "warm busy" in wide
+    snapshot = h.s.snapshot(h.now)
+    snapshot["warm"] = {"idle": 3, "busy": 1}
+    health = {"is_healthy": True, "nodes": [], "bottlenecks": [], "reasons": []}
+    assert "(3 warm idle)" in _text(render_status(snapshot, health))
