@@ -421,11 +421,21 @@ class ResourceManager:
         return lease
 
     async def _use_warm(self, spec: dict[str, Any], timeout: float | None, warm: str) -> WarmEntry:
-        """An idle lease of ``warm``'s kind now, else the first to come free or be granted."""
+        """An idle lease of ``warm``'s kind now, else the first to come free or be granted.
+
+        ``timeout=0`` (try once) asks the coordinator once, as a cold acquire does.
+        """
         entry = self._warm.use(warm)
         if entry is not None:
             return entry
         loop = self._loop = asyncio.get_running_loop()
+        if timeout is not None and timeout <= 0:
+            record = await self._request(spec, timeout)
+            self._warm.add(record, warm, time.monotonic())  # busy, for this caller
+            added = self._warm.get(record.lease_id)
+            if added is None:  # ended already (another task heard so): as if refused
+                raise AcquireTimeout("the lease granted ended before it could be used")
+            return added
         future: asyncio.Future[WarmEntry] = loop.create_future()
 
         def deliver(entry: WarmEntry | None, error: BaseException | None) -> None:
@@ -1007,6 +1017,8 @@ class SyncResourceManager:
         entry = share.use(warm)
         if entry is not None:
             return entry
+        if timeout is not None and timeout <= 0:  # try once: the coordinator decides
+            return self._run(self._async._use_warm(spec, timeout, warm))
         box: list[tuple[WarmEntry | None, BaseException | None]] = []
         ready = threading.Event()
 

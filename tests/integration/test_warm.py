@@ -156,3 +156,20 @@ def test_a_warm_lease_is_claimed_across_a_coordinator_restart(
         return snap["pools"]["one"]["in_use"] == 1 and snap["leases"] == 1
 
     loop.run(eventually(counted_once, timeout=20))
+
+
+def test_a_warm_try_once_asks_the_coordinator(
+    loop: Loop, managers: tuple[ResourceManager, ...]
+) -> None:
+    a, b = managers
+
+    async def run() -> None:
+        lease = await a.acquire(ONE, warm=True, timeout=0)  # free: granted at once
+        with pytest.raises(AcquireTimeout):
+            await b.acquire(ONE, warm=True, timeout=0)  # held by a: refused at once
+        await a.release(lease)
+        again = await a.acquire(ONE, warm=True, timeout=0)  # its idle one, no call
+        assert again.lease_id == lease.lease_id
+        await a.release(again)
+
+    loop.run(run())
