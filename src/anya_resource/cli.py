@@ -245,4 +245,5 @@ def main() -> None:
 
 
 # The operator commands (up, down, status, leases, what-if) register on `app` above.
+from anya_resource import cli_jobs as _cli_jobs  # noqa: E402, F401
 from anya_resource import cli_ops as _cli_ops  # noqa: E402, F401

@@ -903,6 +903,100 @@ class ResourceManager:
         """This manager's warm leases now: idle, busy, and uses waiting for one."""
         return self._warm.counts()
 
+    # -- whole Ray jobs on leases (jobs.py, core/jobs.py) ---------------------------------
+
+    async def submit_job(
+        self,
+        entrypoint: str | list[str],
+        resources: Mapping[str, Any] | None = None,
+        *,
+        priority: Priority | str | int = "normal",
+        tenant: str | None = None,
+        runtime_env: Mapping[str, Any] | None = None,
+        working_dir: str | None = None,
+        preemptible: bool = False,
+        requeue: bool = False,
+    ) -> str:
+        """Queue a Ray job on a lease of ``resources`` (its budget); its id, at once.
+
+        It waits in the coordinator's queue like any lease, is submitted to Ray's job
+        server once granted, and gives its lease back when it ends. A budget that can
+        never fit is refused now (``Infeasible``).
+        """
+        from anya_resource import jobs
+        from anya_resource.core.jobs import JobRecord, check_entrypoint, new_job_id
+
+        command = check_entrypoint(entrypoint)
+        budget = dict(resources or {})
+        env = dict(runtime_env or {})
+        if working_dir is not None:
+            env["working_dir"] = working_dir
+        answer = await self.what_if(
+            budget, priority=priority, tenant=tenant, preemptible=preemptible
+        )
+        if answer.get("infeasible"):
+            raise Infeasible(f"this job can never start: {answer['infeasible']}")
+        dashboard = await asyncio.to_thread(jobs.dashboard_address)
+        record = JobRecord(
+            job_id=new_job_id(),
+            entrypoint=command,
+            resources=budget,
+            priority=priority.value if isinstance(priority, Priority) else priority,
+            tenant=tenant,
+            preemptible=preemptible,
+            requeue=requeue,
+            runtime_env=env or None,
+        )
+        await asyncio.to_thread(jobs.save, record)
+        await asyncio.to_thread(jobs.start_supervisor, record, dashboard)
+        return record.job_id
+
+    async def jobs(self) -> list[dict[str, Any]]:
+        """Every job of the queue, oldest first: state, budget, waits, why it ended."""
+        from anya_resource import jobs
+
+        now = time.time()
+        rows = []
+        for record in sorted(await asyncio.to_thread(jobs.load_all), key=lambda r: r.submitted_at):
+            row = record.to_json()
+            started = record.started_at if record.started_at is not None else now
+            row["waited_s"] = max(0.0, started - record.submitted_at)
+            rows.append(row)
+        return rows
+
+    async def cancel_job(self, job_id: str) -> str:
+        """Take a queued job out, or stop a running one; its state when asked."""
+        from anya_resource import jobs
+
+        record = await asyncio.to_thread(jobs.load, job_id)
+        if record is None:
+            raise InvalidRequest(f"job {job_id!r}: no such job; expected an id from submit_job")
+        if record.ended:
+            return record.state.value
+        handle = await asyncio.to_thread(jobs.supervisor, job_id)
+        if handle is None:
+            raise ManagerUnavailable(
+                f"job {job_id}: its supervisor is gone (state {record.state.value})"
+            )
+        state: str = await self._call(lambda c: handle.cancel.remote())
+        return state
+
+    async def wait_job(self, job_id: str, timeout: float | None = None) -> dict[str, Any]:
+        """Wait until the job has ended; its record then."""
+        from anya_resource import jobs
+
+        check_timing(timeout, None)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            record = await asyncio.to_thread(jobs.load, job_id)
+            if record is None:
+                raise InvalidRequest(f"job {job_id!r}: no such job; expected an id from submit_job")
+            if record.ended:
+                return record.to_json()
+            if deadline is not None and time.monotonic() >= deadline:
+                raise AcquireTimeout(f"job {job_id} had not ended after {timeout} s")
+            await asyncio.sleep(0.25)
+
     async def check_resource_health(self) -> ResourceHealth:
         health: ResourceHealth = await self._call(lambda c: c.check_health.remote())
         return health
@@ -1070,6 +1164,18 @@ class SyncResourceManager:
 
     def warm_statistics(self) -> WarmCounts:
         return self._async.warm_statistics()  # thread-safe: no trip to the loop
+
+    def submit_job(self, entrypoint: str | list[str], *args: Any, **options: Any) -> str:
+        return self._run(self._async.submit_job(entrypoint, *args, **options))
+
+    def jobs(self) -> list[dict[str, Any]]:
+        return self._run(self._async.jobs())
+
+    def cancel_job(self, job_id: str) -> str:
+        return self._run(self._async.cancel_job(job_id))
+
+    def wait_job(self, job_id: str, timeout: float | None = None) -> dict[str, Any]:
+        return self._run(self._async.wait_job(job_id, timeout))
 
     def check_resource_health(self) -> ResourceHealth:
         return self._run(self._async.check_resource_health())

@@ -450,3 +450,35 @@ def render_what_if(
             )
         )
     return Group(*parts)
+
+
+def jobs_table(jobs: list[dict[str, Any]], now: float, width: int = WIDE) -> Table:
+    """``anya-resource jobs``: the queue, oldest first (below ``WIDE`` columns without
+    the tenant and the message, so that every other cell is whole)."""
+    wide = width >= WIDE
+    table = _compact_table(f"Jobs: {len(jobs)}")
+    table.add_column("job", style="bold", no_wrap=True)
+    table.add_column("state", no_wrap=True)
+    table.add_column("priority", no_wrap=True)
+    if wide:
+        table.add_column("tenant", no_wrap=True)
+    table.add_column("waited", justify="right", no_wrap=True)
+    table.add_column("budget")
+    if wide:
+        table.add_column("message")
+    for job in jobs:
+        budget = dict(job.get("resources", {}))
+        budget.update(budget.pop("pools", None) or {})  # as it was asked for
+        cells = [
+            str(job["job_id"]).removeprefix("anya-job-"),
+            str(job.get("state", "-")),
+            str(job.get("priority", "-")),
+        ]
+        if wide:
+            cells.append(str(job.get("tenant") or "-"))
+        asked = ", ".join(f"{name} {amount}" for name, amount in budget.items()) or "-"
+        cells += [format_seconds(job.get("waited_s")), asked]
+        if wide:
+            cells.append(str(job.get("message", "")))
+        table.add_row(*cells)
+    return table

@@ -122,6 +122,30 @@ async def write(write: Write) -> None:
             log.warning("could not delete %s from the journal: %s", garbage, exc)
 
 
+JOB_PREFIX = b"job:"  # one key per job of the queue (core/jobs.JobRecord as JSON)
+
+
+def keep_job(job_id: str, record_json: bytes) -> None:
+    put(JOB_PREFIX + job_id.encode(), record_json)
+
+
+def job(job_id: str) -> bytes | None:
+    return get(JOB_PREFIX + job_id.encode())
+
+
+def jobs() -> list[bytes]:
+    """Every job's record, in no particular order."""
+    if not internal_kv._internal_kv_initialized():  # type: ignore[no-untyped-call]
+        return []
+    keys = internal_kv._internal_kv_list(JOB_PREFIX, namespace=KV_NAMESPACE)
+    if not keys:
+        return []
+    values: Mapping[bytes, bytes] = _gcs().internal_kv_multi_get(
+        list(keys), KV_NAMESPACE, timeout=TIMEOUT_S
+    )
+    return list(values.values())
+
+
 def forget_deployment() -> None:
     """``down``: the policy and the journal go; the epoch and the secret stay.
 
@@ -135,7 +159,10 @@ def forget_deployment() -> None:
 __all__ = [
     "cluster_secret",
     "forget_deployment",
+    "job",
+    "jobs",
     "journal",
+    "keep_job",
     "keep_policy",
     "next_epoch",
     "stored_policy",

@@ -1,0 +1,155 @@
+"""The job queue's commands: ``submit``, ``jobs``, ``cancel`` (jobs.py does the work)."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+from rich.console import Console
+
+from anya_resource.cli import app
+from anya_resource.cli_ops import (
+    CALL_TIMEOUT_S,
+    AddressOption,
+    ConnectTimeout,
+    JsonOption,
+    _print_json,
+    _run_read,
+    parse_resources,
+)
+from anya_resource.errors import InvalidRequest
+
+if TYPE_CHECKING:
+    from anya_resource.client import ResourceManager
+
+ENDED_OK = "succeeded"
+
+
+def _runtime_env(path: Path | None) -> dict[str, Any] | None:
+    if path is None:
+        return None
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise InvalidRequest(f"--runtime-env {path}: {exc}; expected a JSON object") from None
+    if not isinstance(data, dict):
+        raise InvalidRequest(
+            f"--runtime-env {path}: expected a JSON object, got {type(data).__name__}"
+        )
+    return data
+
+
+def _budget(
+    cpu: str | None, memory: str | None, gpu: str | None, pools: list[str] | None
+) -> dict[str, Any]:
+    budget: dict[str, Any] = {}
+    for name, value in (("cpu", cpu), ("memory", memory), ("gpu", gpu)):
+        if value is not None:
+            budget.update(parse_resources(f"{name}={value}"))
+    for pool in pools or []:
+        budget.update(parse_resources(pool))  # NAME=N: a pool, by name
+    if not budget:
+        raise InvalidRequest(
+            "submit: no budget given; expected --cpu, --memory, --gpu or --pool NAME=N"
+        )
+    return budget
+
+
+@app.command(context_settings={"allow_interspersed_args": False})
+def submit(
+    entrypoint: Annotated[
+        list[str], typer.Argument(help="The job's command line, after '--'.", show_default=False)
+    ],
+    priority: Annotated[str, typer.Option(help="Priority class (or a number).")] = "normal",
+    tenant: Annotated[str | None, typer.Option(help="Tenant whose quota it draws on.")] = None,
+    cpu: Annotated[str | None, typer.Option(help="CPUs of its budget.")] = None,
+    memory: Annotated[str | None, typer.Option(help="Memory of its budget ('4GiB').")] = None,
+    gpu: Annotated[str | None, typer.Option(help="GPUs of its budget.")] = None,
+    pool: Annotated[
+        list[str] | None, typer.Option(help="Pool slots of its budget, NAME=N (repeatable).")
+    ] = None,
+    working_dir: Annotated[
+        str | None, typer.Option(help="Ray's working_dir for the job (uploaded).")
+    ] = None,
+    runtime_env: Annotated[
+        Path | None, typer.Option(help="A JSON file: Ray's runtime_env for the job.")
+    ] = None,
+    preemptible: Annotated[bool, typer.Option(help="A higher-priority job may stop it.")] = False,
+    requeue: Annotated[
+        bool, typer.Option(help="Preempted, it goes back to the queue (else it ends stopped).")
+    ] = False,
+    wait: Annotated[
+        bool, typer.Option(help="Follow the job to its end; exit 0 only if it succeeded.")
+    ] = False,
+    address: AddressOption = None,
+    as_json: JsonOption = False,
+    connect_timeout: ConnectTimeout = CALL_TIMEOUT_S,
+) -> None:
+    """Queue a Ray job on a lease (its budget); prints its id at once."""
+    budget = _budget(cpu, memory, gpu, pool)
+    env = _runtime_env(runtime_env)
+
+    async def go(manager: ResourceManager) -> dict[str, Any]:
+        job_id = await manager.submit_job(
+            entrypoint,
+            budget,
+            priority=priority,
+            tenant=tenant,
+            runtime_env=env,
+            working_dir=working_dir,
+            preemptible=preemptible,
+            requeue=requeue,
+        )
+        if not wait:
+            return {"job_id": job_id}
+        return await manager.wait_job(job_id)
+
+    result = _run_read(address, False, None, connect_timeout, go)
+    if as_json:
+        _print_json(result)
+    elif not wait:
+        typer.echo(result["job_id"])
+    else:
+        typer.echo(f"{result['job_id']}: {result['state']} ({result['message']})")
+    if wait and result["state"] != ENDED_OK:
+        sys.exit(1)
+
+
+@app.command()
+def jobs(
+    address: AddressOption = None,
+    as_json: JsonOption = False,
+    connect_timeout: ConnectTimeout = CALL_TIMEOUT_S,
+) -> None:
+    """The job queue: queued, running and ended jobs, oldest first."""
+
+    async def read(manager: ResourceManager) -> list[dict[str, Any]]:
+        return await manager.jobs()
+
+    rows = _run_read(address, False, None, connect_timeout, read)
+    if as_json:
+        _print_json(rows)
+        return
+    from anya_resource.render import jobs_table
+
+    console = Console()
+    console.print(jobs_table(rows, time.time(), width=console.width))
+
+
+@app.command()
+def cancel(
+    job: Annotated[str, typer.Argument(help="The job's id (from submit).", show_default=False)],
+    address: AddressOption = None,
+    connect_timeout: ConnectTimeout = CALL_TIMEOUT_S,
+) -> None:
+    """Take a queued job out of the queue, or stop a running one."""
+
+    async def go(manager: ResourceManager) -> str:
+        return await manager.cancel_job(job)
+
+    state = _run_read(address, False, None, connect_timeout, go)
+    typer.echo(f"{job}: cancel asked (it was {state})")

@@ -1,0 +1,174 @@
+"""Whole Ray jobs on leases: a job's record and what happens to it. Pure, no Ray.
+
+A job waits in the coordinator's queue as an ordinary request (its budget: resources
+and pool slots, priority, tenant, preemptible), held for it by a supervisor
+(``jobs.py``). Once granted it is submitted to Ray's job server; it holds the lease
+for its whole life, and gives it back when it ends in any way. These functions say
+what each step does to the record; the supervisor carries them out.
+"""
+
+from __future__ import annotations
+
+import enum
+import shlex
+import time
+import uuid
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from anya_resource.errors import InvalidRequest
+from anya_resource.inputs import shown
+
+MAX_ENTRYPOINT = 100_000  # characters: a command line, not a payload
+
+
+class JobState(str, enum.Enum):
+    QUEUED = "queued"  # waiting for its lease
+    STARTING = "starting"  # granted, being submitted to Ray's job server
+    RUNNING = "running"  # Ray runs it; its lease is held
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"  # Ray's job failed, or could not be submitted
+    STOPPED = "stopped"  # stopped through Ray (by hand, or preempted without requeue)
+    CANCELLED = "cancelled"  # cancelled here, before or while it ran
+
+
+ENDED = frozenset({JobState.SUCCEEDED, JobState.FAILED, JobState.STOPPED, JobState.CANCELLED})
+RAY_ENDED = {
+    "SUCCEEDED": JobState.SUCCEEDED,
+    "FAILED": JobState.FAILED,
+    "STOPPED": JobState.STOPPED,
+}
+
+
+@dataclass
+class JobRecord:
+    """A job as the queue knows it (kept in Ray's GCS store, one key per job)."""
+
+    job_id: str
+    entrypoint: str
+    resources: dict[str, Any]
+    priority: str | int = "normal"
+    tenant: str | None = None
+    preemptible: bool = False
+    requeue: bool = False
+    runtime_env: dict[str, Any] | None = None
+    state: JobState = JobState.QUEUED
+    submitted_at: float = field(default_factory=time.time)
+    started_at: float | None = None
+    ended_at: float | None = None
+    lease_id: str | None = None
+    node_id: str | None = None
+    attempts: int = 0  # submissions to Ray so far (a requeued job is submitted again)
+    message: str = ""  # why it ended, or what it waits for
+
+    @property
+    def ray_submission_id(self) -> str:
+        """The id Ray's job server knows this attempt by (never reused: no double start)."""
+        return self.job_id if self.attempts <= 1 else f"{self.job_id}-{self.attempts}"
+
+    @property
+    def ended(self) -> bool:
+        return self.state in ENDED
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["state"] = self.state.value
+        data["ray_submission_id"] = self.ray_submission_id
+        return data
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> JobRecord:
+        fields = {k: v for k, v in data.items() if k != "ray_submission_id"}
+        fields["state"] = JobState(fields["state"])
+        return cls(**fields)
+
+
+def new_job_id() -> str:
+    return f"anya-job-{uuid.uuid4().hex[:12]}"
+
+
+def check_entrypoint(entrypoint: object) -> str:
+    """A command line: a non-empty string (or list of words) without control characters."""
+    if isinstance(entrypoint, (list, tuple)):
+        if not entrypoint:
+            raise InvalidRequest("entrypoint: got no words, expected the job's command line")
+        words = [check_entrypoint(word) for word in entrypoint]
+        return shlex.join(words)  # each word stays one word in the job's shell
+    if not isinstance(entrypoint, str) or not entrypoint.strip():
+        raise InvalidRequest(
+            f"entrypoint: got {shown(entrypoint)}, expected the job's command line "
+            "(for example 'python train.py')"
+        )
+    if len(entrypoint) > MAX_ENTRYPOINT:
+        raise InvalidRequest(
+            f"entrypoint: got {len(entrypoint):,} characters, expected at most {MAX_ENTRYPOINT:,}"
+        )
+    bad = [c for c in entrypoint if (ord(c) < 32 and c not in "\t") or ord(c) == 127]
+    if bad:
+        raise InvalidRequest(
+            f"entrypoint: contains the control character {bad[0]!r}; expected one command "
+            "line of printable characters"
+        )
+    return entrypoint
+
+
+def granted(record: JobRecord, lease_id: str, node_id: str, now: float) -> JobRecord:
+    """Its lease was granted: it is to be submitted (a new attempt)."""
+    record.state = JobState.STARTING
+    record.lease_id = lease_id
+    record.node_id = node_id
+    record.attempts += 1
+    record.message = ""
+    if record.started_at is None:
+        record.started_at = now
+    return record
+
+
+def submitted(record: JobRecord) -> JobRecord:
+    record.state = JobState.RUNNING
+    return record
+
+
+def ended(record: JobRecord, state: JobState, message: str, now: float) -> JobRecord:
+    """It ended (Ray said so, or it could not be submitted, or it was cancelled)."""
+    record.state = state
+    record.message = " ".join(message.split())[:500]
+    record.ended_at = now
+    return record
+
+
+def after_ray_status(record: JobRecord, status: str, now: float, why: str = "") -> bool:
+    """Ray's job server reports ``status`` (and ``why``, its message): True once the job
+    has ended (its lease to go back)."""
+    state = RAY_ENDED.get(status)
+    if state is None:
+        return False
+    ended(record, state, f"Ray's job server: {status}" + (f": {why}" if why else ""), now)
+    return True
+
+
+def after_preemption(record: JobRecord, now: float) -> bool:
+    """Its lease was revoked (a higher-priority job needs it) and it was stopped: True if
+    it goes back to the queue (``requeue``), else it has ended as stopped."""
+    if record.requeue:
+        record.state = JobState.QUEUED
+        record.lease_id = None
+        record.node_id = None
+        record.message = "preempted: back in the queue"
+        return True
+    ended(record, JobState.STOPPED, "preempted by a higher-priority job", now)
+    return False
+
+
+__all__ = [
+    "ENDED",
+    "JobRecord",
+    "JobState",
+    "after_preemption",
+    "after_ray_status",
+    "check_entrypoint",
+    "ended",
+    "granted",
+    "new_job_id",
+    "submitted",
+]

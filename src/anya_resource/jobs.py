@@ -1,0 +1,233 @@
+"""Whole Ray jobs on leases: the queue's shell. What happens to a job is decided in
+``core/jobs.py``; this module carries it out.
+
+``submit_job`` checks the job (its command line, and that its budget can ever fit),
+keeps its record in Ray's GCS store, and starts its *supervisor*: a small detached
+actor (``job:<id>``, no CPU) that asks the coordinator for the job's budget as an
+ordinary lease (so the job waits in the same queue as every lease: priorities, aging,
+quotas, preemption), submits the job to Ray's job server once granted, follows it, and
+gives the lease back when the job ends in any way. The supervisor is the lease's
+holder: if it dies, its node's agent reports it and the lease is reclaimed. A
+coordinator restart is one more restart to its client (the census claims the lease).
+
+A preemptible job whose lease is revoked is stopped through Ray (``stop_job``) within
+the policy's grace period, and goes back to the queue if it was submitted with
+``requeue``, as a new attempt with a new submission id (``<id>-<attempt>``): Ray never
+starts the same attempt twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from typing import Any
+
+import ray
+
+from anya_resource.actors import store
+from anya_resource.actors.naming import NAMESPACE
+from anya_resource.core.jobs import (
+    JobRecord,
+    JobState,
+    after_preemption,
+    after_ray_status,
+    ended,
+    granted,
+    submitted,
+)
+from anya_resource.errors import ManagerUnavailable, ResourceError
+
+log = logging.getLogger(__name__)
+
+POLL_S = 0.5  # how often a supervisor asks Ray's job server how its job is doing
+STOP_WAIT_S = 30.0  # how long a stopped job may take to end before it is let go
+SUPERVISOR_PREFIX = "job:"
+
+
+def supervisor_name(job_id: str) -> str:
+    return SUPERVISOR_PREFIX + job_id
+
+
+def save(record: JobRecord) -> None:
+    store.keep_job(record.job_id, json.dumps(record.to_json()).encode())
+
+
+def load(job_id: str) -> JobRecord | None:
+    blob = store.job(job_id)
+    return JobRecord.from_json(json.loads(blob)) if blob is not None else None
+
+
+def load_all() -> list[JobRecord]:
+    return [JobRecord.from_json(json.loads(blob)) for blob in store.jobs()]
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return text[-400:] if len(text) > 400 else text
+
+
+def _ray_status(status: Any) -> str:
+    return str(getattr(status, "value", status))
+
+
+class JobSupervisorImpl:
+    """Holds one job's lease for the job's whole life (see the module's doc)."""
+
+    def __init__(self, record: dict[str, Any], dashboard: str) -> None:
+        self.record = JobRecord.from_json(record)
+        self.dashboard = dashboard
+        self.cancel_asked = False
+        self.revoked = False
+        self.acquiring: asyncio.Future[Any] | None = None
+
+    async def run(self) -> None:
+        from ray.job_submission import JobSubmissionClient
+
+        from anya_resource.client import ResourceManager
+
+        manager = await ResourceManager.new()
+        client = await asyncio.to_thread(JobSubmissionClient, "http://" + self.dashboard)
+        try:
+            while await self._attempt(manager, client):
+                pass
+        finally:
+            await asyncio.to_thread(save, self.record)
+            await manager.close()
+        ray.actor.exit_actor()  # type: ignore[no-untyped-call]
+
+    async def _attempt(self, manager: Any, client: Any) -> bool:
+        """One attempt: wait for the lease, submit, follow; True to queue it again."""
+        record = self.record
+        await asyncio.to_thread(save, record)
+        self.revoked = False
+        if self.cancel_asked:  # before its supervisor had even asked for the lease
+            ended(record, JobState.CANCELLED, "cancelled while queued", time.time())
+            return False
+        self.acquiring = asyncio.ensure_future(
+            manager.acquire(
+                record.resources,
+                priority=record.priority,
+                tenant=record.tenant,
+                preemptible=record.preemptible,
+                on_revoked=self._on_revoked,
+            )
+        )
+        try:
+            lease = await self.acquiring
+        except asyncio.CancelledError:
+            ended(record, JobState.CANCELLED, "cancelled while queued", time.time())
+            return False
+        except ResourceError as exc:
+            ended(record, JobState.FAILED, f"{type(exc).__name__}: {exc}", time.time())
+            return False
+        granted(record, lease.lease_id, lease.node_id, time.time())
+        await asyncio.to_thread(save, record)
+        try:
+            if self.cancel_asked:
+                ended(record, JobState.CANCELLED, "cancelled before it started", time.time())
+                return False
+            await asyncio.to_thread(
+                client.submit_job,
+                entrypoint=record.entrypoint,
+                submission_id=record.ray_submission_id,
+                runtime_env=record.runtime_env,
+                metadata={"anya_job": record.job_id},
+            )
+            submitted(record)
+            await asyncio.to_thread(save, record)
+            return await self._follow(client)
+        except Exception as exc:  # refused by Ray's job server (bad runtime env, ...)
+            ended(record, JobState.FAILED, f"Ray's job server: {_one_line(exc)}", time.time())
+            return False
+        finally:
+            with contextlib.suppress(ResourceError):
+                await manager.release(lease)
+
+    async def _follow(self, client: Any) -> bool:
+        """Until the job ends: True if it was preempted and goes back to the queue."""
+        record = self.record
+        submission = record.ray_submission_id
+        while True:
+            if self.cancel_asked or self.revoked:
+                await self._stop(client, submission)
+                if self.cancel_asked:
+                    ended(record, JobState.CANCELLED, "cancelled while running", time.time())
+                    return False
+                return after_preemption(record, time.time())
+            info = await asyncio.to_thread(client.get_job_info, submission)
+            why = info.message or "" if _ray_status(info.status) != "SUCCEEDED" else ""
+            if after_ray_status(record, _ray_status(info.status), time.time(), why):
+                return False
+            await asyncio.sleep(POLL_S)
+
+    async def _stop(self, client: Any, submission: str) -> None:
+        with contextlib.suppress(Exception):
+            await asyncio.to_thread(client.stop_job, submission)
+        deadline = time.monotonic() + STOP_WAIT_S
+        while time.monotonic() < deadline:
+            status = _ray_status(await asyncio.to_thread(client.get_job_status, submission))
+            if status in ("SUCCEEDED", "FAILED", "STOPPED"):
+                return
+            await asyncio.sleep(POLL_S)
+
+    def _on_revoked(self, lease: Any) -> None:
+        self.revoked = True
+
+    async def cancel(self) -> str:
+        """Take it out of the queue, or stop it: its state then."""
+        self.cancel_asked = True
+        if self.acquiring is not None and not self.acquiring.done():
+            self.acquiring.cancel()
+        return self.record.state.value
+
+    async def state(self) -> dict[str, Any]:
+        return self.record.to_json()
+
+
+JobSupervisor = ray.remote(JobSupervisorImpl)
+
+
+def start_supervisor(record: JobRecord, dashboard: str) -> None:
+    """The job's supervisor, detached (it outlives the process that submitted the job)."""
+    handle = JobSupervisor.options(  # type: ignore[attr-defined]
+        name=supervisor_name(record.job_id),
+        namespace=NAMESPACE,
+        lifetime="detached",
+        num_cpus=0,
+        max_restarts=0,
+    ).remote(record.to_json(), dashboard)
+    handle.run.remote()  # type: ignore[attr-defined]
+
+
+def supervisor(job_id: str) -> Any | None:
+    try:
+        return ray.get_actor(supervisor_name(job_id), namespace=NAMESPACE)
+    except ValueError:
+        return None
+
+
+def dashboard_address() -> str:
+    """Where Ray's job server answers (the dashboard), as Ray's own CLI finds it."""
+    from ray._private.worker import get_dashboard_url
+
+    url = get_dashboard_url()  # type: ignore[no-untyped-call]
+    if not url:
+        raise ManagerUnavailable(
+            "Ray's job server is not running on this cluster: start the head with the "
+            "dashboard (ray start --head --include-dashboard=true)"
+        )
+    return str(url).removeprefix("http://")
+
+
+__all__ = [
+    "JobSupervisor",
+    "dashboard_address",
+    "load",
+    "load_all",
+    "save",
+    "start_supervisor",
+    "supervisor",
+]

@@ -1,0 +1,210 @@
+"""Whole Ray jobs on leases, on a 1 head + 3 worker ``ray.cluster_utils.Cluster`` with
+Ray's job server (the dashboard, on 127.0.0.1): the queue's order, a job's lease given
+back however it ends, cancel, preemption with requeue, a coordinator restart, the CLI.
+
+A pool ``gate`` of one slot makes the order plain: every job asks for it, so one runs
+at a time. The jobs' command lines are this interpreter with ``-c``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import ray
+from ray.cluster_utils import Cluster
+
+from anya_resource import Infeasible, InvalidRequest, SyncResourceManager
+from anya_resource.actors import deploy
+from tests.raytools import FAST_FAILURE, GiB, assert_loopback
+
+pytestmark = [pytest.mark.ray, pytest.mark.cluster]
+
+POLICY = {
+    "heartbeat_s": 0.3,
+    "reserve": {"memory": 0, "cpu": 0},
+    "lease": {"preemption_grace_s": 1.0},
+    "pools": {"gate": {"size": 1, "kind": "slot"}},
+}
+GATE = {"pools": {"gate": 1}}
+PY = sys.executable
+
+
+def command(code: str) -> str:
+    return f"{PY} -c {json.dumps(code)}"
+
+
+@pytest.fixture(scope="module")
+def manager() -> Iterator[SyncResourceManager]:
+    cluster = Cluster(
+        initialize_head=True,
+        head_node_args={
+            "num_cpus": 2,
+            "memory": 4 * GiB,
+            "include_dashboard": True,
+            "dashboard_host": "127.0.0.1",
+            "_system_config": FAST_FAILURE,
+        },
+    )
+    try:
+        for _ in range(3):
+            cluster.add_node(num_cpus=1, memory=2 * GiB)
+        cluster.wait_for_nodes()
+        ray.init(address=cluster.address, logging_level="ERROR")
+        assert_loopback()
+        os.environ["RAY_ADDRESS"] = cluster.address  # for the CLI's processes
+        sync = SyncResourceManager.connect(policy=POLICY)
+        yield sync
+        sync.close()
+    finally:
+        os.environ.pop("RAY_ADDRESS", None)
+        deploy.forget_handles()
+        ray.shutdown()
+        cluster.shutdown()
+
+
+def gate_free(manager: SyncResourceManager, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if manager.snapshot()["pools"]["gate"]["in_use"] == 0:
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"the gate is still held: {manager.leases()}")
+
+
+def test_jobs_start_in_priority_order_and_give_their_lease_back(
+    manager: SyncResourceManager,
+) -> None:
+    blocker = manager.submit_job(command("import time; time.sleep(3)"), GATE, priority="low")
+    deadline = time.monotonic() + 60
+    while manager.snapshot()["pools"]["gate"]["in_use"] == 0 and time.monotonic() < deadline:
+        time.sleep(0.1)  # the blocker holds the gate
+    ids = {
+        priority: manager.submit_job(command("print('hello')"), GATE, priority=priority)
+        for priority in ("low", "normal", "high")
+    }
+    queued = {row["job_id"]: row for row in manager.jobs()}
+    assert all(queued[job]["state"] == "queued" for job in ids.values())
+    results = {p: manager.wait_job(job, timeout=120) for p, job in ids.items()}
+    assert manager.wait_job(blocker, timeout=60)["state"] == "succeeded"
+    assert all(r["state"] == "succeeded" and r["attempts"] == 1 for r in results.values())
+    starts = [results[p]["started_at"] for p in ("high", "normal", "low")]
+    assert starts == sorted(starts), results
+    gate_free(manager)
+
+
+def test_bad_jobs_are_refused_or_fail_with_rays_reason(manager: SyncResourceManager) -> None:
+    with pytest.raises(Infeasible, match="gate"):
+        manager.submit_job(command("print(1)"), {"pools": {"gate": 2}})
+    with pytest.raises(InvalidRequest, match="entrypoint"):
+        manager.submit_job("python -c 'print(1)'\x00", GATE)
+    with pytest.raises(InvalidRequest, match="entrypoint"):
+        manager.submit_job("   ", GATE)
+    with pytest.raises(InvalidRequest, match="no such job"):
+        manager.cancel_job("anya-job-nonexistent")
+    bad_dir = manager.submit_job(command("print(1)"), GATE, working_dir="/nonexistent/dir")
+    failed = manager.wait_job(bad_dir, timeout=60)
+    assert failed["state"] == "failed" and "/nonexistent/dir" in failed["message"]
+    assert "\n" not in failed["message"]
+    crash = manager.submit_job(command("raise SystemExit(3)"), GATE)
+    assert manager.wait_job(crash, timeout=60)["state"] == "failed"
+    gate_free(manager)
+
+
+def test_cancel_a_queued_and_a_running_job(manager: SyncResourceManager) -> None:
+    running = manager.submit_job(command("import time; time.sleep(60)"), GATE)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if {r["job_id"]: r for r in manager.jobs()}[running]["state"] == "running":
+            break
+        time.sleep(0.1)
+    queued = manager.submit_job(command("print(1)"), GATE)
+    assert manager.cancel_job(queued) == "queued"
+    done = manager.wait_job(queued, timeout=30)
+    assert done["state"] == "cancelled" and done["started_at"] is None
+    assert manager.cancel_job(running) == "running"
+    assert manager.wait_job(running, timeout=60)["state"] == "cancelled"
+    gate_free(manager)
+
+
+def test_a_preemptible_job_is_stopped_for_a_higher_one_and_requeued(
+    manager: SyncResourceManager, tmp_path: Path
+) -> None:
+    marker = tmp_path / "ran-once"
+    # Its first attempt runs long; the requeued one ends at once.
+    code = (
+        "import os, time; p = " + repr(str(marker)) + "; first = not os.path.exists(p); "
+        "open(p, 'w').close(); time.sleep(60 if first else 0)"
+    )
+    low = manager.submit_job(command(code), GATE, priority="low", preemptible=True, requeue=True)
+    deadline = time.monotonic() + 60
+    while not marker.exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    high = manager.submit_job(command("print('urgent')"), GATE, priority="critical")
+    urgent = manager.wait_job(high, timeout=120)
+    assert urgent["state"] == "succeeded"
+    again = manager.wait_job(low, timeout=120)
+    assert again["state"] == "succeeded" and again["attempts"] == 2
+    assert urgent["started_at"] < again["ended_at"]
+    gate_free(manager)
+
+
+def test_a_coordinator_restart_loses_no_job_and_starts_none_twice(
+    manager: SyncResourceManager,
+) -> None:
+    running = manager.submit_job(command("import time; time.sleep(4)"), GATE)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if {r["job_id"]: r for r in manager.jobs()}[running]["state"] == "running":
+            break
+        time.sleep(0.1)
+    queued = manager.submit_job(command("print(1)"), GATE, priority="high")
+    ray.kill(deploy.coordinator(), no_restart=False)
+    for job in (running, queued):
+        result = manager.wait_job(job, timeout=120)
+        assert result["state"] == "succeeded" and result["attempts"] == 1, result
+    from ray.job_submission import JobSubmissionClient
+
+    from anya_resource.jobs import dashboard_address
+
+    client = JobSubmissionClient("http://" + dashboard_address())
+    submitted = [j.submission_id for j in client.list_jobs()]
+    assert submitted.count(running) == 1 and submitted.count(queued) == 1
+    gate_free(manager)
+
+
+def cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-c", "from anya_resource.cli import main; main()", *args],
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+
+
+def test_the_command_line(manager: SyncResourceManager) -> None:
+    done = cli(
+        "submit", "--pool", "gate=1", "--priority", "high", "--wait", "--", PY, "-c", "print(7)"
+    )
+    assert done.returncode == 0, done.stderr
+    assert "succeeded" in done.stdout
+    failed = cli("submit", "--pool", "gate=1", "--wait", "--", PY, "-c", "raise SystemExit(1)")
+    assert failed.returncode == 1 and "failed" in failed.stdout
+    listed = cli("jobs", "--json")
+    assert listed.returncode == 0, listed.stderr
+    rows: list[dict[str, Any]] = json.loads(listed.stdout)
+    assert {"job_id", "state", "priority", "waited_s", "resources"} <= set(rows[-1])
+    table = cli("jobs")
+    assert table.returncode == 0 and "Jobs:" in table.stdout
+    unknown = cli("cancel", "anya-job-nonexistent")
+    assert unknown.returncode == 2 and unknown.stderr.count("\n") == 1
+    no_budget = cli("submit", "--", PY, "-c", "print(1)")
+    assert no_budget.returncode == 2 and "budget" in no_budget.stderr
+    gate_free(manager)
