@@ -79,6 +79,15 @@ def gate_free(manager: SyncResourceManager, timeout: float = 30) -> None:
     raise AssertionError(f"the gate is still held: {manager.leases()}")
 
 
+def wait_running(manager: SyncResourceManager, job: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if {r["job_id"]: r for r in manager.jobs()}[job]["state"] == "running":
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"{job} is not running: {manager.jobs()}")
+
+
 def test_jobs_start_in_priority_order_and_give_their_lease_back(
     manager: SyncResourceManager,
 ) -> None:
@@ -120,11 +129,7 @@ def test_bad_jobs_are_refused_or_fail_with_rays_reason(manager: SyncResourceMana
 
 def test_cancel_a_queued_and_a_running_job(manager: SyncResourceManager) -> None:
     running = manager.submit_job(command("import time; time.sleep(60)"), GATE)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if {r["job_id"]: r for r in manager.jobs()}[running]["state"] == "running":
-            break
-        time.sleep(0.1)
+    wait_running(manager, running)
     queued = manager.submit_job(command("print(1)"), GATE)
     assert manager.cancel_job(queued) == "queued"
     done = manager.wait_job(queued, timeout=30)
@@ -160,11 +165,7 @@ def test_a_coordinator_restart_loses_no_job_and_starts_none_twice(
     manager: SyncResourceManager,
 ) -> None:
     running = manager.submit_job(command("import time; time.sleep(4)"), GATE)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if {r["job_id"]: r for r in manager.jobs()}[running]["state"] == "running":
-            break
-        time.sleep(0.1)
+    wait_running(manager, running)
     queued = manager.submit_job(command("print(1)"), GATE, priority="high")
     ray.kill(deploy.coordinator(), no_restart=False)
     for job in (running, queued):
