@@ -82,7 +82,9 @@ def through_queue(client: JobSubmissionClient, manager: SyncResourceManager) -> 
             break
         except RuntimeError:
             time.sleep(POLL_S)
-    return follow(client, job_id, sent)
+    figures = follow(client, job_id, sent)
+    manager.wait_job(job_id, timeout=60)  # its supervisor has given the lease back (untimed)
+    return figures
 
 
 Way = Callable[[JobSubmissionClient, SyncResourceManager], dict[str, float]]

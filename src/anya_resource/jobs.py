@@ -89,10 +89,13 @@ class JobSupervisorImpl:
         from anya_resource.client import ResourceManager
 
         manager = await ResourceManager.new()
-        client = await asyncio.to_thread(JobSubmissionClient, "http://" + self.dashboard)
         try:
+            client = await asyncio.to_thread(JobSubmissionClient, "http://" + self.dashboard)
             while await self._attempt(manager, client):
                 pass
+        except Exception as exc:  # Ray's job server unreachable, ...: the job ends, said why
+            message = f"its supervisor could not go on: {_one_line(exc)}"
+            ended(self.record, JobState.FAILED, message, time.time())
         finally:
             await asyncio.to_thread(save, self.record)
             await manager.close()
