@@ -50,16 +50,24 @@ def local_ray(
 
 
 @contextmanager
-def local_cluster(workers: int = 3, cpus: int = 2, memory: int = 4 * GiB) -> Iterator[Cluster]:
-    """A 1 head + ``workers`` cluster; node ``i`` carries custom resource ``node{i}``."""
+def local_cluster(
+    workers: int = 3, cpus: int = 2, memory: int = 4 * GiB, dashboard: bool = False
+) -> Iterator[Cluster]:
+    """A 1 head + ``workers`` cluster; node ``i`` carries custom resource ``node{i}``.
+
+    ``dashboard``: the head also runs Ray's dashboard (its job server) on 127.0.0.1.
+    """
+    head: dict[str, Any] = {"include_dashboard": dashboard}
+    if dashboard:
+        head["dashboard_host"] = "127.0.0.1"
     cluster = Cluster(
         initialize_head=True,
         head_node_args={
             "num_cpus": cpus,
             "memory": memory,
             "resources": {"node0": 1},
-            "include_dashboard": False,
             "_system_config": FAST_FAILURE,
+            **head,
         },
     )
     for index in range(1, workers + 1):

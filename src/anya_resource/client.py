@@ -41,6 +41,14 @@ from anya_resource.core import Holder, LeaseRecord
 from anya_resource.core.history import decode as decode_history
 from anya_resource.core.model import CHANNEL_SEPARATOR
 from anya_resource.core.requests import check_timing
+from anya_resource.core.share import (
+    SPARE_IDLE_S,
+    TooManyWaiting,
+    Waiter,
+    WarmCounts,
+    WarmEntry,
+    WarmShare,
+)
 from anya_resource.errors import (
     AcquireTimeout,
     Infeasible,
@@ -58,14 +66,6 @@ from anya_resource.pools.entries import caller_stack
 from anya_resource.pools.kinds import Flavour
 from anya_resource.pools.registry import ProcessPools
 from anya_resource.pools.stats import PoolStatistics
-from anya_resource.share import (
-    SPARE_IDLE_S,
-    TooManyWaiting,
-    Waiter,
-    WarmCounts,
-    WarmEntry,
-    WarmShare,
-)
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +82,7 @@ ANSWER_GRACE_S = 5.0
 # coordinator): past it, Overloaded, which names the limit.
 MAX_WAITING_PER_MANAGER = 100_000
 # A use that finds every warm lease of its kind busy waits this long for one of them
-# before asking the coordinator for one more (share.py, ResourceManager._grow).
+# before asking the coordinator for one more (core/share.py, ResourceManager._grow).
 GROW_GRACE_S = 0.005
 # Requests per acquire_many call: its argument (~250 bytes a request) and its reply (a
 # lease is ~450 bytes) stay under Ray's 100 KB for values sent inline with a call. Larger
@@ -192,7 +192,7 @@ class ResourceManager:
         self._background: list[asyncio.Task[None]] = []
         self._epoch: int | None = None
         self._pools = ProcessPools(self, policy)  # real connections, made on first use
-        self._warm = WarmShare()  # warm leases, idle and busy (share.py)
+        self._warm = WarmShare()  # warm leases, idle and busy (core/share.py)
         self._growing: dict[asyncio.Task[None], str] = {}  # acquires for waiters, by kind
         self._loop: asyncio.AbstractEventLoop | None = None  # where the manager runs
         self._warm_reported: tuple[frozenset[str], frozenset[str]] = (frozenset(), frozenset())
@@ -404,7 +404,7 @@ class ResourceManager:
             lease.pool = next(iter(record.pools), "")
         return lease
 
-    # -- warm leases (share.py): no Ray call while the process's share has one idle --------
+    # -- warm leases (core/share.py): no Ray call while the process's share has one idle --------
 
     async def _acquire_warm(
         self,
@@ -416,8 +416,7 @@ class ResourceManager:
     ) -> Any:
         entry = await self._use_warm(spec, timeout, warm)
         lease = self._lease(entry.record, kind, on_revoked)
-        lease._warm = warm
-        entry.lease = lease
+        entry.lease = lease  # its release ends this use (_end_warm)
         return lease
 
     async def _use_warm(self, spec: dict[str, Any], timeout: float | None, warm: str) -> WarmEntry:
@@ -924,7 +923,7 @@ class ResourceManager:
         never fit is refused now (``Infeasible``).
         """
         from anya_resource import jobs
-        from anya_resource.core.jobs import JobRecord, check_entrypoint, new_job_id
+        from anya_resource.core.jobs import JobRecord, check_entrypoint
 
         command = check_entrypoint(entrypoint)
         budget = dict(resources or {})
@@ -938,9 +937,10 @@ class ResourceManager:
             raise Infeasible(f"this job can never start: {answer['infeasible']}")
         dashboard = await asyncio.to_thread(jobs.dashboard_address)
         record = JobRecord(
-            job_id=new_job_id(),
+            job_id=jobs.new_job_id(),
             entrypoint=command,
             resources=budget,
+            submitted_at=time.time(),
             priority=priority.value if isinstance(priority, Priority) else priority,
             tenant=tenant,
             preemptible=preemptible,

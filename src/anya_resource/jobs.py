@@ -23,6 +23,7 @@ import contextlib
 import json
 import logging
 import time
+import uuid
 from typing import Any
 
 import ray
@@ -45,6 +46,10 @@ log = logging.getLogger(__name__)
 POLL_S = 0.5  # how often a supervisor asks Ray's job server how its job is doing
 STOP_WAIT_S = 30.0  # how long a stopped job may take to end before it is let go
 SUPERVISOR_PREFIX = "job:"
+
+
+def new_job_id() -> str:
+    return f"anya-job-{uuid.uuid4().hex[:12]}"
 
 
 def supervisor_name(job_id: str) -> str:
@@ -230,6 +235,7 @@ __all__ = [
     "dashboard_address",
     "load",
     "load_all",
+    "new_job_id",
     "save",
     "start_supervisor",
     "supervisor",

@@ -41,9 +41,6 @@ class Lease:
     _record: LeaseRecord | None = field(default=None, repr=False)
     _manager: ResourceManager | None = field(default=None, repr=False)
     _run_sync: Callable[[Coroutine[Any, Any, Any]], Any] | None = field(default=None, repr=False)
-    # The kind of a warm lease (acquired with warm=True): given back, it stays with its
-    # manager for the next acquire of the same kind (client.py, "warm leases").
-    _warm: str | None = field(default=None, repr=False)
 
     def check(self) -> None:
         """Raise ``LeaseRevoked`` / ``LeaseExpired`` if the lease may no longer be used."""
@@ -78,7 +75,7 @@ class Lease:
     # In another process a lease is its id, token and fields: what the manager, the
     # callback and a live connection of its own process were stays behind (a Ray task or
     # actor that receives one can release it with a manager of its own).
-    _LOCAL = ("on_revoked", "_manager", "_run_sync", "_warm")
+    _LOCAL = ("on_revoked", "_manager", "_run_sync")
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)

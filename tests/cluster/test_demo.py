@@ -55,7 +55,7 @@ def test_report_matches_the_coordinators_counts(demo_run: tuple[dict[str, Any], 
         assert 0 < row["coordinator_wait_s"]["count"] <= row["grants"], name
     assert report["errors"] == {}
     # Only cancels: an ask for one more warm lease, cancelled once the task that waited
-    # was served by a lease of its own process (share.py). Nothing refused, nothing timed out.
+    # was served by a lease of its own process (core/share.py). Nothing refused, nothing timed out.
     assert set(report["rejections"]) <= {"cancelled"} and report["preemptions"] == 0
 
 

@@ -19,11 +19,10 @@ from typing import Any
 
 import pytest
 import ray
-from ray.cluster_utils import Cluster
 
 from anya_resource import Infeasible, InvalidRequest, SyncResourceManager
 from anya_resource.actors import deploy
-from tests.raytools import FAST_FAILURE, GiB, assert_loopback
+from tests.raytools import GiB, local_cluster
 
 pytestmark = [pytest.mark.ray, pytest.mark.cluster]
 
@@ -43,31 +42,14 @@ def command(code: str) -> str:
 
 @pytest.fixture(scope="module")
 def manager() -> Iterator[SyncResourceManager]:
-    cluster = Cluster(
-        initialize_head=True,
-        head_node_args={
-            "num_cpus": 2,
-            "memory": 4 * GiB,
-            "include_dashboard": True,
-            "dashboard_host": "127.0.0.1",
-            "_system_config": FAST_FAILURE,
-        },
-    )
-    try:
-        for _ in range(3):
-            cluster.add_node(num_cpus=1, memory=2 * GiB)
-        cluster.wait_for_nodes()
-        ray.init(address=cluster.address, logging_level="ERROR")
-        assert_loopback()
+    with local_cluster(workers=3, cpus=1, memory=2 * GiB, dashboard=True) as cluster:
         os.environ["RAY_ADDRESS"] = cluster.address  # for the CLI's processes
-        sync = SyncResourceManager.connect(policy=POLICY)
-        yield sync
-        sync.close()
-    finally:
-        os.environ.pop("RAY_ADDRESS", None)
-        deploy.forget_handles()
-        ray.shutdown()
-        cluster.shutdown()
+        try:
+            sync = SyncResourceManager.connect(policy=POLICY)
+            yield sync
+            sync.close()
+        finally:
+            os.environ.pop("RAY_ADDRESS", None)
 
 
 def gate_free(manager: SyncResourceManager, timeout: float = 30) -> None:
@@ -167,7 +149,9 @@ def test_a_coordinator_restart_loses_no_job_and_starts_none_twice(
     running = manager.submit_job(command("import time; time.sleep(4)"), GATE)
     wait_running(manager, running)
     queued = manager.submit_job(command("print(1)"), GATE, priority="high")
-    ray.kill(deploy.coordinator(), no_restart=False)
+    for _ in range(3):  # killed again while it is still recovering, and once more
+        ray.kill(deploy.coordinator(), no_restart=False)
+        time.sleep(1.0)
     for job in (running, queued):
         result = manager.wait_job(job, timeout=120)
         assert result["state"] == "succeeded" and result["attempts"] == 1, result

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 
 from anya_resource.core.jobs import (
@@ -11,17 +13,19 @@ from anya_resource.core.jobs import (
     after_ray_status,
     check_entrypoint,
     granted,
-    new_job_id,
     submitted,
 )
 from anya_resource.errors import InvalidRequest
 from anya_resource.render import jobs_table
 from tests.unit.test_cli_ops import _text
 
+IDS = itertools.count()
+
 
 def record(**fields: object) -> JobRecord:
+    fields.setdefault("submitted_at", 0.0)
     return JobRecord(
-        job_id=new_job_id(), entrypoint="python run.py", resources={"cpu": 1}, **fields
+        job_id=f"anya-job-{next(IDS)}", entrypoint="python run.py", resources={"cpu": 1}, **fields
     )  # type: ignore[arg-type]
 
 

@@ -1,4 +1,4 @@
-"""A process's warm leases (share.py): pure, with a fake clock and hypothesis."""
+"""A process's warm leases (core/share.py): pure, with a fake clock and hypothesis."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 from anya_resource.core import Holder, LeaseRecord
-from anya_resource.share import TooManyWaiting, Waiter, WarmEntry, WarmShare
+from anya_resource.core.share import TooManyWaiting, Waiter, WarmEntry, WarmShare
 
 KINDS = ("a", "b")
 

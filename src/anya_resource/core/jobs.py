@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import enum
 import shlex
-import time
-import uuid
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from anya_resource.errors import InvalidRequest
@@ -47,13 +45,13 @@ class JobRecord:
     job_id: str
     entrypoint: str
     resources: dict[str, Any]
+    submitted_at: float  # when submit_job was called (the shell reads the clock)
     priority: str | int = "normal"
     tenant: str | None = None
     preemptible: bool = False
     requeue: bool = False
     runtime_env: dict[str, Any] | None = None
     state: JobState = JobState.QUEUED
-    submitted_at: float = field(default_factory=time.time)
     started_at: float | None = None
     ended_at: float | None = None
     lease_id: str | None = None
@@ -81,10 +79,6 @@ class JobRecord:
         fields = {k: v for k, v in data.items() if k != "ray_submission_id"}
         fields["state"] = JobState(fields["state"])
         return cls(**fields)
-
-
-def new_job_id() -> str:
-    return f"anya-job-{uuid.uuid4().hex[:12]}"
 
 
 def check_entrypoint(entrypoint: object) -> str:
@@ -169,6 +163,5 @@ __all__ = [
     "check_entrypoint",
     "ended",
     "granted",
-    "new_job_id",
     "submitted",
 ]

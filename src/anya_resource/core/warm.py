@@ -20,7 +20,7 @@ resource it asks for, or holds a slot of a pool it asks for, or belongs to its t
 while that tenant is at its limit. A manager is never asked for its own leases of the
 waiter's kind (same shape, priority, tenant, preemptible): what a process waits for
 while it holds leases of that kind is its own back-pressure (its share serves it
-first, share.py). Its leases of other kinds are asked for like anyone's, so a
+first, core/share.py). Its leases of other kinds are asked for like anyone's, so a
 process's own low tasks give way to its high ones. One waiter per shape is looked at,
 the best of its group: the others of that shape are outranked by it, or want the same
 things back.

@@ -53,7 +53,7 @@ def leased_udf(
             if not per_batch:
                 return super().__call__(batch, *args, **kwargs)
             # A warm lease: the actor's next batch takes it again with no Ray call, unless a
-            # request it does not outrank waits for it (share.py).
+            # request it does not outrank waits for it (core/share.py).
             with self._anya.acquire(
                 per_batch, priority=priority, tenant=tenant, timeout=timeout, warm=True
             ):

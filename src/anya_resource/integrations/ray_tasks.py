@@ -1,6 +1,6 @@
 """``@leased``: Ray tasks and actors that run where, and when, a lease was granted.
 
-**Tasks** run on *warm leases* (share.py): the submitting process holds the leases,
+**Tasks** run on *warm leases* (core/share.py): the submitting process holds the leases,
 and each task uses one from ``.remote()`` until its ObjectRef settles. ``f.remote(...)``
 takes an idle lease of its kind from the process's share (no Ray call), or waits for
 one of its own to come free or for the coordinator to grant one more (one acquire per
@@ -46,16 +46,15 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from anya_resource.actors import deploy
 from anya_resource.client import SyncResourceManager, current_holder, warm_kind
+from anya_resource.core.share import WarmCounts, WarmEntry
 from anya_resource.errors import InvalidRequest
 from anya_resource.lease import Lease, lease_fields
 from anya_resource.quantities import from_units
-from anya_resource.share import WarmCounts, WarmEntry
 
 log = logging.getLogger(__name__)
 
 F = TypeVar("F", bound=Callable[..., Any])
 S = TypeVar("S", bound="_Leased")
-T = TypeVar("T")
 LEASE_OPTIONS = ("priority", "tenant", "timeout", "ttl", "preemptible", "node", "detached")
 TASK_OPTIONS = ("max_pending",)  # how a task's .remote() waits: not part of the request
 RESOURCE_OPTIONS = ("memory", "cpu", "gpu", "disk", "pools")
@@ -173,7 +172,7 @@ def _remote_task(fn: Callable[..., Any]) -> Any:
 
 
 class _Leased:
-    """What ``@leased`` functions and classes share: options, and acquire-then-submit."""
+    """What ``@leased`` functions and classes share: their options, split."""
 
     def __init__(self, target: Any, options: dict[str, Any]) -> None:
         self._target = target
@@ -189,20 +188,6 @@ class _Leased:
         if variant is None:
             variant = self._variants[key] = type(self)(self._target, merged)
         return variant
-
-    def _submit(
-        self, submit: Callable[[dict[str, Any], Lease], T]
-    ) -> tuple[SyncResourceManager, Lease, T]:
-        """Acquire the lease (waiting its turn), then ``submit(ray options, lease copy)``
-        pinned to the granted node; the lease goes back if the submission fails."""
-        manager = _manager()
-        lease = manager.acquire(self._resources, **self._lease_options)
-        try:
-            submitted = submit(_pinned(lease, self._ray_options), _portable(lease))
-        except BaseException:
-            manager.release(lease)
-            raise
-        return manager, lease, submitted
 
 
 class LeasedFunction(_Leased, Generic[F]):
@@ -255,8 +240,8 @@ class LeasedFunction(_Leased, Generic[F]):
         if task is None:
             options: dict[str, Any] = {
                 # Ray's own CPUs as the lease's (Ray's default of 1 when it names none):
-                # Ray then reuses a few workers, where num_cpus=0 would start one
-                # process per task in flight (2.5x slower on no-op tasks, measured).
+                # Ray then reuses a few workers, where num_cpus=0 would let it start one
+                # process per task in flight.
                 "num_cpus": from_units("cpu", record.resources.get("cpu", 1000)),
                 "num_gpus": gpus,
                 **self._ray_options,
@@ -304,14 +289,17 @@ class LeasedActorClass(_Leased):
         self._actor: Any = ray.remote(_leased_subclass(cls))
 
     def remote(self, *args: Any, **kwargs: Any) -> Any:
-        # The actor's process holds and renews the lease once it has started; the caller
-        # renews too until then (and after, harmlessly, while it lives).
-        _, _, handle = self._submit(
-            lambda options, portable: self._actor.options(**options).remote(
-                portable, *args, **kwargs
-            )
-        )
-        return handle
+        """Acquire the lease (waiting its turn), then start the actor pinned to the granted
+        node; the lease goes back if the start fails. The actor's process holds and renews
+        it once started; the caller renews too until then (and after, harmlessly)."""
+        manager = _manager()
+        lease = manager.acquire(self._resources, **self._lease_options)
+        try:
+            options = _pinned(lease, self._ray_options)
+            return self._actor.options(**options).remote(_portable(lease), *args, **kwargs)
+        except BaseException:
+            manager.release(lease)
+            raise
 
 
 def _leased_subclass(cls: type) -> type:
