@@ -35,7 +35,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
-from hypothesis import HealthCheck, settings
+from hypothesis import HealthCheck, event, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
@@ -79,6 +79,8 @@ SHAPES = (
     {"cpu": 2},
     {"memory": "3GiB"},
 )
+# Drawn from a budget: some fit the budgets above, some never can (refused at once).
+DRAWN_SHAPES = ({"cpu": "0.5"}, {"cpu": 1}, {"pools": {"p": 1}}, {"memory": "1GiB"})
 picks = st.integers(min_value=0, max_value=1000)
 # A reply to a call (what fails with the call when the coordinator dies), by the call.
 CALL_REPLIES = {
@@ -117,6 +119,7 @@ class Belief:
     pools: dict[str, int]
     resources: dict[str, int]
     expires_at: float  # as far as the client knows
+    within: str | None = None  # the budget it was drawn from
 
 
 @dataclass
@@ -184,7 +187,7 @@ class Coordinator:
             key, request = msg.args
             try:
                 request_id, decisions = s.submit(request, now)
-            except (Infeasible, InvalidRequest, LeaseExpired):
+            except (Infeasible, InvalidRequest, LeaseExpired, LeaseRevoked):
                 self.after_commit(Reply(msg.client, "rejected", (key,)))
                 return
             self.parked.setdefault(request_id, []).append(msg)
@@ -274,6 +277,7 @@ class RecoveryMachine(RuleBasedStateMachine):
         self.released_by_other: set[str] = set()
         self.dropped_expired: set[str] = set()  # dropped by a client when its TTL ran out
         self.revoked: set[str] = set()
+        self.budgets: dict[str, dict[str, int]] = {}  # lease id -> what it may have drawn
 
     # -- helpers ---------------------------------------------------------------------
 
@@ -300,6 +304,8 @@ class RecoveryMachine(RuleBasedStateMachine):
                 assert lease.fencing_token > self.max_fencing, "fencing tokens went down"
                 self.max_fencing = lease.fencing_token
                 self.lease_ids.add(lease.lease_id)
+                if lease.within is None:
+                    self.budgets[lease.lease_id] = {**lease.resources, **lease.pools}
         coord.grants.clear()
         self.revoked |= coord.revoked
 
@@ -335,6 +341,27 @@ class RecoveryMachine(RuleBasedStateMachine):
             idempotency_key=key,
             holder=client.holder,
             timeout=timeout,
+        )
+        client.pending[key] = request
+        self.send(Msg("acquire", client.index, (key, request)))
+
+    @rule(who=picks, index=picks, shape=st.sampled_from(DRAWN_SHAPES))
+    def draw(self, who: int, index: int, shape: dict[str, Any]) -> None:
+        """A process of a job acquires from the job's budget: a lease someone holds."""
+        client = self.pick(self.live(), who)
+        budgets = sorted(
+            (lease_id, b.token)
+            for c in self.live()
+            for lease_id, b in c.held.items()
+            if b.within is None
+        )
+        budget = self.pick(budgets, index)
+        if client is None or budget is None:
+            return
+        client.keys += 1
+        key = f"{manager_of(client)}{client.keys}"
+        request = build_request(
+            POLICY, shape, idempotency_key=key, holder=client.holder, within=list(budget)
         )
         client.pending[key] = request
         self.send(Msg("acquire", client.index, (key, request)))
@@ -416,6 +443,8 @@ class RecoveryMachine(RuleBasedStateMachine):
             del client.pending[key]
             for other in self.clients:
                 assert lease.lease_id not in other.held, f"{lease.lease_id} granted twice"
+            if lease.within is not None:
+                event("a lease drawn from a budget was granted")
             client.held[lease.lease_id] = Belief(
                 lease.token,
                 lease.fencing_token,
@@ -423,6 +452,7 @@ class RecoveryMachine(RuleBasedStateMachine):
                 dict(lease.pools),
                 dict(lease.resources),
                 lease.expires_at,
+                lease.within,
             )
         elif kind == "rejected":
             client.pending.pop(args[0], None)
@@ -699,15 +729,34 @@ class RecoveryMachine(RuleBasedStateMachine):
             for lease_id, b in c.held.items()
             if lease_id not in excluded and b.expires_at > self.now
         ]
+        drawn = [(lease_id, b) for lease_id, b in beliefs if b.within is not None]
+        for budget_id, total in self.budgets.items():
+            used: dict[str, int] = {}
+            for _, b in drawn:
+                if b.within == budget_id:
+                    for name, amount in {**b.resources, **b.pools}.items():
+                        used[name] = used.get(name, 0) + amount
+            for name, amount in used.items():
+                assert amount <= total.get(name, 0), f"{budget_id}: {used} drawn > {total}"
+        active = self.coord.s.leases.active if self.coord is not None else None
+        # What is drawn from a budget holds nothing of the cluster (its budget holds it);
+        # it ends with its budget, which its holder hears of next.
+        beliefs = [
+            (lease_id, b)
+            for lease_id, b in beliefs
+            if b.within is None or (active is not None and b.within in active)
+        ]
+        cluster = [(lease_id, b) for lease_id, b in beliefs if b.within is None]
         for pool, size in (("p", 2), ("default", 3)):
-            used = sum(b.pools.get(pool, 0) for _, b in beliefs)
-            assert used <= size, f"holders believe they hold {used} slots of {pool} (size {size})"
+            used_slots = sum(b.pools.get(pool, 0) for _, b in cluster)
+            assert used_slots <= size, (
+                f"holders believe they hold {used_slots} slots of {pool} (size {size})"
+            )
         for node in NODES:
             for resource in ("cpu", "memory"):
-                used = sum(b.resources.get(resource, 0) for _, b in beliefs if b.node == node)
-                assert used <= CAPACITY[resource], f"{node} {resource}: {used} believed held"
-        if self.coord is not None:
-            active = self.coord.s.leases.active
+                held = sum(b.resources.get(resource, 0) for _, b in cluster if b.node == node)
+                assert held <= CAPACITY[resource], f"{node} {resource}: {held} believed held"
+        if active is not None:
             for lease_id, _ in beliefs:
                 assert lease_id in active, f"{lease_id} is believed held but not counted"
 

@@ -531,6 +531,7 @@ class CoordinatorImpl:
             idempotency_key=spec.get("idempotency_key"),
             holder=Holder(**spec.get("holder", {})),
             detached=spec.get("detached", False),
+            within=spec.get("within"),
         )
 
     async def acquire_many(

@@ -30,7 +30,14 @@ def _violations(s: Scheduler) -> list[str]:
     pools = dict.fromkeys(s.pools, 0)
     tenants: dict[str, dict[str, int]] = {}
     fencing: set[int] = set()
+    drawn: dict[str, dict[str, int]] = {}  # budget lease -> what is drawn from it
     for lease in s.leases:
+        if lease.fencing_token in fencing:
+            out.append(f"inv4: fencing token {lease.fencing_token} used twice")
+        fencing.add(lease.fencing_token)
+        if lease.within is not None:
+            _add(drawn.setdefault(lease.within, {}), {**lease.resources, **lease.pools})
+            continue
         if lease.node_id not in s.nodes:
             out.append(f"inv2: lease {lease.lease_id} on unknown node {lease.node_id}")
             continue
@@ -38,12 +45,7 @@ def _violations(s: Scheduler) -> list[str]:
             granted[lease.node_id][r] += a
         for p, a in lease.pools.items():
             pools[p] += a
-        usage = tenants.setdefault(lease.tenant, {})
-        for r, a in {**lease.resources, **lease.pools}.items():
-            usage[r] = usage.get(r, 0) + a
-        if lease.fencing_token in fencing:
-            out.append(f"inv4: fencing token {lease.fencing_token} used twice")
-        fencing.add(lease.fencing_token)
+        _add(tenants.setdefault(lease.tenant, {}), {**lease.resources, **lease.pools})
         if lease.fencing_token > s.leases.highest_fencing:
             out.append(f"inv4: lease {lease.lease_id} fencing above the highest issued")
         if lease.state is LeaseState.REVOKING and lease.revoke_deadline is None:
@@ -84,4 +86,35 @@ def _violations(s: Scheduler) -> list[str]:
             out.append(f"inv2: tenant {name} holds leases but has no quota record")
     if len(s.leases.by_request) != len(s.leases):
         out.append("inv5: leases and their requests are not one to one")
+    out.extend(_budget_violations(s, drawn))
     return out
+
+
+def _budget_violations(s: Scheduler, drawn: dict[str, dict[str, int]]) -> list[str]:
+    """inv9: what is drawn from a budget is within it, counted once, and ends with it."""
+    out: list[str] = []
+    for lease_id in drawn.keys() - s.budgets.by_lease.keys():
+        out.append(f"inv9: leases drawn from {lease_id}, which has no budget")
+    for lease_id, budget in s.budgets.by_lease.items():
+        owner = s.leases.active.get(lease_id)
+        if owner is None or owner.within is not None:
+            out.append(f"inv9: budget {lease_id} is not an active lease of the cluster")
+            continue
+        used = {r: a for r, a in drawn.get(lease_id, {}).items() if a}
+        if used != budget.used:
+            out.append(f"inv9: budget {lease_id} counts {budget.used}, its leases add up to {used}")
+        for r, a in used.items():
+            if a > budget.total.get(r, 0):
+                out.append(f"inv9: budget {lease_id} {r}: {a} drawn > {budget.total.get(r, 0)}")
+        for request_id in budget.waiting:
+            if s.budgets.waiters.get(request_id, (None, None))[1] is not budget:
+                out.append(f"inv9: request {request_id} waits in {lease_id} untracked")
+        best = budget.best()
+        if best is not None and budget.fits(best.request):
+            out.append(f"inv9: budget {lease_id}: its first waiter fits and was not granted")
+    return out
+
+
+def _add(into: dict[str, int], amounts: dict[str, int]) -> None:
+    for r, a in amounts.items():
+        into[r] = into.get(r, 0) + a

@@ -65,6 +65,11 @@ class Request:
     idempotency_key: str | None = None
     holder: Holder = field(default_factory=Holder)
     detached: bool = False
+    # Drawn from a budget: the id of a held lease (a job's) whose amounts cap this one
+    # and everything else drawn from it, and that lease's token, the proof of membership
+    # (core/budgets.py). Such a request never waits in the cluster's queue.
+    within: str | None = None
+    within_token: str | None = field(default=None, repr=False, compare=False)
     shape: tuple[Any, ...] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -76,6 +81,7 @@ class Request:
                 tuple(sorted(self.pools.items())),
                 self.tenant,
                 self.node,
+                self.within,
             ),
         )
 
@@ -119,6 +125,7 @@ class LeaseRecord:
     state: LeaseState = LeaseState.ACTIVE
     revoke_reason: str | None = None
     revoke_deadline: float | None = None
+    within: str | None = None  # the budget (a lease id) it is drawn from: core/budgets.py
 
     @property
     def listener(self) -> str | None:
@@ -154,14 +161,17 @@ class LeaseRecord:
             self.state.value,
             self.revoke_reason,
             self.revoke_deadline,
+            self.within,
         )
 
     @classmethod
     def from_fields(cls, fields: tuple[Any, ...] | list[Any]) -> LeaseRecord:
         """The record ``fields()`` was taken from (lists accepted: JSON has no tuples)."""
-        if len(fields) != RECORD_FIELD_COUNT:
-            raise ValueError(f"a lease record has {RECORD_FIELD_COUNT} fields, got {len(fields)}")
         values = list(fields)
+        if len(values) == RECORD_FIELD_COUNT - 1:
+            values.append(None)  # written before budgets: drawn from none
+        if len(values) != RECORD_FIELD_COUNT:
+            raise ValueError(f"a lease record has {RECORD_FIELD_COUNT} fields, got {len(fields)}")
         values[5] = dict(values[5])
         values[6] = dict(values[6])
         values[14] = Holder(*values[14])
@@ -182,6 +192,7 @@ class LeaseRecord:
             "expires_at": self.expires_at,
             "preemptible": self.preemptible,
             "state": self.state.value,
+            "within": self.within,
             "holder": {
                 "pid": self.holder.pid,
                 "node_id": self.holder.node_id,
@@ -191,7 +202,7 @@ class LeaseRecord:
         }
 
 
-RECORD_FIELD_COUNT = 21
+RECORD_FIELD_COUNT = 22
 
 
 @dataclass(frozen=True, slots=True)
@@ -215,6 +226,7 @@ class RejectReason(str, enum.Enum):
     NODE_LOST = "node_lost"
     INFEASIBLE = "infeasible"
     HOLDER_DIED = "holder_died"
+    BUDGET_ENDED = "budget_ended"  # the budget it was to be drawn from ended
 
 
 class ReclaimReason(str, enum.Enum):
@@ -226,6 +238,7 @@ class ReclaimReason(str, enum.Enum):
     NODE_LOST = "node_lost"
     CANCELLED = "cancelled"  # granted to a waiter that had already given up
     UNCLAIMED = "unclaimed"  # restored after a restart; its manager said it does not hold it
+    BUDGET_ENDED = "budget_ended"  # the budget it was drawn from ended (its job's lease)
 
 
 @dataclass(slots=True)

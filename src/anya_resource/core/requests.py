@@ -29,6 +29,7 @@ def build_request(
     idempotency_key: str | None = None,
     holder: Holder | None = None,
     detached: bool = False,
+    within: object = None,
 ) -> Request:
     """Validate and normalise one request. Raises ``InvalidRequest``; changes nothing."""
     if not isinstance(resources, Mapping):
@@ -63,6 +64,7 @@ def build_request(
             f"[{-MAX_PRIORITY}, {MAX_PRIORITY}]"
         )
     name = priority.value if isinstance(priority, Priority) else str(priority)
+    budget, budget_token = _within(within)
     return Request(
         resources=node_amounts,
         pools=pool_amounts,
@@ -76,6 +78,8 @@ def build_request(
         idempotency_key=_key(idempotency_key),
         holder=holder if holder is not None else Holder(),
         detached=_flag("detached", detached),
+        within=budget,
+        within_token=budget_token,
     )
 
 
@@ -150,6 +154,21 @@ def _key(key: object) -> str | None:
     if key is None:
         return None
     return check_name("idempotency_key", key)
+
+
+def _within(within: object) -> tuple[str | None, str | None]:
+    """A budget to draw from: None, or its lease's ``[lease_id, token]``."""
+    if within is None:
+        return None, None
+    if (
+        isinstance(within, list | tuple)
+        and len(within) == 2
+        and all(isinstance(part, str) and 0 < len(part) <= 200 for part in within)
+    ):
+        return check_name("within", within[0]), str(within[1])
+    raise InvalidRequest(
+        f"within: got {shown(within)}, expected the budget lease's [lease_id, token]"
+    )
 
 
 def _flag(what: str, value: object) -> bool:

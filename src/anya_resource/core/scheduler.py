@@ -22,6 +22,7 @@ from typing import Any
 from anya_resource.config import Policy
 from anya_resource.core import views
 from anya_resource.core.bottleneck import find_bottlenecks
+from anya_resource.core.budgets import Budget, Budgets
 from anya_resource.core.journal import (
     Ended,
     Entry,
@@ -98,6 +99,9 @@ class Freed:
     pools: set[str] = field(default_factory=set)
     tenants: set[str] = field(default_factory=set)
     everything: bool = False
+    # Budgets something drawn from them came back to (core/budgets.py): what they free
+    # is for their own waiters only, so it is not part of the cluster's truth value.
+    budgets: set[str] = field(default_factory=set)
 
     def __bool__(self) -> bool:
         return self.everything or bool(self.nodes or self.pools or self.tenants)
@@ -131,6 +135,7 @@ class Scheduler:
         # entries, written before any decision they carry is told (core/journal.py).
         self.journal: list[Entry] = []
         self.reservation: Reservation | None = None
+        self.budgets = Budgets()  # what jobs draw from their leases (core/budgets.py)
         self.counters = Counters()
         self.waits: dict[str, deque[float]] = {}
         self.waiting_demand: Amounts = {}
@@ -268,11 +273,13 @@ class Scheduler:
             known = self._keys.get(request.idempotency_key)
             if known is not None:
                 return self._replay(request.idempotency_key, known)
-        self._check_node(request)
-        reason = self.never_fits(request)
+        budget = self._budget_for(request) if request.within is not None else None
+        if budget is None:
+            self._check_node(request)
+        reason = self.never_fits(request) if budget is None else budget.never_fits(request)
         if reason is not None:
             raise Infeasible(reason)
-        if len(self.queue) >= MAX_WAITING:
+        if len(self.queue) + len(self.budgets.waiters) >= MAX_WAITING:
             raise Overloaded(
                 f"{len(self.queue):,} requests wait already, the most the queue takes "
                 f"({MAX_WAITING:,}); try again later, or with timeout=0"
@@ -285,6 +292,9 @@ class Scheduler:
         if request.idempotency_key is not None:
             self._remember_key(request.idempotency_key, ("request", request_id))
         decisions: list[Decision] = []
+        if budget is not None:
+            self._submit_within(waiter, budget, now, decisions)
+            return request_id, decisions
         outranks = self._outranks_head(waiter, now)
         held = None if outranks else self.reservation
         node = self.place(request, held, None)
@@ -299,9 +309,53 @@ class Scheduler:
             decisions.extend(self._settle(now, Freed(everything=True)))
         return request_id, decisions
 
+    def _budget_for(self, request: Request) -> Budget:
+        """The budget ``request`` is to be drawn from; raises if it cannot be."""
+        lease_id = request.within
+        lease = self._active_or_genuine(lease_id, request.within_token)
+        if lease is None:
+            raise LeaseExpired(
+                f"within: the budget lease {lease_id} has ended (its job ended or was "
+                "preempted); nothing more can be drawn from it"
+            )
+        if lease.within is not None:
+            raise InvalidRequest(
+                f"within: lease {lease_id} is itself drawn from a budget; expected the "
+                f"budget's own lease ({lease.within})"
+            )
+        if lease.state is LeaseState.REVOKING:
+            raise LeaseRevoked(
+                f"within: the budget lease {lease_id} is being taken back "
+                f"({lease.revoke_reason}); nothing more can be drawn from it"
+            )
+        if request.node is not None and request.node != lease.node_id:
+            raise InvalidRequest(
+                f"node: {request.node!r}, but the budget lease {lease_id} holds its "
+                f"capacity on node {lease.node_id}; expected that node or none"
+            )
+        return self.budgets.open(lease)
+
+    def _submit_within(
+        self, waiter: Waiter, budget: Budget, now: float, decisions: list[Decision]
+    ) -> None:
+        """Grant from the budget if it fits and nobody waiting there comes first."""
+        if budget.fits(waiter.request) and budget.comes_first(waiter):
+            self._grant_within(waiter, budget, now, decisions)
+        elif waiter.request.timeout == 0:
+            message = f"the job's budget ({budget.lease_id}) has no room now and timeout=0"
+            self._reject(waiter, RejectReason.TIMEOUT, message, decisions)
+        else:
+            self.budgets.wait(budget, waiter)
+
     def cancel(self, request_id: str, now: float) -> list[Decision]:
         """The waiter gave up. If its grant crossed the cancel, the grant goes back."""
         decisions: list[Decision] = []
+        drawing = self.budgets.waiters.get(request_id)
+        if drawing is not None:
+            self._reject(drawing[0], RejectReason.CANCELLED, "cancelled by the caller", decisions)
+            # A first waiter holds back the ones behind it in its budget.
+            decisions.extend(self._settle(now, Freed(budgets={drawing[1].lease_id})))
+            return decisions
         waiter = self.queue.by_id.get(request_id)
         if waiter is not None:
             was_head = self.reservation is not None and self.reservation.request_id == request_id
@@ -433,6 +487,9 @@ class Scheduler:
         for waiter in self.queue.overdue(now):
             self._reject(waiter, RejectReason.TIMEOUT, "timed out waiting", decisions)
             freed.everything = True  # its reservation, if it had one, is free again
+        for waiter in self.budgets.overdue(now):
+            self._reject(waiter, RejectReason.TIMEOUT, "timed out waiting", decisions)
+            freed.budgets.add(str(waiter.request.within))  # it may have blocked others
         head = self.queue.best(now)
         if head is not None and (
             self.reservation is None or self.reservation.request_id != head.request_id
@@ -542,6 +599,10 @@ class Scheduler:
             if waits_for(waiter.request):
                 self._reject(waiter, RejectReason.HOLDER_DIED, message, decisions)
                 freed.everything = True
+        for waiter, budget in list(self.budgets.waiters.values()):
+            if waits_for(waiter.request):
+                self._reject(waiter, RejectReason.HOLDER_DIED, message, decisions)
+                freed.budgets.add(budget.lease_id)
         decisions.extend(self._settle(now, freed))
         return decisions
 
@@ -562,22 +623,31 @@ class Scheduler:
         leases.highest_fencing = max(leases.highest_fencing, recovered.highest_fencing)
         for key, outcome in recovered.refused.items():
             self._remember_key(key, ("rejected", outcome))
-        for lease in recovered.leases.values():
+        # Budgets' own leases first: what is drawn from one is counted in it.
+        ordered = sorted(recovered.leases.values(), key=lambda lease: lease.within is not None)
+        for lease in ordered:
             if lease.lease_id in leases.active:
                 continue
             lease.token = leases.minter.mint(lease.lease_id)
             lease.expires_at = max(lease.expires_at, now + lease.ttl)
             node = self.nodes.get(lease.node_id)
-            if node is None:
+            gone = (
+                ReclaimReason.NODE_LOST
+                if node is None
+                else ReclaimReason.BUDGET_ENDED
+                if lease.within is not None and lease.within not in leases.active
+                else None
+            )
+            if gone is not None:
                 self.journal.append(Ended(lease.lease_id))
-                decisions.append(
-                    Reclaim(
-                        lease.lease_id, lease.node_id, ReclaimReason.NODE_LOST, self._tell(lease)
-                    )
-                )
+                decisions.append(Reclaim(lease.lease_id, lease.node_id, gone, self._tell(lease)))
                 continue
-            self._charge(lease, node)
-            node.mark_overcommit(lease.resources)
+            assert node is not None
+            if lease.within is not None:
+                self.budgets.open(leases.active[lease.within]).charge(lease)
+            else:
+                self._charge(lease, node)
+                node.mark_overcommit(lease.resources)
             leases.add(lease)
             if not lease.detached:
                 leases.unconfirmed.add(lease.lease_id)
@@ -627,7 +697,7 @@ class Scheduler:
 
     def _settle(self, now: float, freed: Freed) -> list[Decision]:
         """Grant what fits now, in priority order; keep the head's reservation."""
-        decisions: list[Decision] = []
+        decisions = self._settle_budgets(freed.budgets, now) if freed.budgets else []
         if not self.queue:
             self.reservation = None
             return decisions
@@ -694,6 +764,17 @@ class Scheduler:
         for best in bests:
             if best.request.shape != head.request.shape:
                 self._grant_shape(best, scope, now, decisions)
+        return decisions
+
+    def _settle_budgets(self, lease_ids: Iterable[str], now: float) -> list[Decision]:
+        """Within each budget, grant its waiters in order while the first one fits."""
+        decisions: list[Decision] = []
+        for lease_id in lease_ids:
+            budget = self.budgets.by_lease.get(lease_id)
+            if budget is None:
+                continue
+            while (best := budget.best()) is not None and budget.fits(best.request):
+                self._grant_within(best, budget, now, decisions)
         return decisions
 
     def _free_on(self, node_ids: Iterable[str]) -> Callable[[str], list[int]]:
@@ -879,6 +960,14 @@ class Scheduler:
         heapq.heappush(self._revocations, (deadline, lease.lease_id))
         self.journal.append(Revoking(lease.lease_id, reason, deadline))
         decisions.append(Revoke(lease.lease_id, lease.node_id, reason, deadline))
+        budget = self.budgets.by_lease.get(lease.lease_id)
+        if budget is not None:
+            # What the job drew from it goes with it: its holders hear so now, and have
+            # the same grace to let go.
+            for drawn_id in sorted(budget.drawn):
+                drawn = self.leases.active[drawn_id]
+                if drawn.state is LeaseState.ACTIVE:
+                    self._revoke(drawn, f"its job's budget: {reason}", now, decisions)
 
     # -- bookkeeping ------------------------------------------------------------------
 
@@ -888,38 +977,62 @@ class Scheduler:
         request = waiter.request
         if waiter.request_id in self.queue:
             self._dequeue(waiter)
-        lease_id, fencing, token = self.leases.next_ids()
         # A tenant the policy does not name has no guarantee: all it holds is borrowed,
         # its first lease too (granted before it has a quota record).
         quota = self._quota(request.tenant)
+        borrowed = quota.would_borrow(tenant_demand(request))
+        lease = self._new_lease(waiter, node.node_id, request.tenant, request.preemptible, now)
+        lease.borrowed = borrowed
+        self._charge(lease, node)
+        if self.reservation is not None and self.reservation.request_id == waiter.request_id:
+            self.reservation = None
+        self._revoking_for.pop(waiter.request_id, None)
+        self._granted(waiter, lease, now, decisions)
+
+    def _grant_within(
+        self, waiter: Waiter, budget: Budget, now: float, decisions: list[Decision]
+    ) -> None:
+        """Grant from a budget: on its node, in its tenant, preemptible only with it."""
+        self.budgets.unwait(waiter.request_id)
+        lease = self._new_lease(waiter, budget.node_id, budget.tenant, False, now)
+        lease.within = budget.lease_id
+        budget.charge(lease)
+        self._granted(waiter, lease, now, decisions)
+
+    def _new_lease(
+        self, waiter: Waiter, node_id: str, tenant: str, preemptible: bool, now: float
+    ) -> LeaseRecord:
+        request = waiter.request
+        lease_id, fencing, token = self.leases.next_ids()
         # Positional: the keyword form costs twice as much, and this runs per grant.
-        lease = LeaseRecord(
+        return LeaseRecord(
             lease_id,
             waiter.request_id,
             token,
             fencing,
-            node.node_id,
+            node_id,
             request.resources,
             request.pools,
             request.priority,
             request.priority_name,
-            request.tenant,
+            tenant,
             request.ttl,
             now,
             now + request.ttl,
-            request.preemptible,
+            preemptible,
             request.holder,
             request.detached,
             request.idempotency_key,
-            quota.would_borrow(tenant_demand(request)),
         )
-        self._charge(lease, node)
+
+    def _granted(
+        self, waiter: Waiter, lease: LeaseRecord, now: float, decisions: list[Decision]
+    ) -> None:
+        """Record a grant: the table, the key, the wait, the journal, the decision."""
+        request = waiter.request
         self.leases.add(lease)
         if request.idempotency_key is not None:
-            self._remember_key(request.idempotency_key, ("lease", lease_id))
-        if self.reservation is not None and self.reservation.request_id == waiter.request_id:
-            self.reservation = None
-        self._revoking_for.pop(waiter.request_id, None)
+            self._remember_key(request.idempotency_key, ("lease", lease.lease_id))
         waited = now - waiter.submitted_at
         samples = self.waits.get(request.priority_name)
         if samples is None:
@@ -968,8 +1081,26 @@ class Scheduler:
         freed: Freed,
         by: str | None = None,
     ) -> None:
+        if lease.lease_id not in self.leases.active:
+            return  # it ended already, with the budget it was drawn from
         self.leases.remove(lease.lease_id, reason)
         self.journal.append(Ended(lease.lease_id))
+        if lease.within is not None:
+            budget = self.budgets.by_lease.get(lease.within)
+            if budget is not None:
+                budget.refund(lease)
+                freed.budgets.add(budget.lease_id)
+        else:
+            self._count_back(lease, freed)
+            budget = self.budgets.close(lease.lease_id)
+            if budget is not None:
+                self._end_budget(budget, decisions, freed)
+        self.counters.reclaimed[reason.value] = self.counters.reclaimed.get(reason.value, 0) + 1
+        tell = None if reason is ReclaimReason.CANCELLED else self._tell(lease, by)
+        decisions.append(Reclaim(lease.lease_id, lease.node_id, reason, tell))
+
+    def _count_back(self, lease: LeaseRecord, freed: Freed) -> None:
+        """A lease of the cluster ended: its node, pools and tenant have it back."""
         node = self.nodes.get(lease.node_id)
         self.count_out(node, lease.resources, lease.pools, self._quota(lease.tenant))
         if node is not None:
@@ -979,9 +1110,16 @@ class Scheduler:
         if lease.tenant not in self.policy.tenants:
             self._maybe_idle.add(lease.tenant)
         freed.tenants.add(lease.tenant)
-        self.counters.reclaimed[reason.value] = self.counters.reclaimed.get(reason.value, 0) + 1
-        tell = None if reason is ReclaimReason.CANCELLED else self._tell(lease, by)
-        decisions.append(Reclaim(lease.lease_id, lease.node_id, reason, tell))
+
+    def _end_budget(self, budget: Budget, decisions: list[Decision], freed: Freed) -> None:
+        """A budget's lease ended: what was drawn from it ends, its waiters are refused."""
+        for lease_id in sorted(budget.drawn):
+            self._reclaim(
+                self.leases.active[lease_id], ReclaimReason.BUDGET_ENDED, decisions, freed
+            )
+        message = f"the job's budget {budget.lease_id} it was to be drawn from ended"
+        for waiter in list(budget.waiting.values()):
+            self._reject(waiter, RejectReason.BUDGET_ENDED, message, decisions)
 
     @staticmethod
     def _tell(lease: LeaseRecord, by: str | None = None) -> str | None:
@@ -1023,6 +1161,8 @@ class Scheduler:
     ) -> None:
         if waiter.request_id in self.queue:
             self._dequeue(waiter)
+        else:
+            self.budgets.unwait(waiter.request_id)
         key = waiter.request.idempotency_key
         if key is not None:
             self._remember_key(key, ("rejected", f"{reason.value}:{message}"))

@@ -24,6 +24,11 @@ first, core/share.py). Its leases of other kinds are asked for like anyone's, so
 process's own low tasks give way to its high ones. One waiter per shape is looked at,
 the best of its group: the others of that shape are outranked by it, or want the same
 things back.
+
+Within a job's budget (core/budgets.py) the same holds for the first waiter of each
+budget, over the leases drawn from that budget (by base priority: a budget's waiters do
+not age). Leases drawn from a budget are never wanted by the cluster's queue: giving one
+back frees nothing outside its budget.
 """
 
 from __future__ import annotations
@@ -56,22 +61,14 @@ class WantedBack:
 def wanted_back(scheduler: Scheduler, now: float) -> WantedBack:
     """Which held leases the waiting requests want back, and how (see the module's doc)."""
     found = WantedBack()
-    if not scheduler.queue:
-        return found
-    for best in scheduler.queue.group_bests(now):
+    for best in scheduler.queue.group_bests(now) if scheduler.queue else ():
         effective = scheduler.queue.effective(best, now)
-        own = channel_of(best.request.idempotency_key)
-        for lease in _useful_to(scheduler, best):
-            listener = lease.listener
-            if (
-                listener is None
-                or lease.state is not LeaseState.ACTIVE
-                or lease.detached
-                or (listener == own and _same_kind(lease, best.request))
-            ):
-                continue
-            level = found.wanted if lease.priority <= effective else found.spare
-            level.setdefault(listener, set()).add(lease.lease_id)
+        _ask(found, best.request, effective, _useful_to(scheduler, best))
+    for budget in scheduler.budgets.by_lease.values():
+        first = budget.best()
+        if first is not None:
+            drawn = (scheduler.leases.active[lease_id] for lease_id in budget.drawn)
+            _ask(found, first.request, first.request.priority, drawn)
     for listener, ids in found.wanted.items():  # wanted says more than spare
         spare = found.spare.get(listener)
         if spare is not None:
@@ -79,6 +76,24 @@ def wanted_back(scheduler: Scheduler, now: float) -> WantedBack:
             if not spare:
                 del found.spare[listener]
     return found
+
+
+def _ask(
+    found: WantedBack, request: Request, effective: float, leases: Iterable[LeaseRecord]
+) -> None:
+    """Note, of each of ``leases``, whether ``request`` wants it back or only idle."""
+    own = channel_of(request.idempotency_key)
+    for lease in leases:
+        listener = lease.listener
+        if (
+            listener is None
+            or lease.state is not LeaseState.ACTIVE
+            or lease.detached
+            or (listener == own and _same_kind(lease, request))
+        ):
+            continue
+        level = found.wanted if lease.priority <= effective else found.spare
+        level.setdefault(listener, set()).add(lease.lease_id)
 
 
 def _same_kind(lease: LeaseRecord, request: Request) -> bool:
@@ -93,6 +108,12 @@ def _same_kind(lease: LeaseRecord, request: Request) -> bool:
 
 
 def _useful_to(scheduler: Scheduler, waiter: Waiter) -> Iterable[LeaseRecord]:
+    for lease in _could_serve(scheduler, waiter):
+        if lease.within is None:
+            yield lease
+
+
+def _could_serve(scheduler: Scheduler, waiter: Waiter) -> Iterable[LeaseRecord]:
     request = waiter.request
     leases = scheduler.leases
     if request.resources:

@@ -1,0 +1,148 @@
+"""Budgets: leases drawn from a held lease, never past its amounts. Pure.
+
+A Ray job queued here (``core/jobs.py``) runs on a lease: its *budget*. Everything the
+job leases in turn (its ``acquire`` calls, its ``@leased`` tasks, its pools' slots) is
+drawn from that budget: the request names the budget's lease id and token
+(``Request.within``), and it is granted only while everything drawn from the budget,
+this one included, fits within the budget's amounts. That is the per-job cap.
+
+A drawn lease holds nothing of the cluster: the budget's lease holds it already, on the
+budget's node, in the budget's tenant. So drawn leases are never counted on a node, a
+pool or a tenant, never preempted for others (giving one back would free nothing for
+them), and never wait in the cluster's queue; they wait here, best priority first, FIFO
+among equals, the first blocking the ones behind it (so a large request is not starved
+by a stream of small ones). When the budget's lease ends in any way, everything drawn
+from it ends, and its waiters are rejected; when it is revoked, what is drawn from it is
+revoked with the same deadline.
+"""
+
+from __future__ import annotations
+
+import heapq
+from dataclasses import dataclass, field
+
+from anya_resource.core.model import Amounts, LeaseRecord, Request, charged
+from anya_resource.core.waitqueue import Waiter
+from anya_resource.quantities import format_amount
+
+
+@dataclass(slots=True)
+class Budget:
+    """One budget: a held lease's amounts, and what is drawn from them now."""
+
+    lease_id: str
+    node_id: str
+    tenant: str
+    total: Amounts  # the budget lease's resources and pool slots
+    used: Amounts = field(default_factory=dict)
+    drawn: set[str] = field(default_factory=set)  # ids of the leases drawn from it
+    waiting: dict[str, Waiter] = field(default_factory=dict)  # by request id, FIFO
+
+    @classmethod
+    def of(cls, lease: LeaseRecord) -> Budget:
+        return cls(
+            lease.lease_id, lease.node_id, lease.tenant, dict(charged(lease.resources, lease.pools))
+        )
+
+    def never_fits(self, request: Request) -> str | None:
+        """Why ``request`` can never be drawn from this budget, or None."""
+        for name, amount in demand_of(request).items():
+            total = self.total.get(name, 0)
+            if amount > total:
+                held = format_amount(name, total) if total else "none"
+                return (
+                    f"the job's budget ({self.lease_id}) holds {held} of {name}; "
+                    f"{format_amount(name, amount)} were asked for"
+                )
+        return None
+
+    def fits(self, request: Request) -> bool:
+        """Whether ``request`` fits beside everything drawn from the budget now."""
+        used, total = self.used, self.total
+        return all(used.get(n, 0) + a <= total.get(n, 0) for n, a in demand_of(request).items())
+
+    def free(self) -> Amounts:
+        return {name: total - self.used.get(name, 0) for name, total in self.total.items()}
+
+    def charge(self, lease: LeaseRecord) -> None:
+        self.drawn.add(lease.lease_id)
+        for name, amount in charged(lease.resources, lease.pools).items():
+            self.used[name] = self.used.get(name, 0) + amount
+
+    def refund(self, lease: LeaseRecord) -> None:
+        self.drawn.discard(lease.lease_id)
+        for name, amount in charged(lease.resources, lease.pools).items():
+            left = self.used.get(name, 0) - amount
+            if left:
+                self.used[name] = left
+            else:
+                self.used.pop(name, None)
+
+    def best(self) -> Waiter | None:
+        """The waiter to serve first: highest priority, then the earliest."""
+        if not self.waiting:
+            return None
+        return min(self.waiting.values(), key=lambda w: (-w.request.priority, w.seq))
+
+    def comes_first(self, waiter: Waiter) -> bool:
+        """Whether ``waiter`` would be served before everyone waiting now."""
+        best = self.best()
+        return best is None or (-waiter.request.priority, waiter.seq) < (
+            -best.request.priority,
+            best.seq,
+        )
+
+
+def demand_of(request: Request) -> Amounts:
+    return charged(request.resources, request.pools)
+
+
+class Budgets:
+    """Every budget in use, and the requests waiting to be drawn from one."""
+
+    def __init__(self) -> None:
+        self.by_lease: dict[str, Budget] = {}
+        self.waiters: dict[str, tuple[Waiter, Budget]] = {}  # request id -> where it waits
+        self._deadlines: list[tuple[float, str]] = []
+
+    def __len__(self) -> int:
+        return len(self.by_lease)
+
+    def open(self, lease: LeaseRecord) -> Budget:
+        """The budget of ``lease`` (a held lease drawn from nothing), made on first use."""
+        budget = self.by_lease.get(lease.lease_id)
+        if budget is None:
+            budget = self.by_lease[lease.lease_id] = Budget.of(lease)
+        return budget
+
+    def close(self, lease_id: str) -> Budget | None:
+        """The budget of a lease that ended (its waiters forgotten here), or None."""
+        budget = self.by_lease.pop(lease_id, None)
+        if budget is not None:
+            for request_id in budget.waiting:
+                self.waiters.pop(request_id, None)
+        return budget
+
+    def wait(self, budget: Budget, waiter: Waiter) -> None:
+        budget.waiting[waiter.request_id] = waiter
+        self.waiters[waiter.request_id] = (waiter, budget)
+        if waiter.deadline is not None:
+            heapq.heappush(self._deadlines, (waiter.deadline, waiter.request_id))
+
+    def unwait(self, request_id: str) -> None:
+        found = self.waiters.pop(request_id, None)
+        if found is not None:
+            found[1].waiting.pop(request_id, None)
+
+    def overdue(self, now: float) -> list[Waiter]:
+        """Waiters whose timeout ran out (entries of those served meanwhile skipped)."""
+        due: list[Waiter] = []
+        while self._deadlines and self._deadlines[0][0] <= now:
+            _, request_id = heapq.heappop(self._deadlines)
+            found = self.waiters.get(request_id)
+            if found is not None:
+                due.append(found[0])
+        return due
+
+
+__all__ = ["Budget", "Budgets", "demand_of"]
