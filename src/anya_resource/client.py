@@ -27,7 +27,7 @@ import time
 import traceback
 import uuid
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from typing import Any, TypeVar
 
 import psutil
@@ -144,6 +144,25 @@ def _same_token(expected: str, presented: object) -> bool:
     return isinstance(presented, str) and hmac.compare_digest(expected, presented)
 
 
+BUDGET_ENV = "ANYA_RESOURCE_BUDGET"  # "<lease id>:<key>", set in a queued job's environment
+
+
+def budget_of(budget: str | bool) -> list[str] | None:
+    """``[lease_id, key]`` to draw from, or None (see ``ResourceManager.new``)."""
+    if budget is False:
+        return None
+    text = os.environ.get(BUDGET_ENV, "") if budget is True else budget
+    if not text:
+        return None
+    if not isinstance(text, str) or text.count(":") != 1 or "" in text.split(":"):
+        raise InvalidRequest(
+            f"budget: got {text!r}{' from ' + BUDGET_ENV if budget is True else ''}, "
+            "expected '<lease id>:<key>' as a queued job is given it"
+        )
+    lease_id, key = text.split(":")
+    return [lease_id, key]
+
+
 def current_holder() -> Holder:
     """This process, as the agent on its node can check that it is still alive."""
     context = ray.get_runtime_context()
@@ -167,11 +186,22 @@ def current_holder() -> Holder:
 class ResourceManager:
     """The async client. Create it with ``await ResourceManager.new()``."""
 
-    def __init__(self, coordinator: Any, policy: Policy | None = None) -> None:
+    def __init__(
+        self,
+        coordinator: Any,
+        policy: Policy | None = None,
+        *,
+        budget: str | bool = True,
+        outlives_job: bool = False,
+    ) -> None:
         self._coordinator = coordinator
         self._policy = policy
-        self._holder = current_holder()
+        holder = current_holder()
+        # A detached actor's leases are not its creator's job's: they must not end with it.
+        self._holder = replace(holder, job_id=None) if outlives_job else holder
         self._holder_fields = asdict(self._holder)
+        # Drawn from a job's budget (core/budgets.py): every acquire of this manager is.
+        self._within = budget_of(budget)
         # This manager's channel: its idempotency keys are "<channel>/<n>", and the
         # coordinator sends it, through one long poll, the decisions of its requests that
         # had to wait and the ends of its leases.
@@ -203,8 +233,18 @@ class ResourceManager:
         cls,
         policy: Policy | str | os.PathLike[str] | Mapping[str, Any] | None = None,
         address: str | None = None,
+        *,
+        budget: str | bool = True,
+        outlives_job: bool = False,
     ) -> ResourceManager:
-        """Connect (``address``, ``RAY_ADDRESS``, or an embedded local Ray) and find or deploy."""
+        """Connect (``address``, ``RAY_ADDRESS``, or an embedded local Ray) and find or deploy.
+
+        ``budget``: draw every lease from a job's budget, given as ``"<lease id>:<key>"``;
+        True (the default) takes it from ``ANYA_RESOURCE_BUDGET``, which a job started by
+        the queue (``submit_job``) finds set; False draws from the cluster itself.
+        ``outlives_job``: the leases are not ended when this process's Ray job ends (for a
+        detached actor).
+        """
         resolved = Policy.coerce(policy) if policy is not None else None
         await asyncio.to_thread(deploy.ensure_ray, address)
         try:
@@ -213,7 +253,7 @@ class ResourceManager:
             raise
         except Exception as exc:  # Ray's own, untranslated: never the caller's to see
             raise translate(exc) from None
-        manager = cls(handle, resolved)
+        manager = cls(handle, resolved, budget=budget, outlives_job=outlives_job)
         manager._loop = asyncio.get_running_loop()
         info = await manager._call(lambda c: c.ping.remote())
         manager._epoch = info["epoch"]
@@ -335,6 +375,7 @@ class ResourceManager:
             "node": node,
             "detached": detached,
             "holder": self._holder_fields,
+            "within": self._within,
         }
 
     async def _acquire(
@@ -896,6 +937,21 @@ class ResourceManager:
         """Would ``count`` such requests be granted now, where, preempting what? (dry run)"""
         spec = self._spec(resources, **options)
         result: dict[str, Any] = await self._call(lambda c: c.what_if.remote(spec, count))
+        return result
+
+    async def budget_key(self, lease: Lease) -> str:
+        """What lets others draw from ``lease`` as their budget: ``"<lease id>:<key>"``.
+
+        Give it to a process (as ``ANYA_RESOURCE_BUDGET``, or ``ResourceManager.new(
+        budget=...)``) and everything it leases is drawn from ``lease``, never more. The
+        key lets it draw, not release: it is not the lease's token.
+        """
+        key: str = await self._call(lambda c: c.budget_key.remote(lease.lease_id, lease.token))
+        return f"{lease.lease_id}:{key}"
+
+    async def budgets(self) -> dict[str, dict[str, Any]]:
+        """Every budget in use, by its lease id: amounts, what is drawn, who waits."""
+        result: dict[str, dict[str, Any]] = await self._call(lambda c: c.budgets.remote())
         return result
 
     def warm_statistics(self) -> WarmCounts:

@@ -26,7 +26,8 @@ from anya_resource.quantities import BUILTIN_RESOURCES, to_units
 
 ENV_PREFIX = "ANYA_RESOURCE_"
 # Settings read by the client and CLI, not part of the policy.
-_NON_POLICY_ENV = {"ADDRESS", "POLICY", "NAMESPACE", "SOAK_ITERATIONS"}
+# Not settings of the policy: where to connect, and what a queued job is given (jobs.py).
+_NON_POLICY_ENV = {"ADDRESS", "POLICY", "NAMESPACE", "SOAK_ITERATIONS", "BUDGET", "JOB_ID"}
 
 
 class Priority(str, enum.Enum):

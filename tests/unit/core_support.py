@@ -39,6 +39,9 @@ def caps(cpu: float = 0, memory: int = 0, gpu: float = 0, disk: int = 0) -> dict
     }
 
 
+SECRET = b"s" * 32  # the cluster secret of every scheduler made here
+
+
 class Clock:
     """A fake clock: tests move it by hand, nothing ever sleeps."""
 
@@ -56,7 +59,7 @@ class Harness:
     def __init__(self, policy: Policy | None = None, *, epoch: int = 0) -> None:
         self.policy = policy if policy is not None else make_policy()
         self.clock = Clock()
-        self.s = Scheduler(self.policy, epoch=epoch)
+        self.s = Scheduler(self.policy, epoch=epoch, secret=SECRET)
 
     @property
     def now(self) -> float:
@@ -141,9 +144,6 @@ class Store:
                     del self.kv[key]
             else:
                 self.kv.pop(garbage, None)
-
-
-SECRET = b"s" * 32
 
 
 class Durable:

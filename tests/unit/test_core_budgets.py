@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
 from anya_resource.core import Grant, Holder, Reclaim, ReclaimReason, Reject, check_invariants
+from anya_resource.core.leases import TokenMinter
 from anya_resource.core.model import Decision, LeaseRecord, LeaseState, RejectReason
 from anya_resource.core.warm import wanted_back
 from anya_resource.errors import (
@@ -30,6 +31,7 @@ from anya_resource.errors import (
 from tests.unit.core_support import (
     CORE,
     GIB,
+    SECRET,
     Durable,
     Harness,
     Store,
@@ -50,7 +52,8 @@ DRIVER = Holder(pid=7, create_time=1.0, node_id="n1", job_id="job-a")
 
 
 def within(grant: Grant) -> list[str]:
-    return [grant.lease.lease_id, grant.lease.token]
+    """What a job is given to draw from ``grant``'s lease: its id and budget key."""
+    return [grant.lease.lease_id, TokenMinter(SECRET).budget_key(grant.lease.lease_id)]
 
 
 @pytest.fixture
@@ -135,13 +138,20 @@ def test_a_wrong_ended_or_nested_budget_is_refused_and_changes_nothing(
 ) -> None:
     with pytest.raises(NotLeaseHolder):
         h.submit({"cpu": 1}, within=[job.lease.lease_id, "f" * 48])
+    with pytest.raises(NotLeaseHolder):  # the lease's own token is not its budget key
+        h.submit({"cpu": 1}, within=[job.lease.lease_id, job.lease.token])
     with pytest.raises(NotLeaseHolder):
-        h.submit({"cpu": 1}, within=["lease-deadbeef", job.lease.token])
+        h.submit({"cpu": 1}, within=["lease-deadbeef", within(job)[1]])
+    assert h.s.budget_key(job.lease.lease_id, job.lease.token) == within(job)[1]
+    with pytest.raises(NotLeaseHolder):
+        h.s.budget_key(job.lease.lease_id, "f" * 48)
     with pytest.raises(InvalidRequest, match="within"):
         h.submit({"cpu": 1}, within="lease-1")
     with pytest.raises(InvalidRequest, match="within"):
         h.submit({"cpu": 1}, within=[job.lease.lease_id, 5])
     drawn = h.acquire({"cpu": 1}, within=within(job))
+    with pytest.raises(InvalidRequest, match="a lease of the cluster's own"):
+        h.s.budget_key(drawn.lease.lease_id, drawn.lease.token)
     with pytest.raises(InvalidRequest, match="itself drawn from a budget"):
         h.submit({"cpu": 1}, within=within(drawn))
     other = "n2" if job.lease.node_id == "n1" else "n1"
@@ -351,7 +361,7 @@ class BudgetMachine(RuleBasedStateMachine):
         if not budgets:
             return
         budget = budgets[index % len(budgets)]
-        token = "f" * 48 if forged else budget.token
+        token = "f" * 48 if forged else TokenMinter(SECRET).budget_key(budget.lease_id)
         request = self.s_request(
             shape,
             within=[budget.lease_id, token],
@@ -449,3 +459,16 @@ BudgetMachine.TestCase.settings = settings(
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
 )
 TestBudgets = BudgetMachine.TestCase
+
+
+def test_what_if_within_a_budget_answers_for_the_budget(h: Harness, job: Grant) -> None:
+    answer = h.s.what_if(h.request({"cpu": 1}, within=within(job)), 3, h.now)
+    assert (answer.granted_now, answer.would_wait) == (2, 1)
+    assert answer.nodes == {job.lease.node_id: 2}
+    assert answer.blocked_by is not None and "0 of 2 cpu drawn" in answer.blocked_by
+    assert h.s.what_if(h.request({"gpu": 1}, within=within(job)), 1, h.now).infeasible
+    h.acquire({"cpu": 2}, within=within(job))
+    h.submit({"cpu": 1}, within=within(job))
+    answer = h.s.what_if(h.request({"cpu": 1}, within=within(job)), 1, h.now)
+    assert answer.would_wait == 1 and "wait before it" in str(answer.blocked_by)
+    check_invariants(h.s)

@@ -50,6 +50,7 @@ from anya_resource.core import (
     check_invariants,
 )
 from anya_resource.core.journal import Write
+from anya_resource.core.leases import TokenMinter
 from anya_resource.core.model import Decision
 from anya_resource.core.recovery import recovering, start
 from anya_resource.errors import (
@@ -350,7 +351,7 @@ class RecoveryMachine(RuleBasedStateMachine):
         """A process of a job acquires from the job's budget: a lease someone holds."""
         client = self.pick(self.live(), who)
         budgets = sorted(
-            (lease_id, b.token)
+            (lease_id, TokenMinter(SECRET).budget_key(lease_id))
             for c in self.live()
             for lease_id, b in c.held.items()
             if b.within is None

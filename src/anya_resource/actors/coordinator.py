@@ -605,6 +605,18 @@ class CoordinatorImpl:
             except ResourceError as exc:
                 log.warning("release of %s refused: %s", lease_id, exc)
 
+    async def budget_key(self, lease_id: str, token: str) -> str:
+        """The key that lets a job's processes draw from this lease (core/budgets.py)."""
+        return self.scheduler.budget_key(lease_id, token)
+
+    async def queue_positions(self, actor_ids: list[str]) -> dict[str, Any]:
+        """Where the requests these actors hold wait, and why (the job queue's listing)."""
+        return self.scheduler.queue_positions(actor_ids, time.time())
+
+    async def budgets(self) -> dict[str, dict[str, Any]]:
+        """Every budget in use: its amounts, what is drawn from it, who waits in it."""
+        return self.scheduler.budget_list()
+
     async def renew(self, lease_id: str, token: str, ttl: float | None = None) -> float:
         return self.scheduler.renew(lease_id, token, time.time(), ttl).expires_at
 
@@ -709,7 +721,11 @@ class CoordinatorImpl:
 
     async def what_if(self, spec: dict[str, Any], count: int) -> dict[str, Any]:
         request = self._request({**spec, "idempotency_key": None, "timeout": None})
-        if request.node is not None and request.node not in self.scheduler.nodes:
+        if (
+            request.within is None
+            and request.node is not None
+            and request.node not in self.scheduler.nodes
+        ):
             raise InvalidRequest(f"node: {request.node!r} is not an alive node")
         return self.scheduler.what_if(request, count, time.time()).to_dict()
 

@@ -20,9 +20,11 @@ from __future__ import annotations
 
 import heapq
 from dataclasses import dataclass, field
+from typing import Any
 
 from anya_resource.core.model import Amounts, LeaseRecord, Request, charged
 from anya_resource.core.waitqueue import Waiter
+from anya_resource.core.whatif import WhatIf
 from anya_resource.quantities import format_amount
 
 
@@ -78,6 +80,15 @@ class Budget:
             else:
                 self.used.pop(name, None)
 
+    def view(self) -> dict[str, Any]:
+        """For listings: the budget, what is drawn of it, how many leases and waiters."""
+        return {
+            "total": dict(self.total),
+            "used": dict(self.used),
+            "leases": len(self.drawn),
+            "waiting": len(self.waiting),
+        }
+
     def best(self) -> Waiter | None:
         """The waiter to serve first: highest priority, then the earliest."""
         if not self.waiting:
@@ -95,6 +106,33 @@ class Budget:
 
 def demand_of(request: Request) -> Amounts:
     return charged(request.resources, request.pools)
+
+
+def what_if_within(budget: Budget, request: Request, count: int) -> WhatIf:
+    """How many of ``count`` such requests the budget would grant now (changes nothing)."""
+    result = WhatIf(requested=count, infeasible=budget.never_fits(request))
+    if result.infeasible is not None:
+        result.would_wait = count
+        return result
+    first = budget.best()
+    if first is not None and request.priority <= first.request.priority:
+        result.would_wait = count  # it would come after them (FIFO among equals)
+        result.blocked_by = f"{len(budget.waiting)} request(s) wait before it in the job's budget"
+        return result
+    free = budget.free()
+    demand = demand_of(request)
+    fit = min((free.get(name, 0) // amount for name, amount in demand.items()), default=count)
+    result.granted_now = min(count, fit)
+    result.would_wait = count - result.granted_now
+    if result.granted_now:
+        result.nodes[budget.node_id] = result.granted_now
+    if result.would_wait:
+        drawn = ", ".join(
+            f"{format_amount(n, budget.used.get(n, 0))} of {format_amount(n, budget.total[n])} {n}"
+            for n in demand
+        )
+        result.blocked_by = f"the job's budget ({budget.lease_id}): {drawn} drawn"
+    return result
 
 
 class Budgets:
@@ -145,4 +183,4 @@ class Budgets:
         return due
 
 
-__all__ = ["Budget", "Budgets", "demand_of"]
+__all__ = ["Budget", "Budgets", "demand_of", "what_if_within"]

@@ -24,6 +24,7 @@ ENDED_MEMORY = 100_000  # how many ended leases we remember, for idempotent rele
 TOKEN_BYTES = 24  # 192 bits
 SECRET_BYTES = 32
 LEASE_ID_PREFIX = "lease-"
+BUDGET_KEY_PREFIX = "budget/"  # a budget key is the token of this prefix and the lease id
 
 
 def new_secret() -> bytes:
@@ -48,6 +49,14 @@ class TokenMinter:
 
     def mint(self, lease_id: str) -> str:
         return hmac.digest(self._secret, lease_id.encode(), "sha256")[:TOKEN_BYTES].hex()
+
+    def budget_key(self, lease_id: str) -> str:
+        """What lets a job draw from the budget ``lease_id`` (core/budgets.py).
+
+        Not the lease's token: a job's processes (and whoever reads its environment,
+        shown by Ray's dashboard) may draw from the budget with it, never release it.
+        """
+        return self.mint(BUDGET_KEY_PREFIX + lease_id)
 
     def genuine(self, lease_id: str, presented: object) -> bool:
         """Whether ``presented`` is the token this cluster gave ``lease_id``."""

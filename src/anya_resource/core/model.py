@@ -66,10 +66,10 @@ class Request:
     holder: Holder = field(default_factory=Holder)
     detached: bool = False
     # Drawn from a budget: the id of a held lease (a job's) whose amounts cap this one
-    # and everything else drawn from it, and that lease's token, the proof of membership
+    # and everything else drawn from it, and the budget's key, the proof of membership
     # (core/budgets.py). Such a request never waits in the cluster's queue.
     within: str | None = None
-    within_token: str | None = field(default=None, repr=False, compare=False)
+    within_key: str | None = field(default=None, repr=False, compare=False)
     shape: tuple[Any, ...] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:

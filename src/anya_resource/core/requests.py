@@ -64,7 +64,7 @@ def build_request(
             f"[{-MAX_PRIORITY}, {MAX_PRIORITY}]"
         )
     name = priority.value if isinstance(priority, Priority) else str(priority)
-    budget, budget_token = _within(within)
+    budget, budget_key = _within(within)
     return Request(
         resources=node_amounts,
         pools=pool_amounts,
@@ -79,7 +79,7 @@ def build_request(
         holder=holder if holder is not None else Holder(),
         detached=_flag("detached", detached),
         within=budget,
-        within_token=budget_token,
+        within_key=budget_key,
     )
 
 
@@ -157,7 +157,7 @@ def _key(key: object) -> str | None:
 
 
 def _within(within: object) -> tuple[str | None, str | None]:
-    """A budget to draw from: None, or its lease's ``[lease_id, token]``."""
+    """A budget to draw from: None, or ``[lease_id, budget key]`` (``Scheduler.budget_key``)."""
     if within is None:
         return None, None
     if (
@@ -166,9 +166,7 @@ def _within(within: object) -> tuple[str | None, str | None]:
         and all(isinstance(part, str) and 0 < len(part) <= 200 for part in within)
     ):
         return check_name("within", within[0]), str(within[1])
-    raise InvalidRequest(
-        f"within: got {shown(within)}, expected the budget lease's [lease_id, token]"
-    )
+    raise InvalidRequest(f"within: got {shown(within)}, expected the budget's [lease_id, key]")
 
 
 def _flag(what: str, value: object) -> bool:

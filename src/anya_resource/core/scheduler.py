@@ -22,7 +22,7 @@ from typing import Any
 from anya_resource.config import Policy
 from anya_resource.core import views
 from anya_resource.core.bottleneck import find_bottlenecks
-from anya_resource.core.budgets import Budget, Budgets
+from anya_resource.core.budgets import Budget, Budgets, what_if_within
 from anya_resource.core.journal import (
     Ended,
     Entry,
@@ -34,7 +34,13 @@ from anya_resource.core.journal import (
     Revoking,
     encode_snapshot,
 )
-from anya_resource.core.leases import LeaseTable, TokenMinter, check_token, new_secret
+from anya_resource.core.leases import (
+    BUDGET_KEY_PREFIX,
+    LeaseTable,
+    TokenMinter,
+    check_token,
+    new_secret,
+)
 from anya_resource.core.ledger import NodeLedger, PoolLedger, reserve_for
 from anya_resource.core.model import (
     NODE_RESOURCES,
@@ -55,6 +61,7 @@ from anya_resource.core.model import (
     tenant_demand,
 )
 from anya_resource.core.placement import Placer
+from anya_resource.core.positions import positions
 from anya_resource.core.preemption import choose_victims
 from anya_resource.core.quotas import TenantQuota
 from anya_resource.core.waitqueue import Waiter, WaitQueue
@@ -67,6 +74,7 @@ from anya_resource.errors import (
     NotLeaseHolder,
     Overloaded,
 )
+from anya_resource.quantities import format_amount
 
 WAIT_SAMPLES = 2048  # recent waits kept per priority class, for percentiles
 KEY_MEMORY = 100_000  # idempotency keys remembered
@@ -207,8 +215,7 @@ class Scheduler:
         """The leases of every process that lived on ``node_id`` (gone with it)."""
         for key in list(self.leases.holders_by_node.get(node_id, {})):
             for lease_id in list(self.leases.by_holder.get(key, ())):
-                lease = self.leases.active[lease_id]
-                self._reclaim(lease, ReclaimReason.NODE_LOST, decisions, freed)
+                self._reclaim_id(lease_id, ReclaimReason.NODE_LOST, decisions, freed)
 
     def node_down(self, node_id: str, now: float) -> list[Decision]:
         """A node is gone: its leases are reclaimed, its waiters placed again or rejected."""
@@ -311,8 +318,14 @@ class Scheduler:
 
     def _budget_for(self, request: Request) -> Budget:
         """The budget ``request`` is to be drawn from; raises if it cannot be."""
-        lease_id = request.within
-        lease = self._active_or_genuine(lease_id, request.within_token)
+        lease_id = str(request.within)
+        minter = self.leases.minter
+        if not minter.genuine(BUDGET_KEY_PREFIX + lease_id, request.within_key):
+            raise NotLeaseHolder(
+                f"within: not the key of budget {lease_id}; expected the key the budget's "
+                "holder was given (ANYA_RESOURCE_BUDGET in a queued job's environment)"
+            )
+        lease = self.leases.active.get(lease_id)
         if lease is None:
             raise LeaseExpired(
                 f"within: the budget lease {lease_id} has ended (its job ended or was "
@@ -334,6 +347,18 @@ class Scheduler:
                 f"capacity on node {lease.node_id}; expected that node or none"
             )
         return self.budgets.open(lease)
+
+    def budget_key(self, lease_id: str, token: object) -> str:
+        """The key that lets others draw from lease ``lease_id`` (core/budgets.py)."""
+        lease = self._active_or_genuine(lease_id, token)
+        if lease is None:
+            raise LeaseExpired(f"lease {lease_id} has ended; it can be no budget")
+        if lease.within is not None:
+            raise InvalidRequest(
+                f"lease {lease_id} is drawn from the budget {lease.within}; a budget is a "
+                "lease of the cluster's own"
+            )
+        return self.leases.minter.budget_key(lease_id)
 
     def _submit_within(
         self, waiter: Waiter, budget: Budget, now: float, decisions: list[Decision]
@@ -551,7 +576,9 @@ class Scheduler:
         decisions: list[Decision] = []
         freed = Freed()
         for lease_id in sorted(self.leases.unconfirmed):
-            lease = self.leases.active[lease_id]
+            lease = self.leases.active.get(lease_id)
+            if lease is None:
+                continue  # it ended in this loop, with the budget it was drawn from
             key = lease.idempotency_key
             if key is not None and key.startswith(manager) and key not in keep:
                 self._reclaim(lease, ReclaimReason.UNCLAIMED, decisions, freed, by=lease.listener)
@@ -594,7 +621,7 @@ class Scheduler:
         decisions: list[Decision] = []
         freed = Freed()
         for lease_id in list(lease_ids):
-            self._reclaim(self.leases.active[lease_id], reason, decisions, freed)
+            self._reclaim_id(lease_id, reason, decisions, freed)
         for waiter in list(self.queue.by_id.values()):
             if waits_for(waiter.request):
                 self._reject(waiter, RejectReason.HOLDER_DIED, message, decisions)
@@ -686,8 +713,22 @@ class Scheduler:
         """How many of ``count`` such requests would be granted now; changes nothing."""
         if isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= 100_000:
             raise InvalidRequest(f"count: got {count!r}, expected a whole number in [1, 100000]")
+        if request.within is not None:
+            return what_if_within(self._budget_for(request), request, count)
         self._check_node(request)
         return what_if(self, request, count, now)
+
+    def revoking_for(self, request_id: str) -> set[str]:
+        """The ids of the leases being taken back for the waiting ``request_id``."""
+        return set(self._revoking_for.get(request_id, ())) & self.leases.active.keys()
+
+    def queue_positions(self, actor_ids: Iterable[str], now: float) -> dict[str, Any]:
+        """Where the requests held by these actors wait, and why (core/positions.py)."""
+        return positions(self, set(actor_ids), now)
+
+    def budget_list(self) -> dict[str, dict[str, Any]]:
+        """Per budget in use (by its lease id): its amounts, what is drawn, who waits."""
+        return {lease_id: budget.view() for lease_id, budget in self.budgets.by_lease.items()}
 
     def lease_list(self) -> list[dict[str, Any]]:
         """Every active lease, without tokens."""
@@ -1099,6 +1140,14 @@ class Scheduler:
         tell = None if reason is ReclaimReason.CANCELLED else self._tell(lease, by)
         decisions.append(Reclaim(lease.lease_id, lease.node_id, reason, tell))
 
+    def _reclaim_id(
+        self, lease_id: str, reason: ReclaimReason, decisions: list[Decision], freed: Freed
+    ) -> None:
+        """``_reclaim`` by id: none if it ended already (with the budget it was drawn from)."""
+        lease = self.leases.active.get(lease_id)
+        if lease is not None:
+            self._reclaim(lease, reason, decisions, freed)
+
     def _count_back(self, lease: LeaseRecord, freed: Freed) -> None:
         """A lease of the cluster ended: its node, pools and tenant have it back."""
         node = self.nodes.get(lease.node_id)
@@ -1114,9 +1163,7 @@ class Scheduler:
     def _end_budget(self, budget: Budget, decisions: list[Decision], freed: Freed) -> None:
         """A budget's lease ended: what was drawn from it ends, its waiters are refused."""
         for lease_id in sorted(budget.drawn):
-            self._reclaim(
-                self.leases.active[lease_id], ReclaimReason.BUDGET_ENDED, decisions, freed
-            )
+            self._reclaim_id(lease_id, ReclaimReason.BUDGET_ENDED, decisions, freed)
         message = f"the job's budget {budget.lease_id} it was to be drawn from ended"
         for waiter in list(budget.waiting.values()):
             self._reject(waiter, RejectReason.BUDGET_ENDED, message, decisions)
@@ -1225,7 +1272,10 @@ class Scheduler:
         for resource, amount in request.resources.items():
             most = max((n.free(resource) for n in self.nodes.values()), default=0)
             if most < amount:
-                shortest = f"{resource}: the most free on any node is {most}, {amount} needed"
+                shortest = (
+                    f"{resource}: the most free on any node is "
+                    f"{format_amount(resource, most)}, {format_amount(resource, amount)} needed"
+                )
                 break
         return shortest or "no single node has all of it free at once (or the head holds it)"
 
