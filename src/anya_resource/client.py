@@ -39,6 +39,7 @@ from anya_resource.actors.wire import lease_from_wire
 from anya_resource.config import Policy, Priority
 from anya_resource.core import Holder, LeaseRecord
 from anya_resource.core.history import decode as decode_history
+from anya_resource.core.jobs import BUDGET_ENV
 from anya_resource.core.model import CHANNEL_SEPARATOR
 from anya_resource.core.requests import check_timing
 from anya_resource.core.share import (
@@ -142,9 +143,6 @@ def error_from(name: str, message: str) -> ResourceError:
 
 def _same_token(expected: str, presented: object) -> bool:
     return isinstance(presented, str) and hmac.compare_digest(expected, presented)
-
-
-BUDGET_ENV = "ANYA_RESOURCE_BUDGET"  # "<lease id>:<key>", set in a queued job's environment
 
 
 def budget_of(budget: str | bool) -> list[str] | None:
@@ -1010,15 +1008,27 @@ class ResourceManager:
     async def jobs(self) -> list[dict[str, Any]]:
         """Every job of the queue, oldest first: state, budget, waits, why it ended."""
         from anya_resource import jobs
+        from anya_resource.core.jobs import JobState, listing_row
 
+        records = sorted(await asyncio.to_thread(jobs.load_all), key=lambda r: r.submitted_at)
+        queued = [r.supervisor_id for r in records if r.state is JobState.QUEUED]
+        actors = [actor_id for actor_id in queued if actor_id is not None]
+        places: dict[str, Any] = {}
+        if actors:
+            places = await self._call(lambda c: c.queue_positions.remote(actors))
+        budgets: dict[str, Any] = {}
+        if any(not r.ended and r.lease_id for r in records):
+            budgets = await self.budgets()
         now = time.time()
-        rows = []
-        for record in sorted(await asyncio.to_thread(jobs.load_all), key=lambda r: r.submitted_at):
-            row = record.to_json()
-            started = record.started_at if record.started_at is not None else now
-            row["waited_s"] = max(0.0, started - record.submitted_at)
-            rows.append(row)
-        return rows
+        return [
+            listing_row(
+                record,
+                now,
+                places.get(record.supervisor_id or ""),
+                budgets.get(record.lease_id or ""),
+            )
+            for record in records
+        ]
 
     async def cancel_job(self, job_id: str) -> str:
         """Take a queued job out, or stop a running one; its state when asked."""
@@ -1111,12 +1121,16 @@ class SyncResourceManager:
         cls,
         policy: Policy | str | os.PathLike[str] | Mapping[str, Any] | None = None,
         address: str | None = None,
+        *,
+        budget: str | bool = True,
+        outlives_job: bool = False,
     ) -> SyncResourceManager:
+        """The blocking twin of ``ResourceManager.new`` (same arguments)."""
         loop = asyncio.new_event_loop()
         thread = threading.Thread(target=loop.run_forever, name="anya-resource", daemon=True)
         thread.start()
         manager = asyncio.run_coroutine_threadsafe(
-            ResourceManager.new(policy, address), loop
+            ResourceManager.new(policy, address, budget=budget, outlives_job=outlives_job), loop
         ).result()
         return cls(manager, loop)
 
@@ -1217,6 +1231,12 @@ class SyncResourceManager:
         self, resources: Mapping[str, Any], count: int = 1, **options: Any
     ) -> dict[str, Any]:
         return self._run(self._async.what_if(resources, count, **options))
+
+    def budget_key(self, lease: Lease) -> str:
+        return self._run(self._async.budget_key(lease))
+
+    def budgets(self) -> dict[str, dict[str, Any]]:
+        return self._run(self._async.budgets())
 
     def warm_statistics(self) -> WarmCounts:
         return self._async.warm_statistics()  # thread-safe: no trip to the loop

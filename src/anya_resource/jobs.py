@@ -37,6 +37,7 @@ from anya_resource.core.jobs import (
     after_ray_status,
     ended,
     granted,
+    job_runtime_env,
     submitted,
 )
 from anya_resource.errors import ManagerUnavailable, ResourceError
@@ -45,6 +46,7 @@ log = logging.getLogger(__name__)
 
 POLL_S = 0.5  # how often a supervisor asks Ray's job server how its job is doing
 STOP_WAIT_S = 30.0  # how long a stopped job may take to end before it is let go
+START_WAIT_S = 120.0  # how long a new supervisor may take to start (a worker process)
 SUPERVISOR_PREFIX = "job:"
 
 
@@ -93,7 +95,10 @@ class JobSupervisorImpl:
 
         from anya_resource.client import ResourceManager
 
-        manager = await ResourceManager.new()
+        # Its own leases are the cluster's (no budget of any job it was started from), and
+        # outlive the process that submitted the job (it is detached, that one may exit).
+        manager = await ResourceManager.new(budget=False, outlives_job=True)
+        self.record.supervisor_id = ray.get_runtime_context().get_actor_id()
         try:
             client = await asyncio.to_thread(JobSubmissionClient, "http://" + self.dashboard)
             while await self._attempt(manager, client):
@@ -137,11 +142,12 @@ class JobSupervisorImpl:
             if self.cancel_asked:
                 ended(record, JobState.CANCELLED, "cancelled before it started", time.time())
                 return False
+            budget = await manager.budget_key(lease)  # all the job leases is drawn from it
             await asyncio.to_thread(
                 client.submit_job,
                 entrypoint=record.entrypoint,
                 submission_id=record.ray_submission_id,
-                runtime_env=record.runtime_env,
+                runtime_env=job_runtime_env(record, budget),
                 metadata={"anya_job": record.job_id},
             )
             submitted(record)
@@ -208,6 +214,18 @@ def start_supervisor(record: JobRecord, dashboard: str) -> None:
         max_restarts=0,
     ).remote(record.to_json(), dashboard)
     handle.run.remote()  # type: ignore[attr-defined]
+    # Answered only once ``run`` has started (Ray starts one caller's calls in order): the
+    # submitting process may exit at once (the CLI's submit does), and a call it had not
+    # sent yet would be lost with it, leaving the job queued with nobody to run it.
+    try:
+        ray.get(handle.state.remote(), timeout=START_WAIT_S)  # type: ignore[attr-defined]
+    except Exception as exc:  # Ray's own (a timeout, a dead worker): never the caller's
+        why = f"its supervisor did not start: {_one_line(exc)}"
+        save(ended(record, JobState.FAILED, why, time.time()))
+        raise ManagerUnavailable(
+            f"job {record.job_id}: its supervisor did not start within {START_WAIT_S:g} s "
+            f"({_one_line(exc)})"
+        ) from None
 
 
 def supervisor(job_id: str) -> Any | None:

@@ -33,6 +33,7 @@ class Lease:
     priority: str
     tenant: str
     expires_at: float
+    within: str | None = None  # the budget (a job's lease id) it was drawn from, if any
     revoked: bool = False
     expired: bool = False
     released: bool = False
@@ -139,6 +140,7 @@ def lease_fields(record: LeaseRecord) -> dict[str, Any]:
         "priority": record.priority_name,
         "tenant": record.tenant,
         "expires_at": record.expires_at,
+        "within": record.within,
     }
 
 

@@ -9,7 +9,7 @@ from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
-from anya_resource.quantities import format_amount
+from anya_resource.quantities import format_amount, format_bytes
 from anya_resource.simulate import SimSummary
 
 
@@ -452,9 +452,14 @@ def render_what_if(
     return Group(*parts)
 
 
-def jobs_table(jobs: list[dict[str, Any]], now: float, width: int = WIDE) -> Table:
-    """``anya-resource jobs``: the queue, oldest first (below ``WIDE`` columns without
-    the tenant and the message, so that every other cell is whole)."""
+def jobs_table(jobs: list[dict[str, Any]], now: float, width: int = WIDE) -> RenderableType:
+    """``anya-resource jobs``: the queue, oldest first.
+
+    A queued job shows its position, its effective priority (aging included) and what
+    holds it back; a running one what its processes drew from its budget ("used/budget").
+    Below ``WIDE`` columns the tenant and the notes leave the table and the notes follow
+    it, one line per job, so that every cell is whole at 80 columns.
+    """
     wide = width >= WIDE
     table = _compact_table(f"Jobs: {len(jobs)}")
     table.add_column("job", style="bold", no_wrap=True)
@@ -462,23 +467,55 @@ def jobs_table(jobs: list[dict[str, Any]], now: float, width: int = WIDE) -> Tab
     table.add_column("priority", no_wrap=True)
     if wide:
         table.add_column("tenant", no_wrap=True)
+    table.add_column("pos", justify="right", no_wrap=True)
     table.add_column("waited", justify="right", no_wrap=True)
-    table.add_column("budget")
+    table.add_column("budget (used/budget)")
     if wide:
-        table.add_column("message")
+        table.add_column("note")
+    notes: list[str] = []
     for job in jobs:
-        budget = dict(job.get("resources", {}))
-        budget.update(budget.pop("pools", None) or {})  # as it was asked for
-        cells = [
-            str(job["job_id"]).removeprefix("anya-job-"),
-            str(job.get("state", "-")),
-            str(job.get("priority", "-")),
-        ]
+        short = str(job["job_id"]).removeprefix("anya-job-")
+        priority = str(job.get("priority", "-"))
+        if job.get("effective_priority") is not None:
+            priority += f" ({job['effective_priority']:g})"
+        position = f"{job['position']}/{job['waiting']}" if job.get("position") else "-"
+        cells = [short, str(job.get("state", "-")), priority]
         if wide:
             cells.append(str(job.get("tenant") or "-"))
-        asked = ", ".join(f"{name} {amount}" for name, amount in budget.items()) or "-"
-        cells += [format_seconds(job.get("waited_s")), asked]
+        cells += [position, format_seconds(job.get("waited_s")), _job_budget(job)]
+        note = _job_note(job, now)
         if wide:
-            cells.append(str(job.get("message", "")))
+            cells.append(note)
+        elif note:
+            notes.append(f"{short}: {note}")
         table.add_row(*cells)
-    return table
+    if not notes:
+        return table
+    return Group(table, *(Text(line, overflow="fold") for line in notes))
+
+
+def _job_budget(job: dict[str, Any]) -> str:
+    """Its budget as asked for, with what is drawn from it when it runs ("1/2")."""
+    asked = dict(job.get("resources", {}))
+    asked.update(asked.pop("pools", None) or {})
+    use = job.get("use")
+    cells = []
+    for name, amount in asked.items():
+        if use is None:
+            cells.append(f"{name} {amount}")
+        else:
+            drawn = use.get(name, 0)
+            shown = format_bytes(drawn) if name in ("memory", "disk") else f"{drawn:g}"
+            cells.append(f"{name} {shown}/{amount}")
+    return ", ".join(cells) or "-"
+
+
+def _job_note(job: dict[str, Any], now: float) -> str:
+    """What holds a queued job back (and when it should start), else its message."""
+    if job.get("state") != "queued":
+        return str(job.get("message") or "")
+    note = str(job.get("held_back_by") or job.get("message") or "")
+    start_by = job.get("start_by")
+    if start_by is not None:
+        note += f"; starts in {format_seconds(max(0.0, start_by - now))} at the latest"
+    return note

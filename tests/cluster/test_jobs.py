@@ -30,7 +30,7 @@ POLICY = {
     "heartbeat_s": 0.3,
     "reserve": {"memory": 0, "cpu": 0},
     "lease": {"preemption_grace_s": 1.0},
-    "pools": {"gate": {"size": 1, "kind": "slot"}},
+    "pools": {"gate": {"size": 1, "kind": "slot"}, "rpc": {"size": 8, "kind": "slot"}},
 }
 GATE = {"pools": {"gate": 1}}
 PY = sys.executable
@@ -162,6 +162,112 @@ def test_a_coordinator_restart_loses_no_job_and_starts_none_twice(
     client = JobSubmissionClient("http://" + dashboard_address())
     submitted = [j.submission_id for j in client.list_jobs()]
     assert submitted.count(running) == 1 and submitted.count(queued) == 1
+    gate_free(manager)
+
+
+# A job that leases from inside: six @leased tasks of half a core each, on a budget of
+# one core, and acquires past its budget. It writes what it saw to the file it is given.
+CAPPED_JOB = """
+import json, os, sys, time
+import ray
+from anya_resource import AcquireTimeout, Infeasible, SyncResourceManager, leased
+
+ray.init()
+
+@leased(cpu=0.5)
+def work(i):
+    start = time.time()
+    time.sleep(1.0)
+    return start, time.time()
+
+spans = ray.get([work.remote(i) for i in range(6)])
+edges = sorted([(s, 1) for s, _ in spans] + [(e, -1) for _, e in spans])
+running = most = 0
+for _, step in edges:
+    running += step
+    most = max(most, running)
+seen = {"most_at_once": most, "tasks": len(spans)}
+manager = SyncResourceManager.connect()
+try:
+    manager.acquire({"cpu": 2})
+    seen["past_budget"] = "granted"
+except Infeasible as exc:
+    seen["past_budget"] = str(exc)
+with manager.acquire({"cpu": 1, "pools": {"rpc": 2}}) as lease:
+    seen["within"] = lease.within
+    try:
+        manager.acquire({"cpu": 0.5}, timeout=0.5)
+        seen["when_full"] = "granted"
+    except AcquireTimeout:
+        seen["when_full"] = "waited"
+    views = manager.budgets()
+    seen["used"] = views[lease.within]["used"]
+seen["job_id"] = os.environ.get("ANYA_RESOURCE_JOB_ID")
+with open(sys.argv[1], "w") as out:
+    json.dump(seen, out)
+"""
+
+
+def test_a_jobs_leases_are_drawn_from_its_budget_and_never_exceed_it(
+    manager: SyncResourceManager, tmp_path: Path
+) -> None:
+    script = tmp_path / "capped.py"
+    script.write_text(CAPPED_JOB)
+    out = tmp_path / "seen.json"
+    job = manager.submit_job([PY, str(script), str(out)], {"cpu": 1, "pools": {"rpc": 2}})
+    result = manager.wait_job(job, timeout=180)
+    assert result["state"] == "succeeded", result
+    seen = json.loads(out.read_text())
+    assert seen["tasks"] == 6 and seen["most_at_once"] <= 2, seen  # 1 core / 0.5 each
+    assert "holds 1 of cpu; 2 were asked for" in seen["past_budget"]
+    assert seen["within"] == result["lease_id"] and seen["when_full"] == "waited"
+    assert seen["used"] == {"cpu": 1000, "rpc": 2} and seen["job_id"] == job
+    assert manager.budgets() == {}  # the job's lease went back, and its budget with it
+    assert not [lease for lease in manager.leases() if lease.get("within")]
+
+
+def test_the_listing_shows_position_and_what_holds_a_job_back(
+    manager: SyncResourceManager,
+) -> None:
+    running = manager.submit_job(command("import time; time.sleep(30)"), GATE)
+    wait_running(manager, running)
+    first = manager.submit_job(command("print(1)"), GATE, priority="high")
+    second = manager.submit_job(command("print(2)"), GATE, priority="low")
+
+    def listed() -> dict[str, dict[str, Any]]:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            rows = {r["job_id"]: r for r in manager.jobs()}
+            if all(rows[j].get("position") for j in (first, second)):
+                return rows
+            time.sleep(0.2)
+        raise AssertionError(f"no positions: {manager.jobs()}")
+
+    rows = listed()
+    assert (rows[first]["position"], rows[second]["position"]) == (1, 2)
+    assert rows[first]["effective_priority"] > rows[second]["effective_priority"]
+    assert "gate" in rows[first]["held_back_by"]
+    assert rows[running]["use"] == {}  # it drew nothing from its budget
+    table = cli("jobs")
+    assert table.returncode == 0 and "1/2" in table.stdout and "gate" in table.stdout
+    for job in (running, first, second):
+        manager.cancel_job(job)
+    gate_free(manager)
+
+
+def test_a_job_submitted_by_a_process_that_exits_keeps_its_lease(
+    manager: SyncResourceManager,
+) -> None:
+    """The supervisor's lease is not the submitting process's job's: that job ends first."""
+    submitted = cli("submit", "--pool", "gate=1", "--", PY, "-c", "import time; time.sleep(6)")
+    assert submitted.returncode == 0, submitted.stderr
+    job = submitted.stdout.strip()
+    wait_running(manager, job)
+    time.sleep(3)  # the coordinator sees the CLI's Ray job end within a heartbeat or two
+    row = {r["job_id"]: r for r in manager.jobs()}[job]
+    assert row["state"] == "running"
+    assert manager.snapshot()["pools"]["gate"]["in_use"] == 1, manager.leases()
+    assert manager.wait_job(job, timeout=60)["state"] == "succeeded"
     gate_free(manager)
 
 

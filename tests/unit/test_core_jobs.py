@@ -7,12 +7,16 @@ import itertools
 import pytest
 
 from anya_resource.core.jobs import (
+    BUDGET_ENV,
+    JOB_ID_ENV,
     JobRecord,
     JobState,
     after_preemption,
     after_ray_status,
     check_entrypoint,
     granted,
+    job_runtime_env,
+    listing_row,
     submitted,
 )
 from anya_resource.errors import InvalidRequest
@@ -24,9 +28,8 @@ IDS = itertools.count()
 
 def record(**fields: object) -> JobRecord:
     fields.setdefault("submitted_at", 0.0)
-    return JobRecord(
-        job_id=f"anya-job-{next(IDS)}", entrypoint="python run.py", resources={"cpu": 1}, **fields
-    )  # type: ignore[arg-type]
+    fields.setdefault("resources", {"cpu": 1})
+    return JobRecord(job_id=f"anya-job-{next(IDS)}", entrypoint="python run.py", **fields)  # type: ignore[arg-type]
 
 
 def test_entrypoints_are_checked_and_words_stay_words() -> None:
@@ -71,12 +74,38 @@ def test_records_round_trip_through_json() -> None:
 
 
 def test_the_jobs_table_fits_80_columns() -> None:
+    queue = {
+        "position": 2,
+        "waiting": 7,
+        "effective_priority": 112.5,
+        "held_back_by": "cpu: the most free on any node is 0, 2 needed",
+        "start_by": 30.0,
+    }
+    running = record(resources={"memory": "4GiB", "cpu": 2})
+    granted(running, "lease-1", "n", now=1.0)
+    submitted(running)
+    view = {"total": {"cpu": 2000, "memory": 4 << 30}, "used": {"cpu": 1500}, "leases": 2}
     rows = [
-        {**record(priority="high").to_json(), "waited_s": 1.5},
-        {**record().to_json(), "waited_s": 0.0, "resources": {"pools": {"gate": 1}, "cpu": 2}},
+        listing_row(record(priority="high"), 1.5, queue),
+        listing_row(record(resources={"pools": {"gate": 1}, "cpu": 2}), 0.0),
+        listing_row(running, 5.0, None, {**view, "waiting": 1}),
     ]
     narrow = _text(jobs_table(rows, 0.0, width=80), width=80)
     assert all(len(line) <= 80 for line in narrow.splitlines())
     assert "\u2026" not in narrow and "gate 1" in narrow and "queued" in narrow
+    assert "2/7" in narrow and "high (112.5)" in narrow
+    assert "cpu 1.5/2" in narrow and "memory 0 B/4GiB" in narrow
+    assert "held back" not in narrow and "2 needed; starts in 30" in narrow
+    assert "its supervisor is starting" in narrow
     wide = _text(jobs_table(rows, 0.0, width=160), width=160)
-    assert "message" in wide and "tenant" in wide
+    assert "note" in wide and "tenant" in wide and "2 needed" in wide
+
+
+def test_a_queued_job_is_given_its_budget_and_id_in_its_environment() -> None:
+    job = record(runtime_env={"pip": ["x"], "env_vars": {"A": "1"}})
+    env = job_runtime_env(job, "lease-1:key")
+    assert env == {
+        "pip": ["x"],
+        "env_vars": {"A": "1", BUDGET_ENV: "lease-1:key", JOB_ID_ENV: job.job_id},
+    }
+    assert job.runtime_env == {"pip": ["x"], "env_vars": {"A": "1"}}  # its own is unchanged

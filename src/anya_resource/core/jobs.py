@@ -16,8 +16,13 @@ from typing import Any
 
 from anya_resource.errors import InvalidRequest
 from anya_resource.inputs import shown
+from anya_resource.quantities import from_units
 
 MAX_ENTRYPOINT = 100_000  # characters: a command line, not a payload
+# What a job finds in its environment: the budget it draws every lease from
+# ("<lease id>:<key>", core/budgets.py; the client reads it), and its id in the queue.
+BUDGET_ENV = "ANYA_RESOURCE_BUDGET"
+JOB_ID_ENV = "ANYA_RESOURCE_JOB_ID"
 
 
 class JobState(str, enum.Enum):
@@ -58,6 +63,7 @@ class JobRecord:
     node_id: str | None = None
     attempts: int = 0  # submissions to Ray so far (a requeued job is submitted again)
     message: str = ""  # why it ended, or what it waits for
+    supervisor_id: str | None = None  # its supervisor's actor id: who holds its request
 
     @property
     def ray_submission_id(self) -> str:
@@ -104,6 +110,47 @@ def check_entrypoint(entrypoint: object) -> str:
             "line of printable characters"
         )
     return entrypoint
+
+
+def job_runtime_env(record: JobRecord, budget: str) -> dict[str, Any]:
+    """The runtime_env a granted job is submitted with: its own, plus its budget and id.
+
+    Ray gives a job's runtime_env to its driver and, by inheritance, to its tasks and
+    actors: so every lease the job takes is drawn from its budget, wherever it runs.
+    """
+    env = dict(record.runtime_env or {})
+    env_vars = dict(env.get("env_vars") or {})
+    env_vars[BUDGET_ENV] = budget
+    env_vars[JOB_ID_ENV] = record.job_id
+    env["env_vars"] = env_vars
+    return env
+
+
+def listing_row(
+    record: JobRecord,
+    now: float,
+    queue: dict[str, Any] | None = None,
+    budget: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """A job as ``anya-resource jobs`` lists it.
+
+    ``queue``: where its request waits (core/positions.py), for a queued job;
+    ``budget``: its budget's view (core/budgets.py), for a running job whose processes
+    drew from it.
+    """
+    row = record.to_json()
+    started = record.started_at if record.started_at is not None else now
+    row["waited_s"] = max(0.0, started - record.submitted_at)
+    if record.state is JobState.QUEUED:
+        row.update(queue or {"held_back_by": "its supervisor is starting"})
+    if record.state in (JobState.STARTING, JobState.RUNNING) and budget is None:
+        row["use"] = {}  # nothing drawn from its budget yet (none opened)
+    if budget is not None and not record.ended:
+        used = budget["used"]
+        row["use"] = {name: from_units(name, used.get(name, 0)) for name in budget["total"]}
+        row["drawn_leases"] = budget["leases"]
+        row["drawn_waiting"] = budget["waiting"]
+    return row
 
 
 def granted(record: JobRecord, lease_id: str, node_id: str, now: float) -> JobRecord:
@@ -155,7 +202,9 @@ def after_preemption(record: JobRecord, now: float) -> bool:
 
 
 __all__ = [
+    "BUDGET_ENV",
     "ENDED",
+    "JOB_ID_ENV",
     "JobRecord",
     "JobState",
     "after_preemption",
@@ -163,5 +212,7 @@ __all__ = [
     "check_entrypoint",
     "ended",
     "granted",
+    "job_runtime_env",
+    "listing_row",
     "submitted",
 ]
