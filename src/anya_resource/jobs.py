@@ -22,6 +22,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import threading
 import time
 import uuid
 from typing import Any
@@ -35,6 +36,7 @@ from anya_resource.core.jobs import (
     JobState,
     after_preemption,
     after_ray_status,
+    after_supervisor_lost,
     ended,
     granted,
     job_runtime_env,
@@ -81,35 +83,57 @@ def _ray_status(status: Any) -> str:
 
 
 class JobSupervisorImpl:
-    """Holds one job's lease for the job's whole life (see the module's doc)."""
+    """Holds one job's lease for the job's whole life (see the module's doc).
+
+    Its work runs on an event loop of its own, in a thread started by ``__init__``: so it
+    starts without anybody's call (the process that submitted the job may be gone), and
+    starts again when Ray restarts the actor (its process or its node died). A restarted
+    supervisor reads the job's record back; if the job was running, its lease went with
+    the dead process, so the job is stopped, and queued again if it was submitted with
+    ``requeue`` (``core/jobs.after_supervisor_lost``).
+    """
 
     def __init__(self, record: dict[str, Any], dashboard: str) -> None:
-        self.record = JobRecord.from_json(record)
+        given = JobRecord.from_json(record)
+        self.record = load(given.job_id) or given  # a restart finds it where it was
         self.dashboard = dashboard
         self.cancel_asked = False
         self.revoked = False
         self.acquiring: asyncio.Future[Any] | None = None
+        self.loop: asyncio.AbstractEventLoop | None = None
+        threading.Thread(target=self._main, name="job-supervisor", daemon=True).start()
+
+    def _main(self) -> None:
+        asyncio.run(self.run())
+        # Done: the actor goes, and is not restarted (its record says how the job ended).
+        ray.kill(ray.get_runtime_context().current_actor, no_restart=True)
 
     async def run(self) -> None:
         from ray.job_submission import JobSubmissionClient
 
         from anya_resource.client import ResourceManager
 
-        # Its own leases are the cluster's (no budget of any job it was started from), and
-        # outlive the process that submitted the job (it is detached, that one may exit).
-        manager = await ResourceManager.new(budget=False, outlives_job=True)
+        self.loop = asyncio.get_running_loop()
         self.record.supervisor_id = ray.get_runtime_context().get_actor_id()
+        manager = None
         try:
+            # Its own leases are the cluster's (no budget of any job it was started
+            # from), and outlive the process that submitted the job (that one may exit).
+            manager = await ResourceManager.new(budget=False, outlives_job=True)
             client = await asyncio.to_thread(JobSubmissionClient, "http://" + self.dashboard)
-            while await self._attempt(manager, client):
+            if self.record.state in (JobState.STARTING, JobState.RUNNING):
+                await self._stop(client, self.record.ray_submission_id)
+                if not after_supervisor_lost(self.record, time.time()):
+                    return
+            while not self.record.ended and await self._attempt(manager, client):
                 pass
         except Exception as exc:  # Ray's job server unreachable, ...: the job ends, said why
             message = f"its supervisor could not go on: {_one_line(exc)}"
             ended(self.record, JobState.FAILED, message, time.time())
         finally:
             await asyncio.to_thread(save, self.record)
-            await manager.close()
-        ray.actor.exit_actor()  # type: ignore[no-untyped-call]
+            if manager is not None:
+                await manager.close()
 
     async def _attempt(self, manager: Any, client: Any) -> bool:
         """One attempt: wait for the lease, submit, follow; True to queue it again."""
@@ -182,7 +206,11 @@ class JobSupervisorImpl:
             await asyncio.to_thread(client.stop_job, submission)
         deadline = time.monotonic() + STOP_WAIT_S
         while time.monotonic() < deadline:
-            status = _ray_status(await asyncio.to_thread(client.get_job_status, submission))
+            try:
+                answer = await asyncio.to_thread(client.get_job_status, submission)
+            except Exception:  # never submitted (its supervisor died before): nothing runs
+                return
+            status = _ray_status(answer)
             if status in ("SUCCEEDED", "FAILED", "STOPPED"):
                 return
             await asyncio.sleep(POLL_S)
@@ -190,14 +218,15 @@ class JobSupervisorImpl:
     def _on_revoked(self, lease: Any) -> None:
         self.revoked = True
 
-    async def cancel(self) -> str:
+    def cancel(self) -> str:
         """Take it out of the queue, or stop it: its state then."""
         self.cancel_asked = True
-        if self.acquiring is not None and not self.acquiring.done():
-            self.acquiring.cancel()
+        acquiring, loop = self.acquiring, self.loop
+        if acquiring is not None and loop is not None:
+            loop.call_soon_threadsafe(acquiring.cancel)  # a no-op once it is done
         return self.record.state.value
 
-    async def state(self) -> dict[str, Any]:
+    def state(self) -> dict[str, Any]:
         return self.record.to_json()
 
 
@@ -211,12 +240,10 @@ def start_supervisor(record: JobRecord, dashboard: str) -> None:
         namespace=NAMESPACE,
         lifetime="detached",
         num_cpus=0,
-        max_restarts=0,
+        max_restarts=-1,  # its process or node dies: it starts again (see the class)
     ).remote(record.to_json(), dashboard)
-    handle.run.remote()  # type: ignore[attr-defined]
-    # Answered only once ``run`` has started (Ray starts one caller's calls in order): the
-    # submitting process may exit at once (the CLI's submit does), and a call it had not
-    # sent yet would be lost with it, leaving the job queued with nobody to run it.
+    # Answered once the actor is up, its work started by its ``__init__``: the submitting
+    # process may exit at once (the CLI's submit does).
     try:
         ray.get(handle.state.remote(), timeout=START_WAIT_S)  # type: ignore[attr-defined]
     except Exception as exc:  # Ray's own (a timeout, a dead worker): never the caller's

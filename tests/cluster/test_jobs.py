@@ -143,6 +143,30 @@ def test_a_preemptible_job_is_stopped_for_a_higher_one_and_requeued(
     gate_free(manager)
 
 
+def test_a_job_whose_supervisor_dies_is_stopped_and_requeued_or_failed(
+    manager: SyncResourceManager, tmp_path: Path
+) -> None:
+    """Its lease goes with the supervisor's process: the job cannot go on unbudgeted."""
+    from anya_resource.jobs import supervisor
+
+    marker = tmp_path / "ran-once"
+    code = (
+        "import os, time; p = " + repr(str(marker)) + "; first = not os.path.exists(p); "
+        "open(p, 'w').close(); time.sleep(60 if first else 0)"
+    )
+    again = manager.submit_job(command(code), GATE, requeue=True)
+    wait_running(manager, again)
+    ray.kill(supervisor(again), no_restart=False)
+    result = manager.wait_job(again, timeout=120)
+    assert result["state"] == "succeeded" and result["attempts"] == 2, result
+    once = manager.submit_job(command("import time; time.sleep(60)"), GATE)
+    wait_running(manager, once)
+    ray.kill(supervisor(once), no_restart=False)
+    result = manager.wait_job(once, timeout=120)
+    assert result["state"] == "failed" and "supervisor died" in result["message"], result
+    gate_free(manager)
+
+
 def test_a_coordinator_restart_loses_no_job_and_starts_none_twice(
     manager: SyncResourceManager,
 ) -> None:

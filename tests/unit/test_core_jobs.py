@@ -13,6 +13,7 @@ from anya_resource.core.jobs import (
     JobState,
     after_preemption,
     after_ray_status,
+    after_supervisor_lost,
     check_entrypoint,
     granted,
     job_runtime_env,
@@ -65,6 +66,19 @@ def test_preempted_jobs_requeue_as_a_new_attempt_or_end_stopped() -> None:
     granted(once, "lease-3", "n", now=1.0)
     assert not after_preemption(once, now=2.0)
     assert once.state is JobState.STOPPED and once.ended
+
+
+def test_a_job_whose_supervisor_died_is_requeued_or_ends_failed() -> None:
+    again = record(requeue=True)
+    granted(again, "lease-1", "n", now=1.0)
+    assert after_supervisor_lost(again, now=2.0)
+    assert again.state is JobState.QUEUED and again.lease_id is None
+    assert "supervisor died" in again.message
+    once = record()
+    granted(once, "lease-2", "n", now=1.0)
+    assert not after_supervisor_lost(once, now=2.0)
+    assert once.state is JobState.FAILED and once.ended_at == 2.0
+    assert "supervisor died" in once.message
 
 
 def test_records_round_trip_through_json() -> None:

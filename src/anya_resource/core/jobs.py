@@ -188,6 +188,21 @@ def after_ray_status(record: JobRecord, status: str, now: float, why: str = "") 
     return True
 
 
+def after_supervisor_lost(record: JobRecord, now: float) -> bool:
+    """Its supervisor died while it ran (a restarted one found it so, and stopped it):
+    its lease went with the dead process, so it cannot go on within its budget. True if
+    it goes back to the queue (``requeue``), else it has ended as failed."""
+    if record.requeue:
+        record.state = JobState.QUEUED
+        record.lease_id = None
+        record.node_id = None
+        record.message = "its supervisor died: stopped, back in the queue"
+        return True
+    why = "its supervisor died (its process or node was lost): the job was stopped"
+    ended(record, JobState.FAILED, why, now)
+    return False
+
+
 def after_preemption(record: JobRecord, now: float) -> bool:
     """Its lease was revoked (a higher-priority job needs it) and it was stopped: True if
     it goes back to the queue (``requeue``), else it has ended as stopped."""
@@ -209,6 +224,7 @@ __all__ = [
     "JobState",
     "after_preemption",
     "after_ray_status",
+    "after_supervisor_lost",
     "check_entrypoint",
     "ended",
     "granted",
