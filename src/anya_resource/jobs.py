@@ -140,6 +140,7 @@ class JobSupervisorImpl:
         record = self.record
         await asyncio.to_thread(save, record)
         self.revoked = False
+        queued_at = time.time() if record.attempts else record.submitted_at
         if self.cancel_asked:  # before its supervisor had even asked for the lease
             ended(record, JobState.CANCELLED, "cancelled while queued", time.time())
             return False
@@ -162,6 +163,7 @@ class JobSupervisorImpl:
             return False
         granted(record, lease.lease_id, lease.node_id, time.time())
         await asyncio.to_thread(save, record)
+        _count_start(lease.priority, lease.tenant, time.time() - queued_at)
         try:
             if self.cancel_asked:
                 ended(record, JobState.CANCELLED, "cancelled before it started", time.time())
@@ -231,6 +233,14 @@ class JobSupervisorImpl:
 
 
 JobSupervisor = ray.remote(JobSupervisorImpl)
+
+
+def _count_start(priority: str, tenant: str, waited: float) -> None:
+    """The coordinator's metrics count job starts and waits (fire and forget)."""
+    from anya_resource.actors import deploy
+
+    with contextlib.suppress(Exception):  # a metric is never worth failing a job for
+        deploy.coordinator().job_started.remote(priority, tenant, waited)
 
 
 def start_supervisor(record: JobRecord, dashboard: str) -> None:

@@ -64,6 +64,13 @@ METRICS: dict[str, tuple[str, str, tuple[str, ...]]] = {
     "reclaims": ("counter", "Leases ended, by cause (released, expired, revoked, ...)", ("cause",)),
     "revocations": ("counter", "Leases revoked, by cause (preemption, pressure)", ("cause",)),
     "wait_seconds": ("histogram", "Wait from request to grant", ("priority",)),
+    # Whole Ray jobs (jobs.py): each start, and how long it waited in the queue for it.
+    "job_starts": ("counter", "Queued Ray jobs started", ("priority", "tenant")),
+    "job_wait_seconds": (
+        "histogram",
+        "Wait of a queued Ray job, from submit (or requeue) to its lease",
+        ("priority", "tenant"),
+    ),
 }
 
 
@@ -97,6 +104,7 @@ class CoordinatorMetrics:
             self.metrics = {}
         self._grants: dict[str, int] = {}
         self._waits: list[tuple[str, float]] = []
+        self._job_waits: list[tuple[dict[str, str], float]] = []
         self._seen: dict[str, dict[str, int]] = {
             "rejections": {},
             "reclaims": {},
@@ -120,12 +128,18 @@ class CoordinatorMetrics:
         if len(self._waits) < MAX_PENDING_WAITS:
             self._waits.append((priority, grant.waited))
 
+    def job_started(self, priority: str, tenant: str, waited: float) -> None:
+        """Note that a queued Ray job got its lease after ``waited`` seconds."""
+        if len(self._job_waits) < MAX_PENDING_WAITS:
+            self._job_waits.append(({"priority": priority, "tenant": tenant}, waited))
+
     def flush(self, scheduler: Scheduler, warm: Mapping[str, int] | None = None) -> None:
         """Hand what was noted since the last flush to Ray, and set every gauge
         (``warm``: warm leases by use, idle and busy, as their managers reported)."""
         if not self.metrics:
             self._grants.clear()
             self._waits.clear()
+            self._job_waits.clear()
             return
         self._flush_events(scheduler)
         self._set_gauges(scheduler)
@@ -140,6 +154,10 @@ class CoordinatorMetrics:
         histogram = self.metrics["wait_seconds"]
         for priority, waited in waits:
             histogram.observe(max(0.0, waited), tags={"priority": priority})
+        job_waits, self._job_waits = self._job_waits, []
+        for tags, waited in job_waits:
+            self.metrics["job_starts"].inc(1, tags=tags)
+            self.metrics["job_wait_seconds"].observe(max(0.0, waited), tags=tags)
         counters = scheduler.counters
         for short, tag, totals in (
             ("rejections", "reason", counters.rejected),

@@ -18,6 +18,7 @@ import pytest
 import ray
 
 from anya_resource import AcquireTimeout, ResourceManager
+from anya_resource.actors import deploy
 from anya_resource.core import NodeSample
 from anya_resource.metrics import METRICS, PREFIX, CoordinatorMetrics
 from tests.raytools import GiB, Loop, deployed, eventually, local_ray
@@ -81,8 +82,12 @@ def test_decisions_are_only_noted_until_the_flush_hands_them_to_ray() -> None:
     assert fakes["node_memory_percent"].calls == [(50.0, {"node": "n1"})]
     assert not any(tags.get("resource") == "gpu" for _, tags in fakes["capacity"].calls)
     # A second flush adds only what is new: counters never count twice.
+    metrics.job_started("high", "ml", 12.5)
     metrics.flush(h.s)
     assert len(fakes["grants"].calls) == 2 and len(fakes["rejections"].calls) == 1
+    job = {"priority": "high", "tenant": "ml"}
+    assert fakes["job_starts"].calls == [(1, job)]
+    assert fakes["job_wait_seconds"].calls == [(12.5, job)]
 
 
 def test_a_failing_metrics_backend_disables_metrics_not_the_coordinator() -> None:
@@ -159,6 +164,8 @@ def test_metrics_reach_rays_endpoint_with_plausible_values(
         await manager.release(held)
         # Left held: gauges then have something to show.
         await manager.acquire({"cpu": 0.25, "memory": "256MiB"})
+        # What a queued job's supervisor reports once its lease is granted (jobs.py).
+        await deploy.coordinator().job_started.remote("high", "ml", 1.5)
 
     loop.run(activity())
 
@@ -207,6 +214,8 @@ def test_metrics_reach_rays_endpoint_with_plausible_values(
     assert (v("wait_seconds_sum", priority="critical") or 0) > 0
     assert v("pool_size", pool="rpc") == 1 and v("pool_in_use", pool="rpc") == 0
     assert v("leases") == 1 and v("queue_waiting") == 0
+    assert v("job_starts_total", priority="high", tenant="ml") == 1
+    assert v("job_wait_seconds_count", priority="high", tenant="ml") == 1
 
 
 def test_history_has_an_entry_per_heartbeat_and_the_documented_shape(

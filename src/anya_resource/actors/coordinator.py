@@ -719,6 +719,10 @@ class CoordinatorImpl:
         """
         return self.history_ring.since(time.time(), seconds)
 
+    async def job_started(self, priority: str, tenant: str, waited: float) -> None:
+        """A queued Ray job got its lease after ``waited`` s (for the metrics only)."""
+        self.metrics.job_started(str(priority)[:100], str(tenant)[:100], float(waited))
+
     async def what_if(self, spec: dict[str, Any], count: int) -> dict[str, Any]:
         request = self._request({**spec, "idempotency_key": None, "timeout": None})
         if (
