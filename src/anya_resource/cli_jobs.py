@@ -21,6 +21,7 @@ from anya_resource.cli_ops import (
     _run_read,
     parse_resources,
 )
+from anya_resource.core.jobs import ENDED, JobState
 from anya_resource.errors import InvalidRequest
 
 if TYPE_CHECKING:
@@ -85,6 +86,12 @@ def submit(
     wait: Annotated[
         bool, typer.Option(help="Follow the job to its end; exit 0 only if it succeeded.")
     ] = False,
+    what_if: Annotated[
+        bool,
+        typer.Option(
+            "--what-if", help="Submit nothing: would it start now, and what would it preempt?"
+        ),
+    ] = False,
     address: AddressOption = None,
     as_json: JsonOption = False,
     connect_timeout: ConnectTimeout = CALL_TIMEOUT_S,
@@ -92,6 +99,9 @@ def submit(
     """Queue a Ray job on a lease (its budget); prints its id at once."""
     budget = _budget(cpu, memory, gpu, pool)
     env = _runtime_env(runtime_env)
+    if what_if:
+        _what_if(budget, priority, tenant, preemptible, address, as_json, connect_timeout)
+        return
 
     async def go(manager: ResourceManager) -> dict[str, Any]:
         job_id = await manager.submit_job(
@@ -117,6 +127,43 @@ def submit(
         typer.echo(f"{result['job_id']}: {result['state']} ({result['message']})")
     if wait and result["state"] != ENDED_OK:
         sys.exit(1)
+
+
+def _what_if(
+    budget: dict[str, Any],
+    priority: str,
+    tenant: str | None,
+    preemptible: bool,
+    address: str | None,
+    as_json: bool,
+    connect_timeout: float,
+) -> None:
+    """The dry run of a job: its budget as one request, and the jobs it would stop."""
+
+    async def read(manager: ResourceManager) -> dict[str, Any]:
+        answer = await manager.what_if(
+            budget, 1, priority=priority, tenant=tenant, preemptible=preemptible
+        )
+        rows = await manager.jobs()
+        running = {r["lease_id"]: r["job_id"] for r in rows if JobState(r["state"]) not in ENDED}
+        answer["jobs_stopped"] = sorted(
+            running[lease["lease_id"]]
+            for lease in answer["preempted"]
+            if lease["lease_id"] in running
+        )
+        return answer
+
+    result = _run_read(address, False, None, connect_timeout, read)
+    if as_json:
+        _print_json(result)
+        return
+    from anya_resource.render import render_what_if
+
+    console = Console()
+    label = ", ".join(f"{name}={value}" for name, value in budget.items())
+    console.print(render_what_if(result, f"job of {label}", time.time(), width=console.width))
+    if result["jobs_stopped"]:
+        console.print("jobs it would stop: " + ", ".join(result["jobs_stopped"]))
 
 
 @app.command()

@@ -279,6 +279,25 @@ def test_the_listing_shows_position_and_what_holds_a_job_back(
     gate_free(manager)
 
 
+def test_what_if_for_a_job_names_the_jobs_it_would_stop(manager: SyncResourceManager) -> None:
+    low = manager.submit_job(
+        command("import time; time.sleep(60)"), GATE, priority="low", preemptible=True
+    )
+    wait_running(manager, low)
+    dry = ["submit", "--pool", "gate=1", "--what-if", "--json"]
+    urgent = cli(*dry, "--priority", "critical", "--", PY, "-c", "print(1)")
+    assert urgent.returncode == 0, urgent.stderr
+    answer = json.loads(urgent.stdout)
+    assert answer["granted_after_preemption"] == 1 and answer["jobs_stopped"] == [low]
+    polite = json.loads(cli(*dry, "--priority", "low", "--", PY, "-c", "print(1)").stdout)
+    assert polite["would_wait"] == 1 and polite["jobs_stopped"] == []
+    shown = cli("submit", "--pool", "gate=1", "--what-if", "--priority", "critical", "--", PY)
+    assert shown.returncode == 0 and f"jobs it would stop: {low}" in shown.stdout
+    assert {r["job_id"]: r for r in manager.jobs()}[low]["state"] == "running"  # nothing done
+    manager.cancel_job(low)
+    gate_free(manager)
+
+
 def test_a_job_submitted_by_a_process_that_exits_keeps_its_lease(
     manager: SyncResourceManager,
 ) -> None:
