@@ -4,8 +4,11 @@ Starts an embedded Ray cluster on loopback (or joins one at ``--address``),
 deploys the manager, trains the model and signs the transactions, then runs the
 mixed workload (``workloads.jobs``) for ``--duration`` seconds while a live table
 shows each node's leases, memory, CPU and health and each priority class's
-running, waiting and p95 wait. After the run every client finishes the lease it
-holds or waits for, and the final report is printed (and written as JSON).
+running, waiting and p95 wait. Beside the tasks, three whole Ray jobs wait in the job
+queue by priority (``workloads.queued_jobs``), shown with their position and what holds
+them back. After the run every client finishes the lease it holds or waits for, the
+jobs finish (or are cancelled after a while), and the final report is printed (and
+written as JSON).
 
 Ctrl-C ends the run early the same way: nothing new is asked for, what runs
 finishes and is released, the report covers what ran, and the embedded cluster
@@ -18,7 +21,7 @@ import contextlib
 import time
 from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from rich.console import Console, Group, RenderableType
@@ -28,8 +31,10 @@ from rich.text import Text
 
 from anya_resource.client import SyncResourceManager
 from anya_resource.core.bottleneck import binding
+from anya_resource.core.jobs import ENDED, JobState
+from anya_resource.errors import ResourceError
 from anya_resource.quantities import MILLI, format_amount
-from anya_resource.render import format_seconds
+from anya_resource.render import format_seconds, jobs_table
 from anya_resource.workloads.cluster import (
     embedded_cluster,
     existing_cluster,
@@ -37,12 +42,15 @@ from anya_resource.workloads.cluster import (
     wait_for_agents,
 )
 from anya_resource.workloads.jobs import POLICY, default_mix, prepare_while_warming
+from anya_resource.workloads.queued_jobs import report as queued_jobs_report
+from anya_resource.workloads.queued_jobs import submit_all
 from anya_resource.workloads.report import RunWindow, Samples, build_report, node_use
 from anya_resource.workloads.runner import Runner, plan_mix
 from anya_resource.workloads.stats import wait_summary
 
 DRAIN_TIMEOUT_S = 60.0  # the longest task of the mix runs a few seconds when tight
 RELEASED_TIMEOUT_S = 20.0
+JOBS_TIMEOUT_S = 90.0  # for the queued jobs to end once the task workload has stopped
 
 
 @dataclass(frozen=True)
@@ -74,7 +82,7 @@ def run_demo(options: DemoOptions, console: Console) -> dict[str, Any]:
         where = existing_cluster(options.address)
     else:
         say(f"starting an embedded cluster of {options.nodes} nodes on 127.0.0.1")
-        where = embedded_cluster(options.nodes)
+        where = embedded_cluster(options.nodes, dashboard=True)
     with where as address:
         report = _run_on_cluster(options, console, say)
         report["run"]["address"] = address
@@ -94,16 +102,21 @@ def _run_on_cluster(options: DemoOptions, console: Console, say: _Narrator) -> d
         plans = plan_mix(default_mix(), before["resources"]["cpu"]["grantable"] / MILLI)
         runner = Runner(plans, payload)
         samples = Samples()
-        say(f"running the workload for {options.duration:g} s")
-        run = _drive(runner, manager, options, console, samples, labels)
+        jobs = QueuedJobs(manager, say)
+        say(f"running the workload for {options.duration:g} s, and queueing 3 Ray jobs")
+        run = _drive(runner, manager, options, console, samples, labels, jobs)
         if run.interrupted:
             say(
                 "stopping: running tasks finish and give their leases back "
                 "(Ctrl-C again to stop at once)"
             )
-        after = _drain(runner, manager, say)
-        say(f"every client done; {after['leases']} leases still held")
+        if not runner.join(DRAIN_TIMEOUT_S):
+            say(f"[yellow]some tasks still running after {DRAIN_TIMEOUT_S:g} s[/yellow]")
+        jobs.finish()
+        after = _released(manager)
+        say(f"every client and job done; {after['leases']} leases still held")
         report = build_report(plans, runner.snapshot(), run, (before, after), samples, labels)
+        report["jobs"] = jobs.report()
         report["work"]["inference"]["train_accuracy"] = payload.model_accuracy
         report["work"]["transactions"]["tampered_in_set"] = payload.tampered
         report["errors"] = dict(runner.errors)
@@ -123,6 +136,45 @@ class LiveState:
     running: Counter[str]  # by priority class: leases held now
     elapsed: float
     duration: float
+    jobs: list[dict[str, Any]] = field(default_factory=list)  # the queued jobs' rows
+
+
+class QueuedJobs:
+    """The demo's whole Ray jobs: queued beside the tasks, followed, reported."""
+
+    def __init__(self, manager: SyncResourceManager, say: _Narrator) -> None:
+        self.manager = manager
+        self.say = say
+        self.names: dict[str, str] = {}  # job id -> name
+
+    def submit(self) -> None:
+        try:
+            self.names = submit_all(self.manager)
+        except ResourceError as exc:  # no job server on a cluster given by --address
+            self.say(f"[yellow]no jobs queued: {exc}[/yellow]")
+
+    def rows(self) -> list[dict[str, Any]]:
+        if not self.names:
+            return []
+        return [row for row in self.manager.jobs() if row["job_id"] in self.names]
+
+    def finish(self) -> None:
+        """Let the jobs end (the tasks have stopped, so they all fit); cancel stragglers."""
+        if not self.names:
+            return
+        self.say("waiting for the queued jobs to finish")
+        deadline = time.monotonic() + JOBS_TIMEOUT_S
+        while time.monotonic() < deadline:
+            if all(JobState(row["state"]) in ENDED for row in self.rows()):
+                return
+            time.sleep(0.5)
+        for row in self.rows():
+            if JobState(row["state"]) not in ENDED:
+                self.manager.cancel_job(row["job_id"])
+                self.manager.wait_job(row["job_id"], timeout=60)
+
+    def report(self) -> list[dict[str, Any]]:
+        return queued_jobs_report(self.rows(), self.names)
 
 
 def _drive(
@@ -132,16 +184,19 @@ def _drive(
     console: Console,
     samples: Samples,
     labels: dict[str, str],
+    jobs: QueuedJobs,
 ) -> RunWindow:
     """Run the clients for ``duration`` s (or until Ctrl-C), refreshing the live table."""
     start = time.time()
     runner.start()
     interrupted = False
     try:
+        jobs.submit()  # beside the task workload, which keeps the cluster busy
         with _live(console, options.live) as live:
             while time.time() - start < options.duration:
                 time.sleep(options.refresh)
                 state = _observe(manager, start, options.duration)
+                state.jobs = jobs.rows()
                 samples.add(state.snap)
                 if live is not None:
                     live.update(live_view(state, runner, labels))
@@ -167,10 +222,8 @@ def _observe(manager: SyncResourceManager, start: float, duration: float) -> Liv
     return LiveState(snap=snap, running=running, elapsed=time.time() - start, duration=duration)
 
 
-def _drain(runner: Runner, manager: SyncResourceManager, say: _Narrator) -> dict[str, Any]:
-    """Let every client finish; then wait for the coordinator to have every lease back."""
-    if not runner.join(DRAIN_TIMEOUT_S):
-        say(f"[yellow]some tasks still running after {DRAIN_TIMEOUT_S:g} s[/yellow]")
+def _released(manager: SyncResourceManager) -> dict[str, Any]:
+    """The snapshot once the coordinator has every lease back (or after a while)."""
     deadline = time.monotonic() + RELEASED_TIMEOUT_S
     snap = manager.snapshot()
     # Releases are sent without waiting (by the task, and by the caller once the result
@@ -251,7 +304,14 @@ def live_view(state: LiveState, runner: Runner, labels: dict[str, str]) -> Rende
     )
     top = binding(state.snap.get("bottlenecks", []))
     bottleneck = Text("bottleneck: " + (top["message"] if top else "none right now"), style="dim")
-    return Group(header, nodes_table(state.snap, labels), classes_table(state, runner), bottleneck)
+    parts: list[RenderableType] = [
+        header,
+        nodes_table(state.snap, labels),
+        classes_table(state, runner),
+    ]
+    if state.jobs:
+        parts.append(jobs_table(state.jobs, time.time(), width=80))
+    return Group(*parts, bottleneck)
 
 
 # -- the final report ------------------------------------------------------------------
@@ -344,8 +404,28 @@ def _summary_lines(report: dict[str, Any]) -> Text:
     return Text("\n".join(lines))
 
 
+def _jobs_report(report: dict[str, Any]) -> Table:
+    table = Table(title="Whole Ray jobs through the queue, in the order they started")
+    table.title_justify = "left"
+    for column in ("job", "priority", "state", "waited", "ran", "attempts"):
+        table.add_column(column, justify="left" if column in ("job", "state") else "right")
+    for row in report.get("jobs", []):
+        table.add_row(
+            row["name"],
+            row["priority"],
+            row["state"],
+            format_seconds(row["waited_s"]),
+            format_seconds(row["ran_s"]),
+            str(row["attempts"]),
+        )
+    return table
+
+
 def render_report(report: dict[str, Any]) -> RenderableType:
-    return Group(_classes_report(report), _nodes_report(report), _summary_lines(report))
+    parts: list[RenderableType] = [_classes_report(report), _nodes_report(report)]
+    if report.get("jobs"):
+        parts.append(_jobs_report(report))
+    return Group(*parts, _summary_lines(report))
 
 
 __all__ = ["DemoOptions", "render_report", "run_demo"]

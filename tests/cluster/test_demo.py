@@ -47,8 +47,10 @@ def test_report_matches_the_coordinators_counts(demo_run: tuple[dict[str, Any], 
     tasks = sum(c["grants"] for c in classes.values())  # tasks let through, each on a lease
     assert sum(n["grants"] for n in report["nodes"].values()) == tasks
     # @leased tasks run on warm leases: a lease the coordinator granted serves several
-    # tasks of its process in turn, so there are at most as many grants as tasks.
-    assert 0 < coordinator["granted"] <= tasks
+    # tasks of its process in turn, so there are at most as many grants as tasks; the
+    # queued jobs add a lease per attempt and at most one per task of theirs.
+    jobs = sum(job["attempts"] + job["tasks"] for job in report["jobs"])
+    assert 0 < coordinator["granted"] <= tasks + jobs
     for name, row in classes.items():
         assert row["grants"] > 0, name
         assert row["failed"] == 0, name
@@ -70,6 +72,15 @@ def test_figures_describe_the_run(demo_run: tuple[dict[str, Any], str]) -> None:
     utilisation = [n["utilisation"] for n in report["nodes"].values()]
     assert all(0 < u <= 1.01 for u in utilisation), utilisation
     assert report["bottleneck"]["name"] == "cpu"  # the mix asks for more CPU than there is
+
+
+def test_the_queued_jobs_ran_beside_the_tasks(demo_run: tuple[dict[str, Any], str]) -> None:
+    report, stdout = demo_run
+    jobs = {job["name"]: job for job in report["jobs"]}
+    assert set(jobs) == {"nightly-report", "backfill", "hotfix-replay"}
+    assert all(job["state"] == "succeeded" and job["attempts"] == 1 for job in jobs.values())
+    assert all(job["waited_s"] >= 0 and job["ran_s"] > 0 for job in jobs.values())
+    assert "Whole Ray jobs through the queue" in stdout
 
 
 def test_cluster_is_shut_down(demo_run: tuple[dict[str, Any], str]) -> None:

@@ -68,8 +68,14 @@ def wait_for_agents(manager: SyncResourceManager, nodes: int) -> None:
 
 
 @contextmanager
-def embedded_cluster(nodes: int, shape: NodeShape | None = None) -> Iterator[str]:
-    """Start 1 head + ``nodes - 1`` workers, connect to it; yield its address; shut all down."""
+def embedded_cluster(
+    nodes: int, shape: NodeShape | None = None, dashboard: bool = False
+) -> Iterator[str]:
+    """Start 1 head + ``nodes - 1`` workers, connect to it; yield its address; shut all down.
+
+    ``dashboard``: the head also runs Ray's dashboard, the job server the job queue
+    submits to, on 127.0.0.1.
+    """
     bind_to_loopback()
     import ray
     from ray.cluster_utils import Cluster
@@ -86,7 +92,11 @@ def embedded_cluster(nodes: int, shape: NodeShape | None = None) -> Iterator[str
     }
     cluster = Cluster(
         initialize_head=True,
-        head_node_args={**node_args, "include_dashboard": False},
+        head_node_args={
+            **node_args,
+            "include_dashboard": dashboard,
+            **({"dashboard_host": "127.0.0.1"} if dashboard else {}),
+        },
     )
     try:
         for _ in range(nodes - 1):
