@@ -68,7 +68,7 @@ def test_notebook_runs_and_draws_its_figures(executed: Any) -> None:
         for o in outputs
         if o.output_type == "display_data" and "image/png" in o.get("data", {})
     ]
-    assert len(pngs) >= 2, "expected the per-node bar chart and the utilisation plot"
+    assert len(pngs) >= 3, "expected the per-node bar chart, the utilisation and job wait plots"
     assert all(png.startswith(PNG_MAGIC) and len(png) > 5_000 for png in pngs)
     tables = [o for o in outputs if "text/html" in o.get("data", {})]
     assert len(tables) >= 3, "expected the snapshot, pool and bottleneck tables"
@@ -85,3 +85,5 @@ def test_notebook_answers_the_what_if_and_finds_the_bottleneck(executed: Any) ->
     assert "they would preempt:" in text  # the batch leases are preemptible, lower priority
     assert "postgres pool:" in text  # eight workers on four slots: the binding pool
     assert "released" in text and "done" in text  # the clean-up cell ran
+    assert "job queue: 3 job(s)" in text
+    assert text.count(": succeeded, waited") == 3  # the three queued jobs ran
