@@ -3,7 +3,7 @@
 Starts a private 1 head + 3 worker ``ray.cluster_utils.Cluster`` on loopback (equal
 nodes: 2 logical CPUs and 4 GiB each), deploys the manager with the workload
 policy (no CPU reserve: 8 grantable CPUs), and runs the demo's mixed workload
-(``anya_resource.workloads.jobs``) through ``@leased`` tasks: closed-loop clients
+(``anya_resource_demo.mix``) through ``@leased`` tasks: closed-loop clients
 of three classes, ``high`` (transaction checks, 0.5 CPU), ``normal`` (ML
 inference, 1 CPU) and ``low`` (block re-verification, 1 CPU), together asking
 for 1.5x the cluster's CPU, so ``low`` work always waits. After a warm-up it
@@ -49,15 +49,15 @@ from rich.table import Table
 
 from anya_resource import SyncResourceManager
 from anya_resource.quantities import MILLI
-from anya_resource.workloads.cluster import (
+from anya_resource_demo.cluster import (
     NodeShape,
     embedded_cluster,
     node_labels,
     wait_for_agents,
 )
-from anya_resource.workloads.jobs import POLICY, JobKind, default_mix, prepare_while_warming
-from anya_resource.workloads.runner import Plan, Runner, plan_mix
-from anya_resource.workloads.stats import (
+from anya_resource_demo.mix import POLICY, JobKind, default_mix, prepare_while_warming
+from anya_resource_demo.runner import Plan, Runner, plan_mix
+from anya_resource_demo.stats import (
     GrantRecord,
     coefficient_of_variation,
     cpu_seconds_by_node,

@@ -216,7 +216,7 @@ def demo(
     # Imported here so that `anya-resource --help` stays fast; the workloads need the
     # demo extra (numpy, scikit-learn, python-bitcoinlib), which the library does not.
     try:
-        from anya_resource.demo import DemoOptions, render_report, run_demo
+        from anya_resource_demo.app import DemoOptions, render_report, run_demo
     except ImportError as exc:
         _fail(
             f"the demo needs the demo extra ({exc.name} is missing): "

@@ -18,7 +18,7 @@ import ray
 
 from anya_resource import SyncResourceManager
 from anya_resource.integrations.ray_data import leased_udf
-from anya_resource.workloads.ml import Problem, train
+from anya_resource_demo.ml import Problem, train
 from tests.raytools import GiB, local_ray
 
 pytestmark = [

@@ -3,6 +3,7 @@ pure core loads, and that every command's ``--json`` is the same kind of option.
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -27,6 +28,18 @@ def test_the_demos_workloads_are_an_extra_not_a_dependency() -> None:
     assert not required & set(DEMO_ONLY), required & set(DEMO_ONLY)
     assert {_name(r) for r in project["optional-dependencies"]["demo"]} == set(DEMO_ONLY)
     assert "anya-resource[demo]" in project["optional-dependencies"]["dev"]
+
+
+def test_the_library_never_imports_the_demo() -> None:
+    """The demo is a package of its own beside the library (``anya_resource_demo``)."""
+    offenders = [
+        str(path.relative_to(ROOT))
+        for path in (ROOT / "src" / "anya_resource").rglob("*.py")
+        if re.search(r"^\s*(from|import) anya_resource_demo", path.read_text(), re.MULTILINE)
+        and path.name != "cli.py"  # the demo command imports it when run, and only then
+    ]
+    assert offenders == []
+    assert not (ROOT / "src" / "anya_resource" / "workloads").exists()
 
 
 def test_importing_the_core_loads_no_ray_psutil_psycopg_or_httpx() -> None:

@@ -8,12 +8,12 @@ from typing import Any
 import numpy as np
 import pytest
 
-from anya_resource.workloads import transactions as tx
-from anya_resource.workloads.jobs import default_mix
-from anya_resource.workloads.ml import Model, Problem, fit_classifier, infer_batch, train
-from anya_resource.workloads.report import RunWindow, Samples, build_report
-from anya_resource.workloads.runner import plan_mix
-from anya_resource.workloads.stats import (
+from anya_resource_demo import transactions as tx
+from anya_resource_demo.mix import default_mix
+from anya_resource_demo.ml import Model, Problem, fit_classifier, infer_batch, train
+from anya_resource_demo.report import RunWindow, Samples, build_report
+from anya_resource_demo.runner import plan_mix
+from anya_resource_demo.stats import (
     GrantRecord,
     coefficient_of_variation,
     cpu_seconds_by_node,

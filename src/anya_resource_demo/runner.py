@@ -23,8 +23,8 @@ from dataclasses import dataclass
 import ray
 
 from anya_resource.errors import ManagerUnavailable, ResourceError
-from anya_resource.workloads.jobs import JobKind, Outcome, Payload
-from anya_resource.workloads.stats import GrantRecord
+from anya_resource_demo.mix import JobKind, Outcome, Payload
+from anya_resource_demo.stats import GrantRecord
 
 log = logging.getLogger(__name__)
 

@@ -17,8 +17,8 @@ from typing import Any
 
 from anya_resource.core.bottleneck import binding
 from anya_resource.quantities import MILLI
-from anya_resource.workloads.runner import Plan
-from anya_resource.workloads.stats import (
+from anya_resource_demo.runner import Plan
+from anya_resource_demo.stats import (
     GrantRecord,
     coefficient_of_variation,
     cpu_seconds_by_node,

@@ -2,10 +2,10 @@
 
 Starts an embedded Ray cluster on loopback (or joins one at ``--address``),
 deploys the manager, trains the model and signs the transactions, then runs the
-mixed workload (``workloads.jobs``) for ``--duration`` seconds while a live table
+mixed workload (``anya_resource_demo.mix``) for ``--duration`` seconds while a live table
 shows each node's leases, memory, CPU and health and each priority class's
 running, waiting and p95 wait. Beside the tasks, three whole Ray jobs wait in the job
-queue by priority (``workloads.queued_jobs``), shown with their position and what holds
+queue by priority (``anya_resource_demo.queued_jobs``), shown with their position and what holds
 them back. After the run every client finishes the lease it holds or waits for, the
 jobs finish (or are cancelled after a while), and the final report is printed (and
 written as JSON).
@@ -35,18 +35,18 @@ from anya_resource.core.jobs import ENDED, JobState
 from anya_resource.errors import ResourceError
 from anya_resource.quantities import MILLI, format_amount
 from anya_resource.render import format_seconds, jobs_table
-from anya_resource.workloads.cluster import (
+from anya_resource_demo.cluster import (
     embedded_cluster,
     existing_cluster,
     node_labels,
     wait_for_agents,
 )
-from anya_resource.workloads.jobs import POLICY, default_mix, prepare_while_warming
-from anya_resource.workloads.queued_jobs import report as queued_jobs_report
-from anya_resource.workloads.queued_jobs import submit_all
-from anya_resource.workloads.report import RunWindow, Samples, build_report, node_use
-from anya_resource.workloads.runner import Runner, plan_mix
-from anya_resource.workloads.stats import wait_summary
+from anya_resource_demo.mix import POLICY, default_mix, prepare_while_warming
+from anya_resource_demo.queued_jobs import report as queued_jobs_report
+from anya_resource_demo.queued_jobs import submit_all
+from anya_resource_demo.report import RunWindow, Samples, build_report, node_use
+from anya_resource_demo.runner import Runner, plan_mix
+from anya_resource_demo.stats import wait_summary
 
 DRAIN_TIMEOUT_S = 60.0  # the longest task of the mix runs a few seconds when tight
 RELEASED_TIMEOUT_S = 20.0

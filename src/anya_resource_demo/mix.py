@@ -27,8 +27,8 @@ import ray
 
 from anya_resource.integrations import current_lease, leased
 from anya_resource.integrations.ray_tasks import LeasedFunction
-from anya_resource.workloads.ml import Model, infer_batch, train
-from anya_resource.workloads.transactions import SignedTx, make_transactions, verify_batch
+from anya_resource_demo.ml import Model, infer_batch, train
+from anya_resource_demo.transactions import SignedTx, make_transactions, verify_batch
 
 # The policy the mix runs under (demo and benchmark): a quick heartbeat, so pressure and
 # the live table follow the run closely; no CPU reserve, so each node's logical CPUs are
@@ -206,7 +206,7 @@ def default_mix() -> list[JobKind]:
 
 def _warm(seconds: float) -> str:
     """Import what the tasks need, then hold the worker a moment so others start too."""
-    import anya_resource.workloads.jobs  # noqa: F401  (with @leased, the model, bitcoin)
+    import anya_resource_demo.mix  # noqa: F401  (with @leased, the model, bitcoin)
 
     time.sleep(seconds)
     return ray.get_runtime_context().get_node_id()
