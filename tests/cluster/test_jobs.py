@@ -88,6 +88,13 @@ def test_jobs_start_in_priority_order_and_give_their_lease_back(
     assert all(r["state"] == "succeeded" and r["attempts"] == 1 for r in results.values())
     starts = [results[p]["started_at"] for p in ("high", "normal", "low")]
     assert starts == sorted(starts), results
+    # Each started (got its lease) within a heartbeat of the gate coming free: the one
+    # before it ended (and gave the gate back at once); generous for a loaded machine.
+    ended = [manager.wait_job(blocker)["ended_at"]] + [
+        results[p]["ended_at"] for p in ("high", "normal")
+    ]
+    gaps = [start - end for start, end in zip(starts, ended, strict=True)]
+    assert all(0 <= gap <= 3 * POLICY["heartbeat_s"] for gap in gaps), gaps
     gate_free(manager)
 
 
