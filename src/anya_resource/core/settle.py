@@ -21,9 +21,10 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 
+from anya_resource.core import admission
 from anya_resource.core.admission import place, tenant_blocks
 from anya_resource.core.lifecycle import Lifecycle
-from anya_resource.core.model import NODE_RESOURCES, Amounts, Decision, tenant_demand
+from anya_resource.core.model import Amounts, Decision, tenant_demand
 from anya_resource.core.preemption import choose_victims
 from anya_resource.core.state import ClusterState, Freed, Reservation
 from anya_resource.core.waitqueue import Waiter
@@ -163,7 +164,7 @@ def backfill_shapes(
     else:
         head_shape = head.request.shape
         rank = queue.rank
-        most_free = _most_free(state, scope.nodes)
+        most_free = admission.most_free(n for i in scope.nodes if (n := state.nodes.get(i)))
         bests = []
         for shape, group in queue.groups.items():
             if shape == head_shape:
@@ -209,12 +210,6 @@ def _free_on(state: ClusterState, node_ids: Iterable[str]) -> Callable[[str], li
     """What is free of a resource on each of ``node_ids``, asked one resource at a time."""
     nodes = [node for node_id in node_ids if (node := state.nodes.get(node_id)) is not None]
     return lambda resource: [node.free(resource) for node in nodes]
-
-
-def _most_free(state: ClusterState, node_ids: Iterable[str]) -> dict[str, int]:
-    """The most of each node resource free on any of ``node_ids``."""
-    free_on = _free_on(state, node_ids)
-    return {r: max(frees) for r in NODE_RESOURCES if (frees := free_on(r))}
 
 
 def _soonest_node(state: ClusterState, demand: Amounts) -> str | None:
