@@ -36,6 +36,7 @@ from anya_resource.core import (
     build_request,
     check_invariants,
 )
+from anya_resource.core.admission import never_fits
 from anya_resource.core.bottleneck import binding
 from anya_resource.core.model import NODE_RESOURCES
 from anya_resource.core.views import percentile
@@ -282,7 +283,7 @@ def _check_sizes(scheduler: Scheduler, prepared: _Prepared) -> None:
                 request = build_request(prepared.policy, resources, tenant=tenant)
             except InvalidRequest as exc:
                 raise SimConfigError("size", f"{_show(resources)}: {exc}") from None
-            reason = scheduler.never_fits(request)
+            reason = never_fits(scheduler.state, request)
             if reason is not None:
                 raise SimConfigError(
                     "size",
@@ -461,7 +462,7 @@ class Simulation:
             self.pool_granted[pool] -= slots
 
     def _check(self) -> None:
-        check_invariants(self.scheduler)
+        check_invariants(self.scheduler.state)
         self.invariant_checks += 1
 
     def _sample_bottleneck(self) -> None:

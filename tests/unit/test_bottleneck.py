@@ -221,11 +221,11 @@ def test_a_tenant_limited_head_does_not_hold_node_capacity_from_other_tenants() 
     # Before the fix the head held a's last 2 cores: this waited on idle capacity.
     other = h.acquire({"cpu": 2}, tenant="u", priority="low")
     assert other.lease.node_id == "a"
-    check_invariants(h.s)
+    check_invariants(h.s.state)
     h.release(other)
     decisions = h.release(mine)
     assert grant_for(decisions, head) is not None
-    check_invariants(h.s)
+    check_invariants(h.s.state)
 
 
 def test_a_tenant_limited_head_preempts_nobody() -> None:
@@ -264,4 +264,4 @@ def test_once_its_tenant_frees_quota_the_head_holds_capacity_again() -> None:
     assert granted(h.snap(), "a", "cpu") == 3000
     decisions = h.release(big)
     assert grant_for(decisions, head) is not None and grant_for(decisions, small) is not None
-    check_invariants(h.s)
+    check_invariants(h.s.state)

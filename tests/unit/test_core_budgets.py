@@ -86,7 +86,7 @@ def test_drawn_leases_fit_the_budget_and_hold_nothing_of_the_cluster(
         assert drawn.lease.tenant == "team"  # in the budget's tenant
         assert not drawn.lease.preemptible
     assert h.s.budgets.by_lease[job.lease.lease_id].used == {"cpu": 2 * CORE, "rpc": 2}
-    check_invariants(h.s)
+    check_invariants(h.s.state)
 
 
 def test_a_draw_past_the_budget_waits_and_is_granted_when_one_comes_back(
@@ -101,7 +101,7 @@ def test_a_draw_past_the_budget_waits_and_is_granted_when_one_comes_back(
     assert h.acquire({"cpu": 4}).lease.within is None
     decisions = h.release(first)
     assert grant_for(decisions, request_id) is not None
-    check_invariants(h.s)
+    check_invariants(h.s.state)
 
 
 def test_the_first_waiter_of_a_budget_is_not_overtaken_by_smaller_ones(
@@ -119,7 +119,7 @@ def test_the_first_waiter_of_a_budget_is_not_overtaken_by_smaller_ones(
     decisions = h.release(high_grant)
     assert grant_for(decisions, big) is not None
     assert grant_for(decisions, tiny) is None  # the big one took it all
-    check_invariants(h.s)
+    check_invariants(h.s.state)
 
 
 def test_what_can_never_fit_a_budget_is_refused_at_once_naming_it(h: Harness, job: Grant) -> None:
@@ -130,7 +130,7 @@ def test_what_can_never_fit_a_budget_is_refused_at_once_naming_it(h: Harness, jo
     with pytest.raises(Infeasible, match=r"holds 4.0 GiB of memory; 5.0 GiB"):
         h.submit({"memory": "5GiB"}, within=within(job))
     assert not h.s.budgets.waiters
-    check_invariants(h.s)
+    check_invariants(h.s.state)
 
 
 def test_a_wrong_ended_or_nested_budget_is_refused_and_changes_nothing(
@@ -163,7 +163,7 @@ def test_a_wrong_ended_or_nested_budget_is_refused_and_changes_nothing(
         h.submit({"cpu": 1}, within=within(job))
     assert not h.s.budgets.by_lease and not h.s.leases.active
     assert h.snap()["pools"]["rpc"]["in_use"] == 0
-    check_invariants(h.s)
+    check_invariants(h.s.state)
 
 
 def test_when_the_budget_ends_what_was_drawn_ends_and_its_waiters_are_refused(
@@ -180,7 +180,7 @@ def test_when_the_budget_ends_what_was_drawn_ends_and_its_waiters_are_refused(
     assert not h.s.leases.active and not h.s.budgets.by_lease and not h.s.budgets.waiters
     # Releasing what ended with its budget is the no-op any late release is.
     assert h.release(drawn) == []
-    check_invariants(h.s)
+    check_invariants(h.s.state)
 
 
 def test_revoking_the_budget_revokes_what_was_drawn_with_the_same_grace(h: Harness) -> None:
@@ -195,7 +195,7 @@ def test_revoking_the_budget_revokes_what_was_drawn_with_the_same_grace(h: Harne
         h.submit({"cpu": 1}, within=within(job))
     decisions = h.tick(6)
     assert {r.lease_id for r in reclaims(decisions)} >= {job.lease.lease_id, drawn.lease.lease_id}
-    check_invariants(h.s)
+    check_invariants(h.s.state)
 
 
 def test_drawn_leases_are_never_chosen_to_be_preempted(h: Harness) -> None:
@@ -218,7 +218,7 @@ def test_timeout_cancel_and_holder_death_of_a_waiter_in_a_budget(h: Harness, job
     decisions = h.s.holder_died(str(DRIVER.key), h.now)
     assert [r.request_id for r in rejects(decisions)] == [dying]
     assert not h.s.budgets.waiters
-    check_invariants(h.s)
+    check_invariants(h.s.state)
 
 
 def test_a_retried_draw_gets_its_first_grant(h: Harness, job: Grant) -> None:
@@ -231,12 +231,12 @@ def test_a_retried_draw_gets_its_first_grant(h: Harness, job: Grant) -> None:
 def test_a_waiter_in_a_budget_wants_back_what_others_keep_warm(h: Harness, job: Grant) -> None:
     warm = h.acquire({"cpu": 2}, within=within(job), idempotency_key="other/1")
     h.submit({"cpu": 1}, within=within(job), idempotency_key="mine/1")
-    assert wanted_back(h.s, h.now).wanted == {"other": {warm.lease.lease_id}}
+    assert wanted_back(h.s.state, h.now).wanted == {"other": {warm.lease.lease_id}}
     h.s.cancel_key("mine/1", h.now)
     # The cluster's queue never asks for a drawn lease: it would free nothing there.
     h.acquire({"cpu": 6}, node=job.lease.node_id)
     h.submit({"cpu": 8}, node=job.lease.node_id, idempotency_key="third/1")
-    asked = wanted_back(h.s, h.now)
+    asked = wanted_back(h.s.state, h.now)
     everything = set().union(*asked.wanted.values(), *asked.spare.values())
     assert warm.lease.lease_id not in everything
 
@@ -254,7 +254,7 @@ def test_a_restart_restores_budgets_from_the_journal() -> None:
     assert second.decisions == []
     budget = second.s.budgets.by_lease[job.lease.lease_id]
     assert budget.used == {"cpu": 2 * CORE} and budget.drawn == {drawn.lease.lease_id}
-    check_invariants(second.s)
+    check_invariants(second.s.state)
     # A budget whose lease ended with a write that never landed: the drawn lease is
     # restored without it, and reclaimed at once.
     records = {job.lease.lease_id, drawn.lease.lease_id}
@@ -284,7 +284,7 @@ def test_a_drawn_lease_restored_without_its_budget_is_reclaimed() -> None:
         ("lease-9", ReclaimReason.BUDGET_ENDED)
     ]
     assert not h.s.leases.active
-    check_invariants(h.s)
+    check_invariants(h.s.state)
 
 
 # -- the state machine ---------------------------------------------------------------
@@ -427,7 +427,7 @@ class BudgetMachine(RuleBasedStateMachine):
 
     @invariant()
     def invariants_hold(self) -> None:
-        check_invariants(self.s)
+        check_invariants(self.s.state)
 
     @invariant()
     def drawn_fits_and_ends_with_its_budget(self) -> None:
@@ -471,4 +471,4 @@ def test_what_if_within_a_budget_answers_for_the_budget(h: Harness, job: Grant) 
     h.submit({"cpu": 1}, within=within(job))
     answer = h.s.what_if(h.request({"cpu": 1}, within=within(job)), 1, h.now)
     assert answer.would_wait == 1 and "wait before it" in str(answer.blocked_by)
-    check_invariants(h.s)
+    check_invariants(h.s.state)

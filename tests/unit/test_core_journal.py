@@ -113,7 +113,7 @@ def test_compaction_writes_a_snapshot_of_a_new_generation_and_drops_the_old_one(
     assert sorted(store.kv) == [Generation(0, 1).snapshot_key()]
     new = Durable(POLICY, store, NODES, 1.0, epoch=1)
     assert len(new.s.leases) == 2 and kept.lease_id in new.s.leases.active
-    check_invariants(new.s)
+    check_invariants(new.s.state)
 
 
 def test_segments_of_an_older_epoch_written_after_its_successor_started_are_ignored() -> None:

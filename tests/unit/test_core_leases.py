@@ -130,7 +130,7 @@ def test_two_renewals_to_the_same_instant_expire_once(h: Harness) -> None:
         h.s.renew(grant.lease.lease_id, grant.lease.token, h.now + 1)
     decisions = h.tick(31)
     assert decisions == [Reclaim(grant.lease.lease_id, "n1", ReclaimReason.EXPIRED)]
-    check_invariants(h.s)
+    check_invariants(h.s.state)
 
 
 @pytest.mark.parametrize("ttl", [0, -1, math.nan, math.inf, 601, "30", True, [30]])
@@ -191,7 +191,7 @@ def test_restore_after_a_restart_counts_each_lease_once_and_fences_above_them() 
 
     new = _restarted(policy, store, nodes, 1.0, epoch=4)
     assert new.decisions == []
-    check_invariants(new.s)
+    check_invariants(new.s.state)
     snap = new.s.snapshot(1.0)
     assert snap["resources"]["cpu"]["granted"] == 6000
     assert {n: row["resources"]["cpu"]["free"] for n, row in snap["nodes"].items()} == {
@@ -279,7 +279,7 @@ def test_restore_of_a_lease_on_a_node_that_did_not_come_back_reclaims_it() -> No
     new = _restarted(policy, store, {"n1": caps(cpu=4)}, 1.0, 1)
     assert new.decisions == [Reclaim(lease.lease_id, "n2", ReclaimReason.NODE_LOST, holder.key)]
     assert new.s.snapshot(1.0)["leases"] == 0
-    check_invariants(new.s)
+    check_invariants(new.s.state)
     # ... and stays reclaimed: the next restart does not bring it back.
     assert (
         len(_restarted(policy, store, {"n1": caps(cpu=4), "n2": caps(cpu=4)}, 2.0, 2).s.leases) == 0
@@ -295,14 +295,14 @@ def test_restore_onto_a_node_that_came_back_smaller_keeps_the_leases_and_grants_
     lease = grants(decisions)[0].lease
     old.commit()
     new = _restarted(policy, store, {"n1": caps(cpu=2)}, 1.0, 1)
-    check_invariants(new.s)
+    check_invariants(new.s.state)
     row = new.s.snapshot(1.0)["nodes"]["n1"]["resources"]["cpu"]
     assert (row["granted"], row["free"]) == (3000, -1000)
     request_id, decisions = new.s.submit(_req(policy, cpu=1), 1.0)
     assert grants(decisions) == []
     decisions = new.s.release(lease.lease_id, lease.token, 2.0)
     assert [g.request_id for g in grants(decisions)] == [request_id]
-    check_invariants(new.s)
+    check_invariants(new.s.state)
 
 
 def test_restored_revoking_lease_is_still_reclaimed_at_its_deadline(h: Harness) -> None:

@@ -90,7 +90,7 @@ def test_placement_at_1000_nodes_does_not_scan_every_node(fits_calls: list[int])
             h.acquire({"cpu": 1})
         # Power-of-k choices: a handful of nodes per decision, never the 1,000.
         assert fits_calls[0] / 500 <= 8, (placement, fits_calls[0])
-        check_invariants(h.s)
+        check_invariants(h.s.state)
 
 
 def test_a_request_that_fits_nowhere_costs_one_scan_then_nothing(
@@ -152,5 +152,5 @@ def test_a_scarce_resource_is_searched_among_the_nodes_that_have_it(
     assert set(placed) == gpu_nodes  # two each: spread over the five
     assert fits_calls[0] <= 10 * 5  # never a walk over the 995 nodes without a GPU
     h.s.node_up("n0007", caps(cpu=4, memory=8 * GIB, gpu=0), h.now)  # its GPUs went away
-    assert "n0007" not in {n.node_id for n in h.s.placer.candidates({"gpu": 1000})}
-    check_invariants(h.s)
+    assert "n0007" not in {n.node_id for n in h.s.state.placer.candidates({"gpu": 1000})}
+    check_invariants(h.s.state)

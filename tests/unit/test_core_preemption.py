@@ -74,7 +74,7 @@ def test_revoked_lease_has_a_grace_period_then_its_capacity_goes_to_the_head() -
     assert grant is not None and grant.waited == pytest.approx(GRACE)
     with pytest.raises(LeaseRevoked, match="preempted"):
         h.s.renew(victim.lease.lease_id, victim.lease.token, h.now)
-    check_invariants(h.s)
+    check_invariants(h.s.state)
 
 
 def test_a_victim_that_lets_go_early_frees_the_capacity_at_once() -> None:
@@ -160,7 +160,7 @@ def test_a_tenant_below_its_guarantee_reclaims_from_borrowers_first() -> None:
     decisions = h.tick(GRACE)
     assert {r.lease_id for r in reclaims(decisions)} == {ml_borrowed.lease.lease_id}
     assert grant_for(decisions, request_id) is not None
-    check_invariants(h.s)
+    check_invariants(h.s.state)
 
 
 def test_past_its_guarantee_a_tenant_preempts_by_priority_only() -> None:

@@ -60,7 +60,7 @@ def test_pressure_stops_new_grants_of_that_resource_only() -> None:
     assert h.acquire({"cpu": 2}).lease.resources == {"cpu": 2000}  # cpu is not pressured
     decisions = sample(h, 70)  # back below low: the waiter is granted at once
     assert grant_for(decisions, waiting) is not None
-    check_invariants(h.s)
+    check_invariants(h.s.state)
 
 
 def test_pressure_revokes_one_preemptible_lease_at_a_time_lowest_priority_newest() -> None:

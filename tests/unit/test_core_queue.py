@@ -40,7 +40,7 @@ def test_higher_priority_is_granted_first_and_fifo_among_equals() -> None:
     normal_2 = h.wait({"cpu": 1}, priority="normal")
     decisions = h.release(blocker)
     assert granted_ids(decisions) == [high, normal_1, normal_2, low]
-    check_invariants(h.s)
+    check_invariants(h.s.state)
 
 
 def test_aging_lifts_a_long_waiter_above_a_fresh_higher_priority_one() -> None:
@@ -113,7 +113,7 @@ def test_big_request_is_not_starved_by_a_stream_of_small_ones() -> None:
     assert granted_ids(decisions)[0] == big
     assert grant_for(decisions, big).lease.node_id == "a"  # type: ignore[union-attr]
     assert all(s in h.s.queue for s in smalls[3:])
-    check_invariants(h.s)
+    check_invariants(h.s.state)
 
 
 def test_head_reservation_holds_pool_slots_and_tenant_quota() -> None:
@@ -160,7 +160,7 @@ def test_when_the_head_is_granted_its_held_node_is_free_to_the_others() -> None:
     # b's core is no longer held for anyone: the low request gets it now.
     assert grant_for(decisions, needs_b) is not None, decisions
     assert not h.s.queue
-    check_invariants(h.s)
+    check_invariants(h.s.state)
 
 
 def test_a_request_that_outranks_the_head_is_not_held_back_by_it() -> None:
@@ -190,7 +190,7 @@ def test_a_capacity_report_below_a_waiters_size_rejects_it_as_infeasible() -> No
         (doomed, RejectReason.INFEASIBLE)
     ]
     assert h.s.reservation is not None and h.s.reservation.request_id == later
-    check_invariants(h.s)
+    check_invariants(h.s.state)
 
 
 def test_a_head_whose_held_node_shrank_is_held_where_it_can_still_fit() -> None:
@@ -262,7 +262,7 @@ def test_cancel_that_crosses_its_grant_gives_the_capacity_back() -> None:
     assert grant_for(decisions, next_in_line) is not None
     assert [lease["lease_id"] for lease in h.s.lease_list()] != [grant.lease.lease_id]
     assert all(lease["lease_id"] != grant.lease.lease_id for lease in h.s.lease_list())
-    check_invariants(h.s)
+    check_invariants(h.s.state)
 
 
 def test_cancel_of_an_unknown_request_is_a_no_op() -> None:
@@ -340,4 +340,4 @@ def test_holder_death_and_job_end_reclaim_what_they_held_and_drop_their_waiters(
     decisions = h.s.job_ended("j1", h.now)
     assert {r.lease_id for r in reclaims(decisions)} == {attached.lease.lease_id}
     assert {lease["lease_id"] for lease in h.s.lease_list()} >= {detached.lease.lease_id}
-    check_invariants(h.s)
+    check_invariants(h.s.state)

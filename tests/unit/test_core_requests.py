@@ -113,7 +113,7 @@ def test_bad_options_are_invalid(h: Harness, kwargs: dict[str, Any], named: str)
     with pytest.raises(InvalidRequest, match=named):
         h.submit({"cpu": 1}, **kwargs)
     assert h.snap() == before
-    check_invariants(h.s)
+    check_invariants(h.s.state)
 
 
 def test_unknown_node_is_invalid_and_names_the_alive_ones(h: Harness) -> None:

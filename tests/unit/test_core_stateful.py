@@ -418,7 +418,7 @@ class SchedulerMachine(RuleBasedStateMachine):
             assert node == "ff00" and "ff00" in str(exc)
             plan = None
         self.unchanged(before)
-        check_invariants(self.s)
+        check_invariants(self.s.state)
         try:
             request_id, decisions = self.s.submit(request, self.now)
         except InvalidRequest as exc:
@@ -757,7 +757,7 @@ class SchedulerMachine(RuleBasedStateMachine):
 
     @invariant()
     def scheduler_invariants(self) -> None:
-        check_invariants(self.s)
+        check_invariants(self.s.state)
 
     @invariant()
     def ledger_matches_model(self) -> None:

@@ -15,12 +15,12 @@ def harness() -> Harness:
 
 
 def verdict(h: Harness, silent_s: dict[str, float] | None = None) -> list[str]:
-    return judge_health(h.s, h.snap(), silent_s or {}, h.policy).reasons
+    return judge_health(h.s.state, h.snap(), silent_s or {}, h.policy).reasons
 
 
 def test_a_quiet_cluster_is_healthy_and_nobody_missed_a_heartbeat() -> None:
     h = harness()
-    result = judge_health(h.s, h.snap(), {"a" * 56: 0.4}, h.policy)
+    result = judge_health(h.s.state, h.snap(), {"a" * 56: 0.4}, h.policy)
     assert result.reasons == []
     assert result.missed == {"a" * 56: 0, "b" * 56: 0}
 
@@ -34,7 +34,7 @@ def test_memory_pressure_names_the_node() -> None:
 def test_a_silent_agent_counts_missed_heartbeats_from_the_threshold_on() -> None:
     h = harness()
     assert verdict(h, {"b" * 56: 2.9}) == []  # 2 missed, 3 are needed
-    result = judge_health(h.s, h.snap(), {"b" * 56: 3.5}, h.policy)
+    result = judge_health(h.s.state, h.snap(), {"b" * 56: 3.5}, h.policy)
     assert result.missed["b" * 56] == 3
     assert result.reasons == ["node bbbbbbbbbbbb missed 3 heartbeats"]
 

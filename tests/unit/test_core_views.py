@@ -37,7 +37,7 @@ def test_what_if_changes_nothing_and_agrees_with_what_submit_then_does(placement
     before = state(h)
     plan = h.s.what_if(h.request({"cpu": 2}), 6, h.now)
     assert state(h) == before
-    check_invariants(h.s)
+    check_invariants(h.s.state)
     # a: 1 free, b: 4 free (2 grants), c: 7 free (3 grants) -> 5 of 6 now.
     assert (plan.granted_now, plan.granted_after_preemption, plan.would_wait) == (5, 0, 1)
     assert sum(plan.nodes.values()) == 5 and "a" not in plan.nodes
@@ -78,12 +78,12 @@ def test_what_if_on_a_shrunk_node_leaves_its_overcommit_marked() -> None:
     h.acquire({"cpu": 2}, priority="low", preemptible=True)
     h.acquire({"cpu": 2}, priority="low", preemptible=True)
     h.node("a", cpu=3)  # capacity report below what is granted
-    check_invariants(h.s)
+    check_invariants(h.s.state)
     before = state(h)
     plan = h.s.what_if(h.request({"cpu": 1}, priority="high"), 1, h.now)
     assert plan.granted_after_preemption == 1
     assert state(h) == before
-    check_invariants(h.s)
+    check_invariants(h.s.state)
 
 
 def test_what_if_of_an_infeasible_request() -> None:

@@ -25,7 +25,7 @@ def harness() -> Harness:
 def test_nothing_waits_nothing_is_wanted() -> None:
     h = harness()
     h.acquire({"cpu": 1}, idempotency_key="warm-a/1")
-    assert wanted_back(h.s, h.now).wanted == {}
+    assert wanted_back(h.s.state, h.now).wanted == {}
 
 
 def test_a_lower_lease_is_wanted_by_a_higher_waiter_on_its_node() -> None:
@@ -33,8 +33,8 @@ def test_a_lower_lease_is_wanted_by_a_higher_waiter_on_its_node() -> None:
     low = h.acquire({"cpu": 2}, priority="low", node="n1", idempotency_key="warm-a/1")
     other = h.acquire({"cpu": 2}, priority="low", node="n2", idempotency_key="warm-b/1")
     h.wait({"cpu": 2}, priority="high", node="n1", idempotency_key="waiter/1")
-    assert wanted_back(h.s, h.now).wanted == {"warm-a": {low.lease.lease_id}}
-    assert other.lease.lease_id not in wanted_back(h.s, h.now).wanted.get("warm-b", set())
+    assert wanted_back(h.s.state, h.now).wanted == {"warm-a": {low.lease.lease_id}}
+    assert other.lease.lease_id not in wanted_back(h.s.state, h.now).wanted.get("warm-b", set())
 
 
 def test_a_higher_lease_keeps_its_capacity_and_equals_give_way_to_the_older_waiter() -> None:
@@ -42,7 +42,7 @@ def test_a_higher_lease_keeps_its_capacity_and_equals_give_way_to_the_older_wait
     h.acquire({"cpu": 2}, priority="critical", node="n1", idempotency_key="warm-a/1")
     equal = h.acquire({"cpu": 2}, priority="normal", node="n2", idempotency_key="warm-b/1")
     h.wait({"cpu": 2}, priority="normal", idempotency_key="waiter/1")
-    assert wanted_back(h.s, h.now).wanted == {"warm-b": {equal.lease.lease_id}}
+    assert wanted_back(h.s.state, h.now).wanted == {"warm-b": {equal.lease.lease_id}}
 
 
 def test_aging_lets_a_waiter_outgrow_a_lease_it_did_not_outrank() -> None:
@@ -50,20 +50,20 @@ def test_aging_lets_a_waiter_outgrow_a_lease_it_did_not_outrank() -> None:
     held = h.acquire({"cpu": 2}, priority="high", node="n1", idempotency_key="warm-a/1")
     h.acquire({"cpu": 2}, priority="high", node="n2", idempotency_key="warm-b/1")
     h.wait({"cpu": 1}, priority="normal", node="n1", idempotency_key="waiter/1")
-    assert wanted_back(h.s, h.now).wanted == {}
+    assert wanted_back(h.s.state, h.now).wanted == {}
     h.clock.advance(30)  # normal (50) + 30 s of aging > high (75)
-    assert wanted_back(h.s, h.now).wanted == {"warm-a": {held.lease.lease_id}}
+    assert wanted_back(h.s.state, h.now).wanted == {"warm-a": {held.lease.lease_id}}
 
 
 def test_pool_slots_and_a_tenant_at_its_limit() -> None:
     h = harness()
     slot = h.acquire({"pools": {"rpc": 1}}, holder=HOLDER, idempotency_key="warm-a/1")
     h.wait({"pools": {"rpc": 1}}, holder=HOLDER, idempotency_key="waiter/1")
-    assert wanted_back(h.s, h.now).wanted == {"warm-a": {slot.lease.lease_id}}
+    assert wanted_back(h.s.state, h.now).wanted == {"warm-a": {slot.lease.lease_id}}
     h2 = harness()
     mine = h2.acquire({"cpu": 1}, tenant="capped", node="n1", idempotency_key="warm-a/1")
     h2.wait({"cpu": 1}, tenant="capped", node="n2", idempotency_key="waiter/1")
-    assert wanted_back(h2.s, h2.now).wanted == {"warm-a": {mine.lease.lease_id}}
+    assert wanted_back(h2.s.state, h2.now).wanted == {"warm-a": {mine.lease.lease_id}}
 
 
 def test_leases_that_would_not_help_are_not_asked_for() -> None:
@@ -72,7 +72,7 @@ def test_leases_that_would_not_help_are_not_asked_for() -> None:
     h.acquire({"cpu": 2}, node="n1", idempotency_key="warm-b/1")
     h.acquire({"cpu": 2}, node="n2", idempotency_key="warm-c/1")
     h.wait({"cpu": 1}, node="n1", idempotency_key="waiter/1")
-    found = wanted_back(h.s, h.now)
+    found = wanted_back(h.s.state, h.now)
     assert set(found.wanted) == {"warm-b"}  # not the pool slot, not the lease on n2
     assert found.spare == {}
 
@@ -82,7 +82,7 @@ def test_a_higher_lease_is_spare_only_it_may_stay_busy_but_not_idle() -> None:
     high = h.acquire({"cpu": 2}, priority="critical", node="n1", idempotency_key="warm-a/1")
     h.acquire({"cpu": 2}, priority="critical", node="n2", idempotency_key="warm-b/1")
     h.wait({"cpu": 2}, priority="low", node="n1", idempotency_key="waiter/1")
-    found = wanted_back(h.s, h.now)
+    found = wanted_back(h.s.state, h.now)
     assert found.wanted == {}
     assert found.spare == {"warm-a": {high.lease.lease_id}}
 
@@ -92,7 +92,7 @@ def test_a_manager_is_never_asked_for_its_own_leases_of_the_waiters_kind() -> No
     h.acquire({"cpu": 2}, priority="low", node="n1", idempotency_key="warm-a/1")
     h.acquire({"cpu": 2}, priority="low", node="n2", idempotency_key="warm-a/2")
     h.wait({"cpu": 2}, priority="low", idempotency_key="warm-a/3")  # its own back-pressure
-    assert wanted_back(h.s, h.now) == WantedBack()
+    assert wanted_back(h.s.state, h.now) == WantedBack()
 
 
 def test_a_managers_own_low_leases_give_way_to_its_high_waiter() -> None:
@@ -100,7 +100,7 @@ def test_a_managers_own_low_leases_give_way_to_its_high_waiter() -> None:
     low = h.acquire({"cpu": 2}, priority="low", node="n1", idempotency_key="warm-a/1")
     h.acquire({"cpu": 2}, priority="critical", node="n2", idempotency_key="warm-a/2")
     h.wait({"cpu": 2}, priority="high", idempotency_key="warm-a/3")
-    found = wanted_back(h.s, h.now)
+    found = wanted_back(h.s.state, h.now)
     assert found.wanted == {"warm-a": {low.lease.lease_id}}
 
 
@@ -110,6 +110,6 @@ def test_wanted_says_more_than_spare_for_the_same_lease() -> None:
     h.acquire({"cpu": 2}, priority="critical", node="n2", idempotency_key="warm-b/1")
     h.wait({"cpu": 2}, priority="low", node="n1", idempotency_key="low/1")
     h.wait({"cpu": 1}, priority="high", node="n1", idempotency_key="high/1")
-    found = wanted_back(h.s, h.now)
+    found = wanted_back(h.s.state, h.now)
     assert found.wanted == {"warm-a": {lease.lease.lease_id}}
     assert "warm-a" not in found.spare

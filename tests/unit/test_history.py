@@ -105,7 +105,7 @@ def test_compact_entry_has_the_documented_shape_and_survives_json() -> None:
     h.acquire({"cpu": 2, "memory": "1GiB", "pools": {"pg": 2}}, node="a")
     h.wait({"pools": {"pg": 1}})
     h.s.health("a", NodeSample(memory_percent=91.234, cpu_percent=12.0), h.now)
-    snap = compact(h.s, h.now)
+    snap = compact(h.s.state, h.now)
     assert json.loads(json.dumps(snap)) == snap
     assert set(snap) == {"at", "resources", "pools", "nodes", "leases", "waiting"}
     assert snap["resources"]["cpu"] == {
@@ -139,7 +139,7 @@ def entry_bytes(nodes: int) -> int:
         h.s.health(node_id, NodeSample(memory_percent=41.234, cpu_percent=12.3), h.now)
         h.acquire({"cpu": 1, "memory": "1GiB"}, node=node_id)
     ring = HistoryRing(heartbeat_s=1.0)
-    ring.add(compact(h.s, h.now), h.now)
+    ring.add(compact(h.s.state, h.now), h.now)
     return ring.bytes
 
 

@@ -719,7 +719,7 @@ class RecoveryMachine(RuleBasedStateMachine):
     @invariant()
     def core_invariants(self) -> None:
         if self.coord is not None:
-            check_invariants(self.coord.s)
+            check_invariants(self.coord.s.state)
 
     @invariant()
     def beliefs_fit_and_are_counted(self) -> None:

@@ -282,7 +282,7 @@ class CoordinatorImpl:
                 self.metrics.flush(self.scheduler, self._warm_counts())
                 now = time.time()
                 if self.history_ring.due(now):
-                    self.history_ring.add(compact(self.scheduler, now), now)
+                    self.history_ring.add(compact(self.scheduler.state, now), now)
             except Exception:  # observing must never stop the coordinator
                 log.exception("metrics or history failed; trying again next heartbeat")
 
@@ -458,7 +458,7 @@ class CoordinatorImpl:
         active = self.scheduler.leases.active
         self.asked_back &= active.keys()
         self.asked_spare &= active.keys()
-        found = wanted_back(self.scheduler, time.time())
+        found = wanted_back(self.scheduler.state, time.time())
         for listener in found.wanted.keys() | found.spare.keys():
             wanted = found.wanted.get(listener, set()) - self.asked_back
             spare = found.spare.get(listener, set()) - self.asked_spare - self.asked_back
@@ -737,7 +737,7 @@ class CoordinatorImpl:
         now = time.time()
         snap = self.scheduler.snapshot(now)
         silent = {node_id: now - heard for node_id, heard in self.last_heartbeat.items()}
-        verdict = judge_health(self.scheduler, snap, silent, self.policy)
+        verdict = judge_health(self.scheduler.state, snap, silent, self.policy)
         reasons = verdict.reasons
         nodes = [
             NodeHealth.from_dict({**health.to_dict(), "missed_heartbeats": verdict.missed[node_id]})
@@ -807,7 +807,7 @@ class CoordinatorImpl:
     async def invariants(self) -> list[str]:
         """Empty when every invariant of docs/architecture.md holds (for tests and operators)."""
         try:
-            check_invariants(self.scheduler)
+            check_invariants(self.scheduler.state)
         except AssertionError as exc:
             return [str(exc)]
         return []

@@ -22,9 +22,10 @@ import heapq
 from dataclasses import dataclass, field
 from typing import Any
 
-from anya_resource.core.model import Amounts, LeaseRecord, Request, charged
+from anya_resource.core.leases import BUDGET_KEY_PREFIX, LeaseTable
+from anya_resource.core.model import Amounts, LeaseRecord, LeaseState, Request, charged
 from anya_resource.core.waitqueue import Waiter
-from anya_resource.core.whatif import WhatIf
+from anya_resource.errors import InvalidRequest, LeaseExpired, LeaseRevoked, NotLeaseHolder
 from anya_resource.quantities import format_amount
 
 
@@ -108,33 +109,6 @@ def demand_of(request: Request) -> Amounts:
     return charged(request.resources, request.pools)
 
 
-def what_if_within(budget: Budget, request: Request, count: int) -> WhatIf:
-    """How many of ``count`` such requests the budget would grant now (changes nothing)."""
-    result = WhatIf(requested=count, infeasible=budget.never_fits(request))
-    if result.infeasible is not None:
-        result.would_wait = count
-        return result
-    first = budget.best()
-    if first is not None and request.priority <= first.request.priority:
-        result.would_wait = count  # it would come after them (FIFO among equals)
-        result.blocked_by = f"{len(budget.waiting)} request(s) wait before it in the job's budget"
-        return result
-    free = budget.free()
-    demand = demand_of(request)
-    fit = min((free.get(name, 0) // amount for name, amount in demand.items()), default=count)
-    result.granted_now = min(count, fit)
-    result.would_wait = count - result.granted_now
-    if result.granted_now:
-        result.nodes[budget.node_id] = result.granted_now
-    if result.would_wait:
-        drawn = ", ".join(
-            f"{format_amount(n, budget.used.get(n, 0))} of {format_amount(n, budget.total[n])} {n}"
-            for n in demand
-        )
-        result.blocked_by = f"the job's budget ({budget.lease_id}): {drawn} drawn"
-    return result
-
-
 class Budgets:
     """Every budget in use, and the requests waiting to be drawn from one."""
 
@@ -145,6 +119,37 @@ class Budgets:
 
     def __len__(self) -> int:
         return len(self.by_lease)
+
+    def for_request(self, request: Request, leases: LeaseTable) -> Budget:
+        """The budget ``request`` is to be drawn from; raises if it cannot be."""
+        lease_id = str(request.within)
+        if not leases.minter.genuine(BUDGET_KEY_PREFIX + lease_id, request.within_key):
+            raise NotLeaseHolder(
+                f"within: not the key of budget {lease_id}; expected the key the budget's "
+                "holder was given (ANYA_RESOURCE_BUDGET in a queued job's environment)"
+            )
+        lease = leases.active.get(lease_id)
+        if lease is None:
+            raise LeaseExpired(
+                f"within: the budget lease {lease_id} has ended (its job ended or was "
+                "preempted); nothing more can be drawn from it"
+            )
+        if lease.within is not None:
+            raise InvalidRequest(
+                f"within: lease {lease_id} is itself drawn from a budget; expected the "
+                f"budget's own lease ({lease.within})"
+            )
+        if lease.state is LeaseState.REVOKING:
+            raise LeaseRevoked(
+                f"within: the budget lease {lease_id} is being taken back "
+                f"({lease.revoke_reason}); nothing more can be drawn from it"
+            )
+        if request.node is not None and request.node != lease.node_id:
+            raise InvalidRequest(
+                f"node: {request.node!r}, but the budget lease {lease_id} holds its "
+                f"capacity on node {lease.node_id}; expected that node or none"
+            )
+        return self.open(lease)
 
     def open(self, lease: LeaseRecord) -> Budget:
         """The budget of ``lease`` (a held lease drawn from nothing), made on first use."""
@@ -183,4 +188,4 @@ class Budgets:
         return due
 
 
-__all__ = ["Budget", "Budgets", "demand_of", "what_if_within"]
+__all__ = ["Budget", "Budgets", "demand_of"]

@@ -25,13 +25,11 @@ from __future__ import annotations
 
 import json
 from collections import deque
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from anya_resource.core.model import NODE_RESOURCES
+from anya_resource.core.state import ClusterState
+from anya_resource.core.views import ledgers
 from anya_resource.errors import InvalidRequest
-
-if TYPE_CHECKING:
-    from anya_resource.core.scheduler import Scheduler
 
 DEFAULT_WINDOW_S = 3600.0
 MAX_ENTRIES = 3600
@@ -42,34 +40,33 @@ def _percent(value: float | None) -> float | None:
     return None if value is None else round(value, 1)
 
 
-def compact(scheduler: Scheduler, now: float) -> dict[str, Any]:
-    """One history entry, read straight off the ledgers (cheaper than a snapshot)."""
-    totals = {r: {"capacity": 0, "granted": 0, "free": 0} for r in NODE_RESOURCES}
-    nodes: dict[str, Any] = {}
-    for node_id, node in scheduler.nodes.items():
-        for r in NODE_RESOURCES:
-            row = totals[r]
-            row["capacity"] += node.capacity.get(r, 0)
-            row["granted"] += node.granted[r]
-            row["free"] += node.free(r)
-        sample = scheduler.samples.get(node_id)
-        nodes[node_id] = {
-            "memory_percent": _percent(None if sample is None else sample.memory_percent),
-            "cpu_percent": _percent(None if sample is None else sample.cpu_percent),
-            "pressured": sorted(node.pressured),
-            "granted": dict(node.granted),
-        }
-    demand = scheduler.waiting_demand
+def compact(state: ClusterState, now: float) -> dict[str, Any]:
+    """One history entry: the snapshot's ledger figures, without the queue's demand split
+    (which walks every waiter)."""
+    nodes, totals = ledgers(state)
+    demand = state.waiting_demand
+    keep = ("capacity", "granted", "free")
     return {
         "at": now,
-        "resources": {r: {**row, "waiting": demand.get(r, 0)} for r, row in totals.items()},
+        "resources": {
+            r: {**{k: row[k] for k in keep}, "waiting": demand.get(r, 0)}
+            for r, row in totals.items()
+        },
         "pools": {
             name: {"size": pool.size, "in_use": pool.in_use, "waiting": demand.get(name, 0)}
-            for name, pool in scheduler.pools.items()
+            for name, pool in state.pools.items()
         },
-        "nodes": nodes,
-        "leases": len(scheduler.leases),
-        "waiting": len(scheduler.queue),
+        "nodes": {
+            node_id: {
+                "memory_percent": _percent(row["memory_percent"]),
+                "cpu_percent": _percent(row["cpu_percent"]),
+                "pressured": row["pressured"],
+                "granted": {r: figures["granted"] for r, figures in row["resources"].items()},
+            }
+            for node_id, row in nodes.items()
+        },
+        "leases": len(state.leases),
+        "waiting": len(state.queue),
     }
 
 

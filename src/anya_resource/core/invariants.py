@@ -1,4 +1,4 @@
-"""The invariants of docs/architecture.md, checked against the scheduler's state.
+"""The invariants of docs/architecture.md, checked against the cluster's state.
 
 Tests call ``check_invariants`` after every step of randomised runs; the
 coordinator calls it after a recovery. Each failure names the invariant.
@@ -6,25 +6,21 @@ coordinator calls it after a recovery. Each failure names the invariant.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
-from anya_resource.core.model import NODE_RESOURCES, LeaseState
-
-if TYPE_CHECKING:
-    from anya_resource.core.scheduler import Scheduler
+from anya_resource.core.model import NODE_RESOURCES, LeaseState, charged
+from anya_resource.core.state import ClusterState
 
 
 class InvariantViolation(AssertionError):
     pass
 
 
-def check_invariants(scheduler: Scheduler) -> None:
-    problems = list(_violations(scheduler))
+def check_invariants(state: ClusterState) -> None:
+    problems = list(_violations(state))
     if problems:
         raise InvariantViolation("; ".join(problems))
 
 
-def _violations(s: Scheduler) -> list[str]:
+def _violations(s: ClusterState) -> list[str]:
     out: list[str] = []
     granted = {n: dict.fromkeys(NODE_RESOURCES, 0) for n in s.nodes}
     pools = dict.fromkeys(s.pools, 0)
@@ -36,7 +32,7 @@ def _violations(s: Scheduler) -> list[str]:
             out.append(f"inv4: fencing token {lease.fencing_token} used twice")
         fencing.add(lease.fencing_token)
         if lease.within is not None:
-            _add(drawn.setdefault(lease.within, {}), {**lease.resources, **lease.pools})
+            _add(drawn.setdefault(lease.within, {}), charged(lease.resources, lease.pools))
             continue
         if lease.node_id not in s.nodes:
             out.append(f"inv2: lease {lease.lease_id} on unknown node {lease.node_id}")
@@ -45,7 +41,7 @@ def _violations(s: Scheduler) -> list[str]:
             granted[lease.node_id][r] += a
         for p, a in lease.pools.items():
             pools[p] += a
-        _add(tenants.setdefault(lease.tenant, {}), {**lease.resources, **lease.pools})
+        _add(tenants.setdefault(lease.tenant, {}), charged(lease.resources, lease.pools))
         if lease.fencing_token > s.leases.highest_fencing:
             out.append(f"inv4: lease {lease.lease_id} fencing above the highest issued")
         if lease.state is LeaseState.REVOKING and lease.revoke_deadline is None:
@@ -90,7 +86,7 @@ def _violations(s: Scheduler) -> list[str]:
     return out
 
 
-def _budget_violations(s: Scheduler, drawn: dict[str, dict[str, int]]) -> list[str]:
+def _budget_violations(s: ClusterState, drawn: dict[str, dict[str, int]]) -> list[str]:
     """inv9: what is drawn from a budget is within it, counted once, and ends with it."""
     out: list[str] = []
     for lease_id in drawn.keys() - s.budgets.by_lease.keys():

@@ -13,9 +13,10 @@ import secrets
 from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import NoReturn
 
 from anya_resource.core.model import Holder, LeaseRecord, ReclaimReason
-from anya_resource.errors import NotLeaseHolder
+from anya_resource.errors import InvalidRequest, LeaseExpired, LeaseRevoked, NotLeaseHolder
 
 EPOCH_SHIFT = 40
 ENDED_MEMORY = 100_000  # how many ended leases we remember, for idempotent release
@@ -163,6 +164,39 @@ class LeaseTable:
                 if not watched:
                     del self.holders_by_node[holder.node_id]
         _discard(self.by_job, holder.job_id, lease.lease_id)
+
+    def held_with(self, lease_id: object, token: object) -> LeaseRecord | None:
+        """The active lease ``lease_id`` if ``token`` is its own; None if it ended.
+
+        Raises ``NotLeaseHolder`` for a token this cluster never gave ``lease_id``: a
+        lease that ended, here or before a restart, is still recognised by its token.
+        """
+        if not isinstance(lease_id, str):
+            raise InvalidRequest(f"lease_id: got {lease_id!r}, expected a lease id string")
+        lease = self.active.get(lease_id)
+        if lease is not None:
+            check_token(lease_id, lease.token, token)
+            return lease
+        if not self.minter.genuine(lease_id, token):
+            raise NotLeaseHolder(
+                f"lease {lease_id}: not a lease this cluster issued with that token; "
+                "expected the id and secret token returned with a grant"
+            )
+        return None
+
+    def raise_ended(self, lease_id: str) -> NoReturn:
+        """Say how the genuine lease ``lease_id``, no longer active, ended."""
+        ended = self.ended.get(lease_id)
+        if ended is None:
+            raise LeaseExpired(
+                f"lease {lease_id} is no longer active (it ended before the coordinator "
+                "restarted); acquire anew"
+            )
+        if ended.reason in (ReclaimReason.EXPIRED, ReclaimReason.RELEASED):
+            raise LeaseExpired(f"lease {lease_id} ended ({ended.reason.value}); acquire anew")
+        raise LeaseRevoked(
+            f"lease {lease_id} was taken back: {ended.revoke_reason or ended.reason.value}"
+        )
 
     def rebind(self, lease: LeaseRecord, holder: Holder) -> None:
         """Another process holds ``lease`` from now on (a task took it over)."""

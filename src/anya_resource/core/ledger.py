@@ -21,13 +21,18 @@ class NodeLedger:
     capacity: Amounts
     reserve: Amounts
     granted: Amounts = field(default_factory=lambda: dict.fromkeys(NODE_RESOURCES, 0))
-    # Resources the node may not grant more of right now (measured pressure).
+    # Resources the node may not grant more of right now (measured pressure): set only
+    # through ``set_pressure``, which keeps ``ceilings`` true.
     pressured: set[str] = field(default_factory=set)
     health_factor: float = 1.0  # 1 healthy .. 0 saturated; weights spread placement
     alive: bool = True
     # Resources whose capacity report fell below what was already granted.
     shrunk: set[str] = field(default_factory=set)
-    limits: Amounts = field(default_factory=dict)
+    limits: Amounts = field(default_factory=dict)  # capacity minus reserve
+    # What may be granted in all, per resource: the limit, or under pressure no more than
+    # is granted already. The pressure cap is applied here once; every fit, free and
+    # headroom figure reads it (they run on every grant and release).
+    ceilings: Amounts = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self._set_limits()
@@ -36,38 +41,36 @@ class NodeLedger:
         self.limits = {
             r: max(0, self.capacity.get(r, 0) - self.reserve.get(r, 0)) for r in NODE_RESOURCES
         }
+        self._set_ceilings()
+
+    def _set_ceilings(self) -> None:
+        limits, granted = self.limits, self.granted
+        self.ceilings = {
+            r: min(limits[r], granted[r]) if r in self.pressured else limits[r]
+            for r in NODE_RESOURCES
+        }
+
+    def set_pressure(self, resource: str, on: bool) -> None:
+        """Stop (``on``) or resume new grants of ``resource`` here."""
+        if on:
+            self.pressured.add(resource)
+        else:
+            self.pressured.discard(resource)
+        self._set_ceilings()
 
     def limit(self, resource: str) -> int:
         """Capacity minus reserve: the ceiling no grant may pass."""
         return self.limits.get(resource, 0)
 
     def grantable(self, resource: str) -> int:
-        if resource in self.pressured:
-            return min(self.limit(resource), self.granted[resource])
-        return self.limit(resource)
+        return self.ceilings.get(resource, 0)
 
     def free(self, resource: str) -> int:
-        # grantable() - granted, written out: this runs on every grant and release.
-        limit = self.limits.get(resource, 0)
-        used = self.granted[resource]
-        if resource in self.pressured and used < limit:
-            return 0
-        return limit - used
+        return self.ceilings.get(resource, 0) - self.granted[resource]
 
     def fits(self, demand: Mapping[str, int], held: Mapping[str, int] | None = None) -> bool:
         """Whether ``demand`` fits in what is free, after ``held`` (a reservation)."""
-        granted = self.granted
-        pressured = self.pressured
-        for resource, amount in demand.items():
-            limit = self.limits.get(resource, 0)
-            used = granted[resource]
-            if resource in pressured:
-                limit = min(limit, used)
-            if held:
-                used += held.get(resource, 0)
-            if used + amount > limit:
-                return False
-        return True
+        return self.headroom_if_fits(demand, held) is not None
 
     def headroom_if_fits(
         self, demand: Mapping[str, int], held: Mapping[str, int] | None = None
@@ -79,14 +82,13 @@ class NodeLedger:
         node it looks at.
         """
         total = 0.0
-        granted, limits, pressured = self.granted, self.limits, self.pressured
+        granted, limits, ceilings = self.granted, self.limits, self.ceilings
         for resource, amount in demand.items():
-            limit = limits.get(resource, 0)
             used = granted[resource]
-            ceiling = used if resource in pressured and used < limit else limit
             taken = used + held.get(resource, 0) if held else used
-            if taken + amount > ceiling:
+            if taken + amount > ceilings[resource]:
                 return None
+            limit = limits[resource]
             if limit > 0:
                 total += (limit - used - amount) / limit
         return total / (len(demand) or 1)
@@ -94,10 +96,14 @@ class NodeLedger:
     def take(self, demand: Mapping[str, int]) -> None:
         for resource, amount in demand.items():
             self.granted[resource] += amount
+        if self.pressured:
+            self._set_ceilings()
 
     def give_back(self, demand: Mapping[str, int]) -> None:
         for resource, amount in demand.items():
             self.granted[resource] -= amount
+        if self.pressured:
+            self._set_ceilings()
         if self.shrunk:
             self.shrunk = {r for r in self.shrunk if self.granted[r] > self.limit(r)}
 
@@ -114,6 +120,19 @@ class NodeLedger:
 
     def overcommitted_by_shrink(self, resource: str) -> bool:
         return resource in self.shrunk
+
+    def copy(self) -> NodeLedger:
+        """An independent ledger with the same figures (for a trial, core/whatif.py)."""
+        return NodeLedger(
+            self.node_id,
+            self.capacity,
+            self.reserve,
+            dict(self.granted),
+            set(self.pressured),
+            self.health_factor,
+            self.alive,
+            set(self.shrunk),
+        )
 
 
 @dataclass(slots=True)

@@ -225,7 +225,8 @@ class RejectReason(str, enum.Enum):
     CANCELLED = "cancelled"
     NODE_LOST = "node_lost"
     INFEASIBLE = "infeasible"
-    HOLDER_DIED = "holder_died"
+    HOLDER_DIED = "holder_died"  # the process that waited died
+    JOB_ENDED = "job_ended"  # the Ray job of the process that waited ended
     BUDGET_ENDED = "budget_ended"  # the budget it was to be drawn from ended
 
 

@@ -90,12 +90,23 @@ class Placer:
             if free > bound[resource]:
                 bound[resource] = free
 
-    def save(self) -> tuple[int, NodeLedger | None, dict[str, int]]:
-        """The search state, so that a dry run can leave no trace."""
-        return self._cursor, self._last_packed, dict(self.free_bound)
+    def in_order(self, node_ids: Iterable[str]) -> list[NodeLedger]:
+        """The alive ones of ``node_ids``, in the order the search walks them."""
+        position = self._position
+        known = sorted((i for i in node_ids if i in position), key=position.__getitem__)
+        return [self.nodes[position[i]] for i in known]
 
-    def restore(self, state: tuple[int, NodeLedger | None, dict[str, int]]) -> None:
-        self._cursor, self._last_packed, self.free_bound = state
+    def copy(self, nodes: Mapping[str, NodeLedger]) -> Placer:
+        """The same search over ``nodes`` (copies of this placer's, by id): a trial's."""
+        twin = Placer(self.strategy, self.choices, self.max_examine)
+        twin.nodes = [nodes[node.node_id] for node in self.nodes]
+        twin._position = dict(self._position)
+        twin._cursor = self._cursor
+        last = self._last_packed
+        twin._last_packed = None if last is None else nodes.get(last.node_id)
+        twin.free_bound = dict(self.free_bound)
+        twin._having = {r: [nodes[n.node_id] for n in having] for r, having in self._having.items()}
+        return twin
 
     # -- choice ---------------------------------------------------------------
 

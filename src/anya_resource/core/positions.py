@@ -11,16 +11,16 @@ taken back for it, the end of their grace period.
 from __future__ import annotations
 
 from collections.abc import Collection
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    from anya_resource.core.scheduler import Scheduler
-    from anya_resource.core.waitqueue import Waiter
+from anya_resource.core.admission import fits, why_not
+from anya_resource.core.state import ClusterState
+from anya_resource.core.waitqueue import Waiter
 
 
-def positions(scheduler: Scheduler, actor_ids: Collection[str], now: float) -> dict[str, Any]:
+def positions(state: ClusterState, actor_ids: Collection[str], now: float) -> dict[str, Any]:
     """Per holder actor id among ``actor_ids`` that waits: where and why (see above)."""
-    queue = scheduler.queue
+    queue = state.queue
     ordered = sorted(queue.by_id.values(), key=lambda waiter: queue.rank(waiter, now))
     found: dict[str, Any] = {}
     for position, waiter in enumerate(ordered, start=1):
@@ -32,39 +32,44 @@ def positions(scheduler: Scheduler, actor_ids: Collection[str], now: float) -> d
             "position": position,
             "waiting": len(ordered),
             "effective_priority": round(queue.effective(waiter, now), 3),
-            "held_back_by": held_back_by(scheduler, waiter, position),
-            "start_by": start_by(scheduler, waiter),
+            "held_back_by": held_back_by(state, waiter, position),
+            "start_by": start_by(state, waiter),
         }
     return found
 
 
-def held_back_by(scheduler: Scheduler, waiter: Waiter, position: int) -> str:
+def held_back_by(state: ClusterState, waiter: Waiter, position: int) -> str:
     """Why ``waiter`` is not granted now, in plain words."""
     request = waiter.request
-    head = scheduler.reservation
+    head = state.reservation
     if head is not None and head.request_id != waiter.request_id:
-        if scheduler.place(request, None, None) is not None:
+        if fits(state, request, None):
             return (
                 f"{position - 1} request(s) come before it; the first, {head.request_id}, "
                 "is held room for"
             )
-        return scheduler.explain_block(request, head)
-    reason = scheduler.explain_block(request, None)
-    revoking = scheduler.revoking_for(waiter.request_id)
+        return str(why_not(state, request, head))
+    reason = str(why_not(state, request, None))
+    revoking = revoking_for(state, waiter.request_id)
     if revoking:
         reason += f"; {len(revoking)} preemptible lease(s) are being taken back for it"
     return reason
 
 
-def start_by(scheduler: Scheduler, waiter: Waiter) -> float | None:
+def revoking_for(state: ClusterState, request_id: str) -> set[str]:
+    """The ids of the leases being taken back for the waiting ``request_id``."""
+    return set(state.revoking_for.get(request_id, ())) & state.leases.active.keys()
+
+
+def start_by(state: ClusterState, waiter: Waiter) -> float | None:
     """When it should start at the latest, if that can be known now; else None."""
     deadlines = [
         lease.revoke_deadline
-        for lease_id in scheduler.revoking_for(waiter.request_id)
-        if (lease := scheduler.leases.active.get(lease_id)) is not None
+        for lease_id in revoking_for(state, waiter.request_id)
+        if (lease := state.leases.active.get(lease_id)) is not None
         and lease.revoke_deadline is not None
     ]
     return max(deadlines) if deadlines else None
 
 
-__all__ = ["held_back_by", "positions", "start_by"]
+__all__ = ["held_back_by", "positions", "revoking_for", "start_by"]

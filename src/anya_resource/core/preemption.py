@@ -10,33 +10,35 @@ lowest priority, then newest; the set is then pruned to a minimal one.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Collection, Iterable, Mapping
 
-from anya_resource.core.model import Amounts, LeaseRecord, LeaseState, Request
-
-if TYPE_CHECKING:
-    from anya_resource.core.ledger import NodeLedger
-    from anya_resource.core.scheduler import Scheduler
+from anya_resource.core.admission import BlockKind, blocks, node_short
+from anya_resource.core.ledger import NodeLedger
+from anya_resource.core.model import Amounts, LeaseRecord, LeaseState, Request, tenant_demand
+from anya_resource.core.state import ClusterState
 
 
 def choose_victims(
-    scheduler: Scheduler,
+    state: ClusterState,
     request: Request,
     effective_priority: float,
     only_nodes: set[str] | None = None,
     fits_nowhere: bool = False,
+    excluded: Collection[str] = (),
 ) -> tuple[str | None, list[LeaseRecord]] | None:
     """``(node_id, victims)`` that make room for ``request``, or None if none can.
 
     ``fits_nowhere``: the caller knows ``request`` fits on no node as things are (a
-    blocked head), so only nodes with preemptible leases are worth a look.
+    blocked head), so only nodes with preemptible leases are worth a look. ``excluded``:
+    leases never to choose (a what-if's earlier victims, already taken).
     """
-    quota = scheduler.tenants.get(request.tenant)
-    reclaims = quota is not None and quota.below_guarantee({**request.resources, **request.pools})
+    quota = state.tenants.get(request.tenant)
+    reclaims = quota is not None and quota.below_guarantee(tenant_demand(request))
 
     def eligible(lease: LeaseRecord) -> bool:
         if not lease.preemptible or lease.state is not LeaseState.ACTIVE:
+            return False
+        if lease.lease_id in excluded:
             return False
         if lease.priority < effective_priority:
             return True
@@ -47,15 +49,12 @@ def choose_victims(
 
     pool_victims: list[LeaseRecord] = []
     if request.pools:
-        shortfall = {
-            pool: scheduler.pools[pool].in_use + slots - scheduler.pools[pool].size
-            for pool, slots in request.pools.items()
-        }
-        shortfall = {pool: gap for pool, gap in shortfall.items() if gap > 0}
+        # The pool slots it lacks now (the admission rule, without the head's hold).
+        shortfall = {b.what: b.short for b in blocks(state, request) if b.kind is BlockKind.POOL}
         if shortfall:
             holders = (
                 lease
-                for lease in scheduler.leases
+                for lease in state.leases
                 if eligible(lease) and any(lease.pools.get(p) for p in shortfall)
             )
             chosen = _cover(sorted(holders, key=order), shortfall, lambda lease: lease.pools)
@@ -66,13 +65,13 @@ def choose_victims(
         return (None, pool_victims) if pool_victims else None
     taken = {lease.lease_id for lease in pool_victims}
     best: tuple[str, list[LeaseRecord]] | None = None
-    for node in _candidate_nodes(scheduler, request, only_nodes, fits_nowhere):
-        shortfall = _node_shortfall(node, request.resources, pool_victims)
+    for node in _candidate_nodes(state, request, only_nodes, fits_nowhere):
+        shortfall = node_short(node, request.resources, _freed_on(node, pool_victims))
         if not shortfall:
             return (node.node_id, pool_victims) if pool_victims else None
         on_node = [
             lease
-            for lease in scheduler.leases.preemptible_by_node.get(node.node_id, {}).values()
+            for lease in state.leases.preemptible_by_node.get(node.node_id, {}).values()
             if lease.lease_id not in taken and eligible(lease)
         ]
         if not _could_cover(on_node, shortfall):
@@ -86,42 +85,36 @@ def choose_victims(
 
 
 def _candidate_nodes(
-    scheduler: Scheduler,
+    state: ClusterState,
     request: Request,
     only_nodes: set[str] | None = None,
     fits_nowhere: bool = False,
 ) -> Iterable[NodeLedger]:
     if request.node is not None:
-        node = scheduler.nodes.get(request.node)
+        node = state.nodes.get(request.node)
         if only_nodes is not None and request.node not in only_nodes:
             return []
         return [node] if node is not None else []
-    nodes = scheduler.placer.nodes
+    nodes: list[NodeLedger] = state.placer.nodes
     look_at: Iterable[str] | None = only_nodes
     if fits_nowhere and not request.pools:
         # A node helps only with victims on it (without pool victims to count in, no
         # node has room as it is), so nodes without preemptible leases are skipped.
-        having = scheduler.leases.preemptible_by_node.keys()
+        having = state.leases.preemptible_by_node.keys()
         look_at = having if only_nodes is None else only_nodes & having
     if look_at is not None:
-        position = scheduler.placer._position
-        nodes = [
-            nodes[position[i]]
-            for i in sorted((i for i in look_at if i in position), key=position.__getitem__)
-        ]
+        nodes = state.placer.in_order(look_at)
     return [node for node in nodes if all(node.limit(r) >= a for r, a in request.resources.items())]
 
 
-def _node_shortfall(
-    node: NodeLedger, demand: Mapping[str, int], already: list[LeaseRecord]
-) -> Amounts:
+def _freed_on(node: NodeLedger, already: list[LeaseRecord]) -> Amounts:
+    """What the victims chosen already (for pool slots) free on ``node``."""
     freed: Amounts = {}
     for lease in already:
         if lease.node_id == node.node_id:
             for resource, amount in lease.resources.items():
                 freed[resource] = freed.get(resource, 0) + amount
-    gaps = {r: a - node.free(r) - freed.get(r, 0) for r, a in demand.items()}
-    return {r: gap for r, gap in gaps.items() if gap > 0}
+    return freed
 
 
 def _could_cover(leases: list[LeaseRecord], shortfall: Amounts) -> bool:

@@ -6,7 +6,8 @@ its hard limit. Leases granted while borrowing are marked so that a tenant
 below its guarantee reclaims from borrowers first.
 
 Tenants the policy does not name (a Ray job id, say) have no guarantee and no
-limit: they only ever compete on priority.
+limit: they only ever compete on priority. Whether a request is within the hard limit
+is the admission check's to say (core/admission.py), with the rest of the rule.
 """
 
 from __future__ import annotations
@@ -41,30 +42,6 @@ class TenantQuota:
             return None
         return self.limit.get(resource)
 
-    def within_limit(
-        self, demand: Mapping[str, int], held: Mapping[str, int] | None = None
-    ) -> bool:
-        if self.limit is None:
-            return True
-        for resource, amount in demand.items():
-            cap = self.limit.get(resource)
-            if cap is None:
-                continue
-            used = self.usage.get(resource, 0) + (held.get(resource, 0) if held else 0)
-            if used + amount > cap:
-                return False
-        return True
-
-    def exceeds_limit_alone(self, demand: Mapping[str, int]) -> str | None:
-        """The resource whose hard limit ``demand`` passes even with nothing else held."""
-        if self.limit is None:
-            return None
-        for resource, amount in demand.items():
-            cap = self.limit.get(resource)
-            if cap is not None and amount > cap:
-                return resource
-        return None
-
     def would_borrow(self, demand: Mapping[str, int]) -> bool:
         """Whether granting ``demand`` takes the tenant past its guaranteed share."""
         if not self.guaranteed:
@@ -86,3 +63,7 @@ class TenantQuota:
     def refund(self, demand: Mapping[str, int]) -> None:
         for resource, amount in demand.items():
             self.usage[resource] = self.usage.get(resource, 0) - amount
+
+    def copy(self) -> TenantQuota:
+        """An independent record with the same usage (for a trial, core/whatif.py)."""
+        return TenantQuota(self.name, self.guaranteed, self.limit, self.borrowing, dict(self.usage))

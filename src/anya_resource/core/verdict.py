@@ -10,13 +10,11 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from anya_resource.config import Policy
 from anya_resource.core.bottleneck import binding
-
-if TYPE_CHECKING:
-    from anya_resource.core.scheduler import Scheduler
+from anya_resource.core.state import ClusterState
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,16 +24,16 @@ class HealthVerdict:
 
 
 def judge_health(
-    scheduler: Scheduler,
+    state: ClusterState,
     snapshot: Mapping[str, Any],
     silent_s: Mapping[str, float],
     policy: Policy,
 ) -> HealthVerdict:
-    """``snapshot`` is ``scheduler.snapshot(now)``; ``silent_s``, seconds since each
+    """``snapshot`` is ``Scheduler.snapshot(now)``; ``silent_s``, seconds since each
     node's last heartbeat (a node not in it counts as just heard)."""
     reasons: list[str] = []
     missed: dict[str, int] = {}
-    for node_id, ledger in scheduler.nodes.items():
+    for node_id, ledger in state.nodes.items():
         missed[node_id] = int(silent_s.get(node_id, 0.0) / policy.heartbeat_s)
         if ledger.pressured:
             pressure = "/".join(sorted(ledger.pressured))

@@ -1,49 +1,29 @@
-"""Read-only views of the scheduler: the snapshot and wait-time percentiles."""
+"""Read-only views of the state: the snapshot, and what the queue waits for."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
-from typing import TYPE_CHECKING, Any
+from collections.abc import Iterable
+from typing import Any
 
-from anya_resource.core.model import NODE_RESOURCES
-
-if TYPE_CHECKING:
-    from anya_resource.core.model import Request
-    from anya_resource.core.scheduler import Scheduler
-    from anya_resource.core.waitqueue import Waiter
-
-
-def percentile(values: Iterable[float], q: float) -> float | None:
-    """Nearest-rank percentile (``q`` in 0..100); None for no values."""
-    ordered = sorted(values)
-    if not ordered:
-        return None
-    rank = max(0, min(len(ordered) - 1, round(q / 100 * len(ordered) + 0.5) - 1))
-    return ordered[rank]
+from anya_resource.core.admission import BlockKind, blocks, capacity_blocks, most_free
+from anya_resource.core.lifecycle import Counters
+from anya_resource.core.model import NODE_RESOURCES, tenant_demand
+from anya_resource.core.state import ClusterState
+from anya_resource.core.waitstats import WaitStats, percentile
 
 
-def wait_stats(scheduler: Scheduler) -> dict[str, dict[str, float | int | None]]:
-    """p50/p95/p99 of recent waits to grant, per priority class."""
-    return {
-        name: {
-            "count": len(samples),
-            "p50": percentile(samples, 50),
-            "p95": percentile(samples, 95),
-            "p99": percentile(samples, 99),
-        }
-        for name, samples in scheduler.waits.items()
-    }
+def ledgers(state: ClusterState) -> tuple[dict[str, Any], dict[str, dict[str, int]]]:
+    """Per node its ledger and measured use, and the totals per resource.
 
-
-def snapshot(scheduler: Scheduler, now: float) -> dict[str, Any]:
-    """Per node, resource, pool and tenant: capacity, granted, free, waiting."""
-    reservation = scheduler.reservation
+    Shared by the snapshot and the history's compact entries (core/history.py).
+    """
+    reservation = state.reservation
     nodes: dict[str, Any] = {}
     totals = {
         r: {"capacity": 0, "reserve": 0, "grantable": 0, "granted": 0, "free": 0}
         for r in NODE_RESOURCES
     }
-    for node_id, node in scheduler.nodes.items():
+    for node_id, node in state.nodes.items():
         held = reservation.nodes.get(node_id, {}) if reservation else {}
         resources = {}
         for r in NODE_RESOURCES:
@@ -58,7 +38,7 @@ def snapshot(scheduler: Scheduler, now: float) -> dict[str, Any]:
             resources[r] = row
             for key in totals[r]:
                 totals[r][key] += row[key]
-        sample = scheduler.samples.get(node_id)
+        sample = state.samples.get(node_id)
         nodes[node_id] = {
             "alive": node.alive,
             "pressured": sorted(node.pressured),
@@ -66,26 +46,35 @@ def snapshot(scheduler: Scheduler, now: float) -> dict[str, Any]:
             # The measured use behind ``pressured`` (None before the first heartbeat).
             "memory_percent": None if sample is None else sample.memory_percent,
             "cpu_percent": None if sample is None else sample.cpu_percent,
-            "leases": len(scheduler.leases.by_node.get(node_id, {})),
+            "leases": len(state.leases.by_node.get(node_id, {})),
             "resources": resources,
         }
+    return nodes, totals
+
+
+def snapshot(
+    state: ClusterState, now: float, counters: Counters, waits: WaitStats
+) -> dict[str, Any]:
+    """Per node, resource, pool and tenant: capacity, granted, free, waiting."""
+    reservation = state.reservation
+    nodes, totals = ledgers(state)
     waiting_by_tenant: dict[str, dict[str, int]] = {}
     waiting_by_priority: dict[str, int] = {}
     oldest: dict[str, float] = {}
-    for waiter in scheduler.queue.by_id.values():
+    for waiter in state.queue.by_id.values():
         request = waiter.request
         tenant = waiting_by_tenant.setdefault(request.tenant, {})
-        for r, a in {**request.resources, **request.pools}.items():
+        for r, a in tenant_demand(request).items():
             tenant[r] = tenant.get(r, 0) + a
         name = request.priority_name
         waiting_by_priority[name] = waiting_by_priority.get(name, 0) + 1
         oldest[name] = max(oldest.get(name, 0.0), now - waiter.submitted_at)
-    demand = scheduler.waiting_demand
+    demand = state.waiting_demand
     return {
-        "demand": waiting_demand(scheduler, now),
+        "demand": waiting_demand(state, now),
         "at": now,
-        "epoch": scheduler.leases.epoch,
-        "placement": scheduler.policy.placement,
+        "epoch": state.leases.epoch,
+        "placement": state.policy.placement,
         "nodes": nodes,
         "resources": {r: {**row, "waiting": demand.get(r, 0)} for r, row in totals.items()},
         "pools": {
@@ -96,7 +85,7 @@ def snapshot(scheduler: Scheduler, now: float) -> dict[str, Any]:
                 "waiting": demand.get(name, 0),
                 "held_for_head": reservation.pools.get(name, 0) if reservation else 0,
             }
-            for name, pool in scheduler.pools.items()
+            for name, pool in state.pools.items()
         },
         "tenants": {
             name: {
@@ -105,47 +94,25 @@ def snapshot(scheduler: Scheduler, now: float) -> dict[str, Any]:
                 "limit": dict(quota.limit) if quota.limit is not None else None,
                 "waiting": waiting_by_tenant.get(name, {}),
             }
-            for name, quota in scheduler.tenants.items()
+            for name, quota in state.tenants.items()
         },
         "queue": {
-            "waiting": len(scheduler.queue),
+            "waiting": len(state.queue),
             "by_priority": waiting_by_priority,
             "oldest_wait": oldest,
             "head": reservation.request_id if reservation else None,
             "head_node": reservation.node_id if reservation else None,
         },
-        "leases": len(scheduler.leases),
+        "leases": len(state.leases),
         "counters": {
-            "submitted": scheduler.counters.submitted,
-            "granted": scheduler.counters.granted,
-            "rejected": dict(scheduler.counters.rejected),
-            "reclaimed": dict(scheduler.counters.reclaimed),
-            "revoked": dict(scheduler.counters.revoked),
+            "submitted": counters.submitted,
+            "granted": counters.granted,
+            "rejected": dict(counters.rejected),
+            "reclaimed": dict(counters.reclaimed),
+            "revoked": dict(counters.revoked),
         },
-        "waits": wait_stats(scheduler),
+        "waits": waits.summary(),
     }
-
-
-def _blocked_by_tenant(
-    scheduler: Scheduler, waiter: Waiter, demand: Mapping[str, int]
-) -> list[str]:
-    """The resources whose tenant hard limit ``waiter`` would pass now (empty: none).
-
-    As ``Scheduler.place`` sees it: the head's tenant quota is held for the head, so a
-    later request of the same tenant counts it as used.
-    """
-    quota = scheduler.tenants.get(waiter.request.tenant)
-    if quota is None or quota.limit is None:
-        return []
-    held: Mapping[str, int] = {}
-    head = scheduler.reservation
-    if head is not None and head.tenant == quota.name and head.request_id != waiter.request_id:
-        held = head.tenant_amounts
-    return [
-        r
-        for r, amount in demand.items()
-        if r in quota.limit and quota.usage.get(r, 0) + held.get(r, 0) + amount > quota.limit[r]
-    ]
 
 
 def _ages(ages: list[float]) -> dict[str, float | None]:
@@ -156,26 +123,7 @@ def _ages(ages: list[float]) -> dict[str, float | None]:
     }
 
 
-def _short_of(scheduler: Scheduler, request: Request, most_free: Mapping[str, int]) -> list[str]:
-    """The resources and pools that ``request`` finds too little of free anywhere it may go.
-
-    Empty when each would fit somewhere on its own: then no single node has all of it at
-    once, or the head of the queue holds it back; either way it waits for all it asks.
-    """
-    if request.node is not None:
-        node = scheduler.nodes.get(request.node)
-        short = [r for r, a in request.resources.items() if node is None or a > node.free(r)]
-    else:
-        short = [r for r, a in request.resources.items() if a > most_free.get(r, 0)]
-    short += [
-        p
-        for p, slots in request.pools.items()
-        if scheduler.pools[p].in_use + slots > scheduler.pools[p].size
-    ]
-    return short or [*request.resources, *request.pools]
-
-
-def waiting_demand(scheduler: Scheduler, now: float) -> dict[str, Any]:
+def waiting_demand(state: ClusterState, now: float) -> dict[str, Any]:
     """What the queue waits for, split by what holds it back, with its waits so far.
 
     A request its tenant's hard limit blocks would not run even on an idle cluster:
@@ -192,15 +140,16 @@ def waiting_demand(scheduler: Scheduler, now: float) -> dict[str, Any]:
     requests: dict[str, int] = {}
     ages: dict[str, list[float]] = {}
     tenants: dict[str, dict[str, Any]] = {}
-    most_free = {
-        r: max((node.free(r) for node in scheduler.nodes.values()), default=0)
-        for r in NODE_RESOURCES
-    }
-    for waiter in scheduler.queue.by_id.values():
+    held = state.reservation
+    free_anywhere = most_free(state.nodes.values())  # once, not per waiter
+    for waiter in state.queue.by_id.values():
         request = waiter.request
-        demand = {**request.resources, **request.pools}
+        demand = tenant_demand(request)
         age = now - waiter.submitted_at
-        limited = _blocked_by_tenant(scheduler, waiter, demand)
+        # As placement sees it: the head's tenant quota is held for the head, so a later
+        # request of the same tenant counts it as used.
+        kept = held if held is not None and held.request_id != waiter.request_id else None
+        limited = {b.resource for b in blocks(state, request, kept) if b.kind is BlockKind.TENANT}
         if limited:
             row = tenants.setdefault(
                 request.tenant, {"at_limit": {}, "blocked_on": set(), "requests": 0, "ages": []}
@@ -212,9 +161,13 @@ def waiting_demand(scheduler: Scheduler, now: float) -> dict[str, Any]:
                 row["at_limit"][r] = row["at_limit"].get(r, 0) + amount
                 at_limit[r] = at_limit.get(r, 0) + amount
             continue
-        short = _short_of(scheduler, request, most_free)
+        # What it finds too little of free anywhere it may go; when each would fit
+        # somewhere on its own, it waits for all it asks (no single node has all of it
+        # at once, or the head holds it back).
+        short = {b.what for b in blocks(state, request) if b.kind is BlockKind.POOL}
+        short.update(b.what for b in capacity_blocks(state, request, free_anywhere))
         for r, amount in demand.items():
-            if r not in short:
+            if short and r not in short:
                 behind_other[r] = behind_other.get(r, 0) + amount
                 continue
             on_capacity[r] = on_capacity.get(r, 0) + amount
@@ -236,7 +189,7 @@ def waiting_demand(scheduler: Scheduler, now: float) -> dict[str, Any]:
 
     return {
         "resources": rows(NODE_RESOURCES),
-        "pools": rows(scheduler.pools),
+        "pools": rows(state.pools),
         "tenants": {
             name: {
                 "at_limit": row["at_limit"],
@@ -247,3 +200,6 @@ def waiting_demand(scheduler: Scheduler, now: float) -> dict[str, Any]:
             for name, row in tenants.items()
         },
     }
+
+
+__all__ = ["ledgers", "percentile", "snapshot", "waiting_demand"]

@@ -203,10 +203,6 @@ class WaitQueue:
                     best, best_rank = head, rank
         return best
 
-    def ordered(self, now: float) -> list[Waiter]:
-        """Every waiter, best first (for listings and dry runs; O(n log n))."""
-        return sorted(self.by_id.values(), key=lambda w: self.rank(w, now))
-
     def overdue(self, now: float) -> list[Waiter]:
         """Waiters whose timeout has passed (they are not removed here)."""
         due: list[Waiter] = []

@@ -35,19 +35,11 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
-from anya_resource.core.model import (
-    LeaseRecord,
-    LeaseState,
-    Request,
-    channel_of,
-    tenant_demand,
-)
-
-if TYPE_CHECKING:
-    from anya_resource.core.scheduler import Scheduler
-    from anya_resource.core.waitqueue import Waiter
+from anya_resource.core.admission import tenant_blocks
+from anya_resource.core.model import LeaseRecord, LeaseState, Request, channel_of
+from anya_resource.core.state import ClusterState
+from anya_resource.core.waitqueue import Waiter
 
 
 @dataclass
@@ -58,16 +50,16 @@ class WantedBack:
     spare: dict[str, set[str]] = field(default_factory=dict)  # outranked: only if idle
 
 
-def wanted_back(scheduler: Scheduler, now: float) -> WantedBack:
+def wanted_back(state: ClusterState, now: float) -> WantedBack:
     """Which held leases the waiting requests want back, and how (see the module's doc)."""
     found = WantedBack()
-    for best in scheduler.queue.group_bests(now) if scheduler.queue else ():
-        effective = scheduler.queue.effective(best, now)
-        _ask(found, best.request, effective, _useful_to(scheduler, best))
-    for budget in scheduler.budgets.by_lease.values():
+    for best in state.queue.group_bests(now) if state.queue else ():
+        effective = state.queue.effective(best, now)
+        _ask(found, best.request, effective, _useful_to(state, best))
+    for budget in state.budgets.by_lease.values():
         first = budget.best()
         if first is not None:
-            drawn = (scheduler.leases.active[lease_id] for lease_id in budget.drawn)
+            drawn = (state.leases.active[lease_id] for lease_id in budget.drawn)
             _ask(found, first.request, first.request.priority, drawn)
     for listener, ids in found.wanted.items():  # wanted says more than spare
         spare = found.spare.get(listener)
@@ -107,15 +99,15 @@ def _same_kind(lease: LeaseRecord, request: Request) -> bool:
     )
 
 
-def _useful_to(scheduler: Scheduler, waiter: Waiter) -> Iterable[LeaseRecord]:
-    for lease in _could_serve(scheduler, waiter):
+def _useful_to(state: ClusterState, waiter: Waiter) -> Iterable[LeaseRecord]:
+    for lease in _could_serve(state, waiter):
         if lease.within is None:
             yield lease
 
 
-def _could_serve(scheduler: Scheduler, waiter: Waiter) -> Iterable[LeaseRecord]:
+def _could_serve(state: ClusterState, waiter: Waiter) -> Iterable[LeaseRecord]:
     request = waiter.request
-    leases = scheduler.leases
+    leases = state.leases
     if request.resources:
         nodes = [request.node] if request.node is not None else list(leases.by_node)
         for node_id in nodes:
@@ -126,8 +118,7 @@ def _could_serve(scheduler: Scheduler, waiter: Waiter) -> Iterable[LeaseRecord]:
         for lease in leases:
             if request.pools.keys() & lease.pools.keys():
                 yield lease
-    quota = scheduler.tenants.get(request.tenant)
-    if quota is not None and not quota.within_limit(tenant_demand(request)):
+    if tenant_blocks(state, request, first=True):
         for lease in leases:
             if lease.tenant == request.tenant:
                 yield lease

@@ -1,20 +1,24 @@
 """Dry runs: would ``count`` such requests be granted now, where, and at whose cost.
 
-The answer comes from really placing the requests on the live ledgers, then
-undoing every change, so it can never disagree with what ``submit`` would do.
+The answer comes from placing the requests, and preempting for them, on a trial copy of
+the state (``ClusterState.trial``) with the same placement, admission and preemption
+code ``submit`` uses, so it can never disagree with what ``submit`` would do; the
+live ledgers are never written.
 """
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from anya_resource.core.ledger import NodeLedger
-from anya_resource.core.model import LeaseRecord, LeaseState, Request
+from anya_resource.core.admission import Block, never_fits, place, why_not
+from anya_resource.core.budgets import Budget, demand_of
+from anya_resource.core.model import LeaseRecord, Request
 from anya_resource.core.preemption import choose_victims
-
-if TYPE_CHECKING:
-    from anya_resource.core.scheduler import Scheduler
+from anya_resource.core.state import ClusterState
+from anya_resource.core.waitqueue import Waiter
+from anya_resource.quantities import format_amount
 
 
 @dataclass
@@ -41,62 +45,97 @@ class WhatIf:
         }
 
 
-def what_if(scheduler: Scheduler, request: Request, count: int, now: float) -> WhatIf:
+def what_if(
+    state: ClusterState,
+    request: Request,
+    count: int,
+    now: float,
+    memo: dict[tuple[Any, ...], Block | None] | None = None,
+) -> WhatIf:
+    """How many of ``count`` such requests would be granted now (see the module's doc)."""
     result = WhatIf(requested=count)
-    result.infeasible = scheduler.never_fits(request)
-    if result.infeasible is not None:
+    infeasible = never_fits(state, request, memo)
+    if infeasible is not None:
+        result.infeasible = str(infeasible)
         result.would_wait = count
         return result
-    saved_placer = scheduler.placer.save()
-    taken: list[NodeLedger] = []
+    trial = state.trial()
+    # Submitted now, it would come after everyone waiting of its effective priority.
+    held = trial.holds_back(Waiter("", request, now, None, sys.maxsize), now)
     victims: list[LeaseRecord] = []
-    held = None if scheduler.outranks_head(request, now) else scheduler.reservation
-    try:
-        for _ in range(count):
-            node = scheduler.place(request, held, None)
+    granted = 0
+    for _ in range(count):
+        node = place(trial, request, held, None)
+        if node is None:
+            taken = {lease.lease_id for lease in victims}
+            plan = choose_victims(trial, request, float(request.priority), excluded=taken)
+            if plan is None:
+                break
+            for lease in plan[1]:
+                trial.refund(lease)
+                victims.append(lease)
+            node = place(trial, request, held, None)
             if node is None:
-                plan = choose_victims(scheduler, request, float(request.priority))
-                if plan is None:
-                    break
-                for lease in plan[1]:
-                    _lift(scheduler, lease)
-                    victims.append(lease)
-                node = scheduler.place(request, held, None)
-                if node is None:
-                    break
-                result.granted_after_preemption += 1
-            else:
-                result.granted_now += 1
-            # A tenant without a record keeps none: the dry run leaves no trace.
-            scheduler.count_in(
-                node, request.resources, request.pools, scheduler.tenants.get(request.tenant)
-            )
-            taken.append(node)
-            result.nodes[node.node_id] = result.nodes.get(node.node_id, 0) + 1
-        if len(taken) < count:
-            result.blocked_by = scheduler.explain_block(request, held)
-    finally:
-        for node in taken:
-            scheduler.count_out(
-                node, request.resources, request.pools, scheduler.tenants.get(request.tenant)
-            )
-        for lease in victims:
-            _restore(scheduler, lease)
-        scheduler.placer.restore(saved_placer)
-    result.would_wait = count - len(taken)
+                break
+            result.granted_after_preemption += 1
+        else:
+            result.granted_now += 1
+        trial.charge(_would_be(request, node.node_id, now))
+        granted += 1
+        result.nodes[node.node_id] = result.nodes.get(node.node_id, 0) + 1
+    if granted < count:
+        result.blocked_by = str(why_not(trial, request, held))
+    result.would_wait = count - granted
     result.preempted = [lease.public() for lease in victims]
     return result
 
 
-def _lift(scheduler: Scheduler, lease: LeaseRecord) -> None:
-    """Take a victim's capacity out of the ledgers for the dry run (kept in the table)."""
-    lease.state = LeaseState.REVOKING  # so that it is not chosen twice
-    node = scheduler.nodes[lease.node_id]
-    scheduler.count_out(node, lease.resources, lease.pools, scheduler.tenants[lease.tenant])
+def _would_be(request: Request, node_id: str, now: float) -> LeaseRecord:
+    """The lease a grant of ``request`` on ``node_id`` would be, for the trial to count."""
+    return LeaseRecord(
+        "",
+        "",
+        "",
+        0,
+        node_id,
+        request.resources,
+        request.pools,
+        request.priority,
+        request.priority_name,
+        request.tenant,
+        request.ttl,
+        now,
+        now,
+        request.preemptible,
+        request.holder,
+    )
 
 
-def _restore(scheduler: Scheduler, lease: LeaseRecord) -> None:
-    lease.state = LeaseState.ACTIVE
-    node = scheduler.nodes[lease.node_id]
-    scheduler.count_in(node, lease.resources, lease.pools, scheduler.tenants[lease.tenant])
-    node.mark_overcommit(lease.resources)  # a shrunk node's overcommit stays marked
+def what_if_within(budget: Budget, request: Request, count: int) -> WhatIf:
+    """How many of ``count`` such requests the budget would grant now (changes nothing)."""
+    result = WhatIf(requested=count, infeasible=budget.never_fits(request))
+    if result.infeasible is not None:
+        result.would_wait = count
+        return result
+    first = budget.best()
+    if first is not None and request.priority <= first.request.priority:
+        result.would_wait = count  # it would come after them (FIFO among equals)
+        result.blocked_by = f"{len(budget.waiting)} request(s) wait before it in the job's budget"
+        return result
+    free = budget.free()
+    demand = demand_of(request)
+    fit = min((free.get(name, 0) // amount for name, amount in demand.items()), default=count)
+    result.granted_now = min(count, fit)
+    result.would_wait = count - result.granted_now
+    if result.granted_now:
+        result.nodes[budget.node_id] = result.granted_now
+    if result.would_wait:
+        drawn = ", ".join(
+            f"{format_amount(n, budget.used.get(n, 0))} of {format_amount(n, budget.total[n])} {n}"
+            for n in demand
+        )
+        result.blocked_by = f"the job's budget ({budget.lease_id}): {drawn} drawn"
+    return result
+
+
+__all__ = ["WhatIf", "what_if", "what_if_within"]
