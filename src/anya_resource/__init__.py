@@ -21,7 +21,6 @@ from anya_resource.errors import (
     ManagerUnavailable,
     NotLeaseHolder,
     Overloaded,
-    PoolExhausted,
     ResourceError,
 )
 
@@ -71,7 +70,6 @@ __all__ = [
     "NotLeaseHolder",
     "Overloaded",
     "Policy",
-    "PoolExhausted",
     "Priority",
     "ResourceConnection",
     "ResourceError",

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Awaitable, Callable, Coroutine, Generator
 from dataclasses import dataclass, field
 from types import TracebackType
@@ -58,9 +57,6 @@ class Lease:
     def ttl(self) -> float:
         """The TTL it was granted with, which a renewal gives it again (60 s if unknown)."""
         return self._record.ttl if self._record is not None else 60.0
-
-    def seconds_left(self, now: float | None = None) -> float:
-        return self.expires_at - (time.time() if now is None else now)
 
     async def closed(self) -> None:
         """Once given back: wait until what stood on the lease is closed (nothing here)."""
