@@ -659,6 +659,11 @@ class ResourceManager:
         await self._call(lambda c: c.release.remote(lease.lease_id, lease.token, self._channel))
         lease.released = True
 
+    def holds(self, lease: Lease) -> bool:
+        """Whether ``lease`` (this very object) is one this manager holds: not given back
+        and not ended (one being revoked still is held: ``lease.valid`` tells)."""
+        return self.held.get(lease.lease_id) is lease
+
     def release_soon(self, lease: Lease) -> None:
         """Give ``lease`` back without waiting for the round trip (still delivered).
 
