@@ -127,6 +127,6 @@ class PooledConnection(ResourceConnection):
     def __exit__(
         self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
-        if self._run_sync is None:
+        if self._manager is None or not self._manager.blocking:
             raise TypeError("this connection came from the async ResourceManager: use 'async with'")
-        self._run_sync(self.return_to_pool())
+        self._manager.run_from_thread(self.return_to_pool())
