@@ -21,20 +21,20 @@ from anya_resource.errors import (
     ManagerUnavailable,
     NotLeaseHolder,
     Overloaded,
-    PoolExhausted,
     ResourceError,
 )
 
 if TYPE_CHECKING:
-    from anya_resource.client import ResourceManager, SyncResourceManager
+    from anya_resource.client_async import ResourceManager
+    from anya_resource.client_sync import SyncResourceManager
     from anya_resource.health import NodeHealth, ResourceHealth
     from anya_resource.integrations import current_lease, leased, leased_statistics
     from anya_resource.lease import Lease, ResourceConnection
 
 # name -> the module that defines it, imported when the name is first used
 _LAZY = {
-    "ResourceManager": "anya_resource.client",
-    "SyncResourceManager": "anya_resource.client",
+    "ResourceManager": "anya_resource.client_async",
+    "SyncResourceManager": "anya_resource.client_sync",
     "NodeHealth": "anya_resource.health",
     "ResourceHealth": "anya_resource.health",
     "current_lease": "anya_resource.integrations",
@@ -71,7 +71,6 @@ __all__ = [
     "NotLeaseHolder",
     "Overloaded",
     "Policy",
-    "PoolExhausted",
     "Priority",
     "ResourceConnection",
     "ResourceError",

@@ -19,9 +19,10 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from typer.core import TyperGroup
 
+from anya_resource import cli_jobs, cli_ops
+from anya_resource.cli_ops import PROG
 from anya_resource.errors import InvalidRequest, ResourceError
 
-PROG = "anya-resource"
 BAD_INPUT = 2
 
 
@@ -244,6 +245,7 @@ def main() -> None:
     app()
 
 
-# The operator commands (up, down, status, leases, what-if) register on `app` above.
-from anya_resource import cli_jobs as _cli_jobs  # noqa: E402, F401
-from anya_resource import cli_ops as _cli_ops  # noqa: E402, F401
+# The operator commands (status, leases, what-if, up, down), then the job queue's
+# (submit, jobs, cancel), after this module's own: the order `--help` lists them in.
+cli_ops.register(app)
+cli_jobs.register(app)

@@ -11,7 +11,6 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 from rich.console import Console
 
-from anya_resource.cli import app
 from anya_resource.cli_ops import (
     CALL_TIMEOUT_S,
     AddressOption,
@@ -60,7 +59,6 @@ def _budget(
     return budget
 
 
-@app.command(context_settings={"allow_interspersed_args": False})
 def submit(
     entrypoint: Annotated[
         list[str], typer.Argument(help="The job's command line, after '--'.", show_default=False)
@@ -166,7 +164,6 @@ def _what_if(
         console.print("jobs it would stop: " + ", ".join(result["jobs_stopped"]))
 
 
-@app.command()
 def jobs(
     address: AddressOption = None,
     as_json: JsonOption = False,
@@ -187,7 +184,6 @@ def jobs(
     console.print(jobs_table(rows, time.time(), width=console.width))
 
 
-@app.command()
 def cancel(
     job: Annotated[str, typer.Argument(help="The job's id (from submit).", show_default=False)],
     address: AddressOption = None,
@@ -200,3 +196,10 @@ def cancel(
 
     state = _run_read(address, False, None, connect_timeout, go)
     typer.echo(f"{job}: cancel asked (it was {state})")
+
+
+def register(app: typer.Typer) -> None:
+    """Add the job queue's commands to ``app`` (the command group of ``cli``)."""
+    app.command(context_settings={"allow_interspersed_args": False})(submit)
+    app.command()(jobs)
+    app.command()(cancel)

@@ -1,7 +1,6 @@
 """Operator commands of ``anya-resource``: ``up``, ``down``, ``status``, ``leases``, ``what-if``.
 
-They register on the command group of ``cli`` (imported at the end of ``cli.py``),
-so their errors are printed like every other command's: one line on stderr, exit 2
+``register`` adds them to the command group of ``cli`` (which calls it), so their errors are printed like every other command's: one line on stderr, exit 2
 for bad input, 1 for everything else, never a traceback.
 
 Where the cluster is: ``--address`` or ``RAY_ADDRESS``. The read commands never
@@ -34,7 +33,6 @@ from urllib.parse import urlsplit
 import typer
 from rich.console import Console
 
-from anya_resource.cli import PROG, app
 from anya_resource.errors import InvalidRequest, ManagerUnavailable, ResourceError
 from anya_resource.inputs import is_integer_text, shown
 from anya_resource.quantities import number_or_text
@@ -44,6 +42,7 @@ if TYPE_CHECKING:
     from anya_resource.config import Policy
 
 T = TypeVar("T")
+PROG = "anya-resource"  # the command's name in messages (cli.py names its group with it)
 
 
 class DeployConflict(ResourceError):
@@ -350,7 +349,6 @@ def parse_resources(text: str) -> dict[str, Any]:
 # -- the commands ------------------------------------------------------------------------------
 
 
-@app.command()
 def status(
     address: AddressOption = None,
     local: LocalOption = False,
@@ -384,7 +382,6 @@ def _matches(
     return priority is None or str(lease.get("priority", "")).lower() == priority.lower()
 
 
-@app.command()
 def leases(
     tenant: Annotated[str | None, typer.Option(help="Only this tenant's leases.")] = None,
     node: Annotated[
@@ -418,7 +415,6 @@ def leases(
     console.print(leases_table(chosen, time.time(), title=title, width=console.width))
 
 
-@app.command("what-if")
 def what_if(
     resources: Annotated[
         str,
@@ -514,7 +510,6 @@ def _wait_ready(handle: Any, seconds: float) -> dict[str, Any]:
         time.sleep(0.25)
 
 
-@app.command()
 def up(
     policy: Annotated[
         Path | None,
@@ -583,7 +578,6 @@ def _gone(seconds: float) -> bool:
     return _coordinator_handle() is None
 
 
-@app.command()
 def down(
     address: AddressOption = None,
     force: Annotated[
@@ -633,3 +627,12 @@ def down(
     else:
         dropped = f", dropping {report['leases']} lease(s)" if report["leases"] else ""
         typer.echo(f"anya-resource {report['status']} from {target}{dropped}")
+
+
+def register(app: typer.Typer) -> None:
+    """Add the operator commands to ``app`` (the command group of ``cli``)."""
+    app.command()(status)
+    app.command()(leases)
+    app.command("what-if")(what_if)
+    app.command()(up)
+    app.command()(down)

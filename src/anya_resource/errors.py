@@ -40,10 +40,6 @@ class NotLeaseHolder(ResourceError):
     """The token presented does not match the lease's secret token."""
 
 
-class PoolExhausted(ResourceError):
-    """No slot of the pool could be had (for callers that asked not to wait)."""
-
-
 class Overloaded(ResourceError):
     """Too many requests wait already (per manager, or in the whole queue); names the limit."""
 
@@ -62,6 +58,5 @@ __all__ = [
     "ManagerUnavailable",
     "NotLeaseHolder",
     "Overloaded",
-    "PoolExhausted",
     "ResourceError",
 ]

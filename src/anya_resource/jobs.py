@@ -93,10 +93,13 @@ class JobSupervisorImpl:
     ``requeue`` (``core/jobs.after_supervisor_lost``).
     """
 
-    def __init__(self, record: dict[str, Any], dashboard: str) -> None:
+    def __init__(self, record: dict[str, Any], dashboard: str, manager_class: Any) -> None:
         given = JobRecord.from_json(record)
         self.record = load(given.job_id) or given  # a restart finds it where it was
         self.dashboard = dashboard
+        # The client's manager class, given by the submitter (Ray ships it by reference):
+        # so this module, which the client imports, does not import the client back.
+        self.manager_class = manager_class
         self.cancel_asked = False
         self.revoked = False
         self.acquiring: asyncio.Future[Any] | None = None
@@ -111,15 +114,13 @@ class JobSupervisorImpl:
     async def run(self) -> None:
         from ray.job_submission import JobSubmissionClient
 
-        from anya_resource.client import ResourceManager
-
         self.loop = asyncio.get_running_loop()
         self.record.supervisor_id = ray.get_runtime_context().get_actor_id()
         manager = None
         try:
             # Its own leases are the cluster's (no budget of any job it was started
             # from), and outlive the process that submitted the job (that one may exit).
-            manager = await ResourceManager.new(budget=False, outlives_job=True)
+            manager = await self.manager_class.new(budget=False, outlives_job=True)
             client = await asyncio.to_thread(JobSubmissionClient, "http://" + self.dashboard)
             if self.record.state in (JobState.STARTING, JobState.RUNNING):
                 await self._stop(client, self.record.ray_submission_id)
@@ -243,15 +244,16 @@ def _count_start(priority: str, tenant: str, waited: float) -> None:
         deploy.coordinator().job_started.remote(priority, tenant, waited)
 
 
-def start_supervisor(record: JobRecord, dashboard: str) -> None:
-    """The job's supervisor, detached (it outlives the process that submitted the job)."""
+def start_supervisor(record: JobRecord, dashboard: str, manager_class: Any) -> None:
+    """The job's supervisor, detached (it outlives the process that submitted the job);
+    ``manager_class``: the client's ``ResourceManager``, which it holds the lease with."""
     handle = JobSupervisor.options(  # type: ignore[attr-defined]
         name=supervisor_name(record.job_id),
         namespace=NAMESPACE,
         lifetime="detached",
         num_cpus=0,
         max_restarts=-1,  # its process or node dies: it starts again (see the class)
-    ).remote(record.to_json(), dashboard)
+    ).remote(record.to_json(), dashboard, manager_class)
     # Answered once the actor is up, its work started by its ``__init__``: the submitting
     # process may exit at once (the CLI's submit does).
     try:

@@ -2,20 +2,31 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Awaitable, Callable, Coroutine, Generator
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from anya_resource.core import LeaseRecord
 from anya_resource.errors import InvalidRequest, LeaseExpired, LeaseRevoked
 from anya_resource.quantities import from_units
 
-if TYPE_CHECKING:
-    from anya_resource.client import ResourceManager
-
 L = TypeVar("L", bound="Lease")
+T = TypeVar("T")
+
+
+class LeaseOwner(Protocol):
+    """What a lease needs of the manager that granted it (``ResourceManager`` is one)."""
+
+    @property
+    def blocking(self) -> bool:
+        """For callers in other threads (``new_in_thread``): its leases work with ``with``."""
+
+    async def release(self, lease: Lease) -> None: ...
+
+    def release_soon(self, lease: Lease) -> None: ...
+
+    def run_from_thread(self, work: Awaitable[T]) -> T: ...
 
 
 @dataclass(eq=False)
@@ -40,8 +51,7 @@ class Lease:
     reason: str | None = None
     on_revoked: Callable[[Lease], None] | None = field(default=None, repr=False)
     _record: LeaseRecord | None = field(default=None, repr=False)
-    _manager: ResourceManager | None = field(default=None, repr=False)
-    _run_sync: Callable[[Coroutine[Any, Any, Any]], Any] | None = field(default=None, repr=False)
+    _manager: LeaseOwner | None = field(default=None, repr=False)
 
     def check(self) -> None:
         """Raise ``LeaseRevoked`` / ``LeaseExpired`` if the lease may no longer be used."""
@@ -59,9 +69,6 @@ class Lease:
         """The TTL it was granted with, which a renewal gives it again (60 s if unknown)."""
         return self._record.ttl if self._record is not None else 60.0
 
-    def seconds_left(self, now: float | None = None) -> float:
-        return self.expires_at - (time.time() if now is None else now)
-
     async def closed(self) -> None:
         """Once given back: wait until what stood on the lease is closed (nothing here)."""
 
@@ -76,7 +83,7 @@ class Lease:
     # In another process a lease is its id, token and fields: what the manager, the
     # callback and a live connection of its own process were stays behind (a Ray task or
     # actor that receives one can release it with a manager of its own).
-    _LOCAL = ("on_revoked", "_manager", "_run_sync")
+    _LOCAL = ("on_revoked", "_manager")
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
@@ -103,14 +110,14 @@ class Lease:
     def __exit__(
         self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
-        if self._run_sync is None or self._manager is None:
-            raise TypeError("this lease came from the async ResourceManager: use 'async with'")
         manager = self._manager
+        if manager is None or not manager.blocking:
+            raise TypeError("this lease came from the async ResourceManager: use 'async with'")
 
         async def give_back() -> None:
             manager.release_soon(self)
 
-        self._run_sync(give_back())
+        manager.run_from_thread(give_back())
 
 
 @dataclass(eq=False)

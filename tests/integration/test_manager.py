@@ -279,7 +279,7 @@ def test_a_release_by_another_process_is_heard_by_the_holder(
 
     async def scenario() -> None:
         lease = await manager.acquire({"cpu": 0.5}, on_revoked=lambda lz: heard.append(lz.lease_id))
-        portable = dataclasses.replace(lease, on_revoked=None, _manager=None, _run_sync=None)
+        portable = dataclasses.replace(lease, on_revoked=None, _manager=None)
         await Releaser.remote().release.remote(portable)  # type: ignore[attr-defined]
         await eventually(lambda: _true(lease.released), timeout=10)
         assert heard == [lease.lease_id]

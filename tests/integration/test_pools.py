@@ -172,7 +172,7 @@ def test_restarted_server_connections_are_validated_and_replaced(
 
     async def give_back(conns: list[ResourceConnection]) -> None:
         for conn in conns:
-            await conn.release()
+            await conn.return_to_pool()
 
     first = loop.run(take_three())
     loop.run(give_back(first))
@@ -202,7 +202,7 @@ def test_a_connection_held_too_long_is_reported_with_the_takers_stack(
     async def forgetful_caller() -> None:
         conn = await manager.acquire_connection("pg")  # leak_threshold_s is 1 s
         await asyncio.sleep(1.8)
-        await conn.release()
+        await conn.return_to_pool()
 
     with caplog.at_level(logging.WARNING, logger="anya_resource.pools.pool"):
         loop.run(forgetful_caller())
@@ -353,6 +353,6 @@ def test_slot_pools_and_bad_options(manager: ResourceManager, loop: Loop) -> Non
         conn = await manager.acquire_connection("pgwarm")
         with pytest.raises(AcquireTimeout):
             await manager.acquire_connection("pgwarm", timeout=0.3)
-        await conn.release()
+        await conn.return_to_pool()
 
     loop.run(scenario())

@@ -67,3 +67,35 @@ def test_every_json_option_is_a_flag() -> None:
                 assert getattr(param, "is_flag", False), f"{name} --json takes a value"
                 seen.append(name)
     assert {"status", "leases", "what-if", "demo", "simulate"} <= set(seen)
+
+
+def _loaded_after(statement: str) -> list[str]:
+    """The modules of ray (and of the heavy client dependencies) that ``statement``
+    loads, in a fresh interpreter."""
+    probe = (
+        f"{statement}\nimport sys\n"
+        "print('\\n'.join(m for m in sys.modules if m.split('.')[0] in "
+        f"{NEVER_IN_CORE!r}))"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    return sorted(done.stdout.split())
+
+
+def test_import_anya_resource_loads_no_ray() -> None:
+    assert _loaded_after("import anya_resource") == []
+    assert _loaded_after("import anya_resource.core") == []
+    assert (
+        _loaded_after("import anya_resource; anya_resource.Policy; anya_resource.Overloaded") == []
+    )
+
+
+def test_the_lazy_names_load_on_first_use() -> None:
+    assert "ray" in _loaded_after("import anya_resource; anya_resource.SyncResourceManager")
+    import anya_resource
+    from anya_resource import client, client_async, client_sync
+
+    assert anya_resource.ResourceManager is client.ResourceManager is client_async.ResourceManager
+    assert anya_resource.SyncResourceManager is client.SyncResourceManager
+    assert client.SyncResourceManager is client_sync.SyncResourceManager
+    for name in anya_resource.__all__:
+        assert getattr(anya_resource, name) is not None, name

@@ -156,7 +156,7 @@ def test_many_callers_never_open_more_than_the_size() -> None:
             conn = await pool.get(Checkout(timeout=10))
             conn.connection.queries += 1
             await asyncio.sleep(0.002)
-            await conn.release()
+            await conn.return_to_pool()
 
         await asyncio.gather(*(caller() for _ in range(50)))
         stats = pool.statistics()
@@ -176,13 +176,13 @@ def test_a_released_connection_stays_warm_on_its_slot_then_idles_out() -> None:
         conn = await pool.get(Checkout())
         first = conn.connection
         assert isinstance(conn, PooledConnection) and conn.lease_id in slots.held
-        await conn.release()
+        await conn.return_to_pool()
         assert conn.released and conn.connection is None
         # Given back, but the slot is still held: the connection is open and warm.
         assert len(slots.held) == 1 and connector.open_now == 1
         again = await pool.get(Checkout())
         assert again.connection is first and pool.statistics().connections_opened == 1
-        await again.release()
+        await again.return_to_pool()
 
         async def idled_out() -> bool:
             return connector.open_now == 0 and slots.held == {}
@@ -198,11 +198,11 @@ def test_giving_back_twice_changes_nothing() -> None:
     async def scenario() -> None:
         pool, _slots, _connector = make_pool(size=1)
         conn = await pool.get(Checkout())
-        await conn.release()
+        await conn.return_to_pool()
         other = await pool.get(Checkout())
-        await conn.release()  # a stale handle: must not give back `other`'s connection
+        await conn.return_to_pool()  # a stale handle: must not give back `other`'s connection
         assert other.connection is not None and pool.statistics().in_use == 1
-        await other.release()
+        await other.return_to_pool()
         await pool.close()
 
     run(scenario())
@@ -213,14 +213,14 @@ def test_a_broken_idle_connection_is_replaced_not_handed_out() -> None:
         pool, _slots, connector = make_pool(size=1, validate_idle_s=0.0)
         conn = await pool.get(Checkout())
         old = conn.connection
-        await conn.release()
+        await conn.return_to_pool()
         old.dead = True  # the server restarted: only a round trip can tell
         fresh = await pool.get(Checkout())
         assert fresh.connection is not old and not fresh.connection.dead
         assert old.closed and connector.open_now == 1
         assert fresh.lease_id == conn.lease_id  # replaced on the same slot
         assert pool.statistics().validation_failures == 1
-        await fresh.release()
+        await fresh.return_to_pool()
         await pool.close()
 
     run(scenario())
@@ -230,18 +230,18 @@ def test_recently_used_connections_skip_the_round_trip() -> None:
     async def scenario() -> None:
         pool, _slots, _connector = make_pool(size=1, validate_idle_s=60.0)
         conn = await pool.get(Checkout())
-        await conn.release()
+        await conn.return_to_pool()
         assert conn.connection is None  # given back: the handle lets go of it
         again = await pool.get(Checkout())
         again.connection.dead = True
-        await again.release()
+        await again.return_to_pool()
         third = await pool.get(Checkout())
         assert third.connection.dead  # not checked: used less than validate_idle_s ago
         third.connection.broken = True  # but a local check is free, and always done
-        await third.release()  # (here on return: a broken connection is not kept)
+        await third.return_to_pool()  # (here on return: a broken connection is not kept)
         fourth = await pool.get(Checkout())
         assert not fourth.connection.broken
-        await fourth.release()
+        await fourth.return_to_pool()
         await pool.close()
 
     run(scenario())
@@ -262,12 +262,12 @@ def test_a_connection_past_its_lifetime_is_replaced() -> None:
         )
         conn = await pool.get(Checkout())
         old = conn.connection
-        await conn.release()
+        await conn.return_to_pool()
         clock.advance(0.2)
         fresh = await pool.get(Checkout())
         assert fresh.connection is not old and old.closed
         assert fresh.lease_id == conn.lease_id  # replaced on the same slot
-        await fresh.release()
+        await fresh.return_to_pool()
         await pool.close()
 
     run(scenario())
@@ -281,7 +281,7 @@ def test_timeout_leaves_no_slot_and_no_request_behind() -> None:
             await pool.get(Checkout(timeout=0.1))
         stats = pool.statistics()
         assert stats.timeouts == 1 and stats.waiting == 0 and stats.requesting == 0
-        await held.release()
+        await held.return_to_pool()
         await settle()
         assert len(slots.held) == 1 and slots.granted == 1
         await pool.close()
@@ -295,7 +295,7 @@ def test_a_connection_handed_over_as_the_waiter_gives_up_is_not_lost() -> None:
         held = await pool.get(Checkout())
         waiter = asyncio.create_task(pool.get(Checkout(timeout=30)))
         await settle()
-        await held.release()  # hands the connection to the waiter ...
+        await held.return_to_pool()  # hands the connection to the waiter ...
         waiter.cancel()  # ... which is cancelled before it could resume
         with pytest.raises(asyncio.CancelledError):
             await waiter
@@ -303,7 +303,7 @@ def test_a_connection_handed_over_as_the_waiter_gives_up_is_not_lost() -> None:
         assert stats.idle == 1 and stats.in_use == 0 and connector.open_now == 1
         again = await pool.get(Checkout(timeout=1))
         assert again.connection is connector.opened[0] and len(connector.opened) == 1
-        await again.release()
+        await again.return_to_pool()
         await pool.close()
 
     run(scenario())
@@ -318,11 +318,11 @@ def test_local_waiters_are_served_by_priority() -> None:
         async def caller(name: str, level: int) -> None:
             conn = await pool.get(Checkout(priority=name, level=level))
             order.append(name)
-            await conn.release()
+            await conn.return_to_pool()
 
         tasks = [asyncio.create_task(caller(n, lvl)) for n, lvl in [("low", 25), ("high", 75)]]
         await settle()
-        await held.release()
+        await held.return_to_pool()
         await asyncio.gather(*tasks)
         assert order == ["high", "low"]
         await pool.close()
@@ -347,7 +347,7 @@ def test_a_connection_held_too_long_is_reported_with_the_takers_stack(
         pool.sweep()
         pool.sweep()
         assert pool.statistics().leaks == 1  # once per hand-out, however many sweeps
-        await conn.release()
+        await conn.return_to_pool()
         await pool.close()
 
     with caplog.at_level(logging.WARNING, logger="anya_resource.pools.pool"):
@@ -362,17 +362,17 @@ def test_wanted_gives_idle_slots_back_at_once_and_returned_ones_for_a_while() ->
         clock = Clock()
         pool, slots, connector = make_pool(size=2, clock=clock, idle_timeout_s=60)
         a, b = await pool.get(Checkout()), await pool.get(Checkout())
-        await a.release()
+        await a.return_to_pool()
         assert len(slots.held) == 2
         pool.wanted()
         await settle()
         assert len(slots.held) == 1 and connector.open_now == 1
-        await b.release()  # within WANTED_HOLD_S: closed, not kept
+        await b.return_to_pool()  # within WANTED_HOLD_S: closed, not kept
         await settle()
         assert slots.held == {} and connector.open_now == 0
         clock.advance(WANTED_HOLD_S)
         c = await pool.get(Checkout())
-        await c.release()  # the hint has lapsed: kept warm again
+        await c.return_to_pool()  # the hint has lapsed: kept warm again
         assert len(slots.held) == 1
         await pool.close()
 
@@ -387,18 +387,18 @@ def test_while_others_wait_a_slot_serves_callers_here_only_for_its_turn() -> Non
         pool.wanted()  # another process waits for this pool (the hint lasts WANTED_HOLD_S)
         first = asyncio.create_task(pool.get(Checkout()))
         await settle()
-        await held.release()  # within the slot's turn: straight to the caller waiting here
+        await held.return_to_pool()  # within the slot's turn: straight to the caller waiting here
         served = await first
         assert served.lease_id == held.lease_id and slots.granted == 1
         real = served.connection
         clock.advance(FAIR_TURN_S)  # the turn is over, and the others still wait
         second = asyncio.create_task(pool.get(Checkout()))
         await settle()
-        await served.release()  # closed, and the slot goes back to the coordinator
+        await served.return_to_pool()  # closed, and the slot goes back to the coordinator
         again = await second  # which grants a slot anew (here: to the same process)
         assert real.closed and again.lease_id != held.lease_id and slots.granted == 2
         assert connector.open_now == 1
-        await again.release()
+        await again.return_to_pool()
         await pool.close()
 
     run(scenario())
@@ -409,7 +409,7 @@ def test_revoked_slot_closes_idle_connection_and_tells_the_user_of_a_busy_one() 
         pool, slots, connector = make_pool(size=2)
         a, b = await pool.get(Checkout()), await pool.get(Checkout(on_revoked=told.append))
         a_conn = a.connection
-        await a.release()
+        await a.return_to_pool()
         slots.revoke(slots.held[a.lease_id])
         await settle()
         assert a_conn.closed and a.lease_id not in slots.held
@@ -417,7 +417,7 @@ def test_revoked_slot_closes_idle_connection_and_tells_the_user_of_a_busy_one() 
         assert told == [b] and b.revoked and not b.connection.closed  # not closed under it
         with pytest.raises(Exception, match="revoked"):
             b.check()
-        await b.release()
+        await b.return_to_pool()
         await settle()
         assert slots.held == {} and connector.open_now == 0
         await pool.close()
@@ -434,7 +434,7 @@ def test_releasing_the_slot_itself_closes_the_connection_first() -> None:
         conn.released = True  # what ResourceManager.release(conn) does before it sends
         await settle()
         assert real.closed and connector.open_now == 0
-        await conn.release()  # nothing left to give back
+        await conn.return_to_pool()  # nothing left to give back
         assert pool.statistics().open == 0
         await pool.close()
 
@@ -453,7 +453,7 @@ def test_a_refused_connect_fails_the_caller_at_once_and_frees_the_slot() -> None
         assert slots.held == {} and pool.statistics().connect_errors == 1
         connector.refuse = False
         conn = await pool.get(Checkout(timeout=10))
-        await conn.release()
+        await conn.return_to_pool()
         await pool.close()
 
     run(scenario())

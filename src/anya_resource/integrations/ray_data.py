@@ -22,7 +22,7 @@ from typing import Any
 
 import ray
 
-from anya_resource.client import SyncResourceManager
+from anya_resource.client_sync import SyncResourceManager
 from anya_resource.lease import Lease
 
 

@@ -38,16 +38,15 @@ import logging
 import pickle
 import threading
 from collections.abc import Callable
-from dataclasses import asdict
 from typing import Any, Generic, TypeVar
 
 import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-from anya_resource.actors import deploy
-from anya_resource.client import SyncResourceManager, current_holder, warm_kind
+from anya_resource.client_async import warm_kind
+from anya_resource.client_sync import SyncResourceManager
 from anya_resource.core.share import WarmCounts, WarmEntry
-from anya_resource.errors import InvalidRequest
+from anya_resource.errors import InvalidRequest, LeaseExpired, LeaseRevoked, ResourceError
 from anya_resource.lease import Lease, lease_fields
 from anya_resource.quantities import from_units
 
@@ -114,9 +113,12 @@ def _pinned(lease: Lease, ray_options: dict[str, Any]) -> dict[str, Any]:
 
 
 class _Renewer:
-    """Keeps a lease renewed from the process that now holds it (a thread: tasks are sync)."""
+    """Keeps a lease renewed from the process that now holds it, by its manager's own
+    ``renew`` (retried while the coordinator restarts, Ray's errors translated), from a
+    thread: the actor's methods may all be sync and busy."""
 
-    def __init__(self, lease: Lease) -> None:
+    def __init__(self, manager: SyncResourceManager, lease: Lease) -> None:
+        self.manager = manager
         self.lease = lease
         self.stop = threading.Event()
         self.every = max(0.2, lease.ttl / 3)
@@ -124,13 +126,13 @@ class _Renewer:
         self.thread.start()
 
     def _run(self) -> None:
-        coordinator = deploy.coordinator()
         while not self.stop.wait(self.every):
             try:
-                self.lease.expires_at = ray.get(
-                    coordinator.renew.remote(self.lease.lease_id, self.lease.token)
-                )
-            except Exception as exc:  # revoked, expired, or the coordinator is restarting
+                self.manager.renew(self.lease)
+            except (LeaseRevoked, LeaseExpired) as exc:  # it cannot be renewed any more
+                log.warning("the lease %s of this actor ended: %s", self.lease.lease_id, exc)
+                return
+            except ResourceError as exc:  # the coordinator stayed away past the retries
                 log.warning("renewing %s failed: %s", self.lease.lease_id, exc)
 
     def close(self) -> None:
@@ -138,12 +140,11 @@ class _Renewer:
 
 
 def _adopt_here(lease: Lease) -> _Renewer:
-    """Make this worker process the holder of ``lease`` and keep it renewed."""
-    coordinator = deploy.coordinator()
-    lease.expires_at = ray.get(
-        coordinator.rebind.remote(lease.lease_id, lease.token, asdict(current_holder()))
-    )
-    return _Renewer(lease)
+    """Make this worker process the holder of ``lease`` and keep it renewed, both through
+    this process's manager."""
+    manager = _manager()
+    manager.adopt(lease)
+    return _Renewer(manager, lease)
 
 
 def _run_task(fn: Callable[..., Any], lease: Lease, *args: Any, **kwargs: Any) -> Any:
@@ -217,7 +218,7 @@ class LeasedFunction(_Leased, Generic[F]):
         manager = _manager()
         if self._spec is None:
             lease_options = {k: v for k, v in self._lease_options.items() if k != "timeout"}
-            self._spec = manager._async._spec(self._resources, **lease_options)
+            self._spec = manager.request_spec(self._resources, **lease_options)
             self._kind = warm_kind(self._spec)
         timeout = self._lease_options.get("timeout")
         max_pending = self._options.get("max_pending")
@@ -321,7 +322,7 @@ def _leased_subclass(cls: type) -> type:
 
 def _portable(lease: Lease) -> Lease:
     """A copy of the lease without the caller's manager, to ship to the task."""
-    return dataclasses.replace(lease, on_revoked=None, _manager=None, _run_sync=None)
+    return dataclasses.replace(lease, on_revoked=None, _manager=None)
 
 
 def leased(target: Any = None, /, **options: Any) -> Any:

@@ -7,7 +7,7 @@ connections over every process never passes the pool's size. See docs/pools.md.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from anya_resource.pools.bitcoin import AsyncBitcoinRpc, BitcoinRpc
 from anya_resource.pools.errors import (
@@ -20,19 +20,16 @@ from anya_resource.pools.errors import (
 from anya_resource.pools.handle import PooledConnection
 from anya_resource.pools.stats import PoolStatistics
 
-if TYPE_CHECKING:
-    from anya_resource.client import ResourceManager, SyncResourceManager
+
+class HasPools(Protocol):
+    """A manager: ``ResourceManager`` or ``SyncResourceManager``."""
+
+    def pool_statistics(self, pool: str) -> PoolStatistics | None: ...
 
 
-def pool_statistics(
-    manager: ResourceManager | SyncResourceManager, pool: str
-) -> PoolStatistics | None:
+def pool_statistics(manager: HasPools, pool: str) -> PoolStatistics | None:
     """This process's pool ``pool`` of ``manager``, or None before its first use."""
-    from anya_resource.client import SyncResourceManager
-
-    if isinstance(manager, SyncResourceManager):
-        return manager._pool_statistics(pool)
-    return manager._pools.statistics(pool, "async")
+    return manager.pool_statistics(pool)
 
 
 __all__ = [

@@ -2,13 +2,15 @@
 
 It is a ``ResourceConnection`` (so a ``Lease``): its fields are those of the slot lease
 the connection stands on. Giving it back (``async with``/``with`` ending, or
-``await conn.release()``) returns the connection to this process's pool, still on its
-slot; the slot goes back to the coordinator only when the pool closes the connection.
+``await conn.return_to_pool()``) returns the connection to this process's pool, still on
+its slot; the slot goes back to the coordinator only when the pool closes the connection
+(or ``await manager.release(conn)`` gives the slot itself back).
 """
 
 from __future__ import annotations
 
 import logging
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import TracebackType
@@ -98,19 +100,33 @@ class PooledConnection(ResourceConnection):
         if self._pool is not None:
             await self._pool.closed(self.lease_id)
 
-    async def release(self) -> None:
-        """Give the connection back to this process's pool (it keeps its slot)."""
+    async def return_to_pool(self) -> None:
+        """Give the connection back to this process's pool: it stays open, on its slot.
+
+        (``await manager.release(conn)`` gives the slot itself back.)
+        """
         if self._pool is not None:
             await self._pool.put(self)
+
+    async def release(self) -> None:
+        """Deprecated name of ``return_to_pool()``, which it calls: unlike
+        ``Lease.release()``, it keeps the slot."""
+        warnings.warn(
+            "PooledConnection.release() keeps the slot: call return_to_pool() "
+            "(or manager.release(conn) to give the slot back)",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        await self.return_to_pool()
 
     async def __aexit__(
         self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
-        await self.release()
+        await self.return_to_pool()
 
     def __exit__(
         self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
-        if self._run_sync is None:
+        if self._manager is None or not self._manager.blocking:
             raise TypeError("this connection came from the async ResourceManager: use 'async with'")
-        self._run_sync(self.release())
+        self._manager.run_from_thread(self.return_to_pool())

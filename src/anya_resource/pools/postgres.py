@@ -9,9 +9,11 @@ connection in the middle of a query, or broken, is closed rather than reused.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 import select
+import threading
 from typing import Any
 
 import psycopg
@@ -144,10 +146,41 @@ class BlockingPostgres:
         return _usable(connection)
 
     def validate(self, connection: Any) -> None:
-        query = self._policy.validate_query or ""
+        """The check, bounded by ``connect_timeout_s`` as ``AsyncPostgres.validate`` is.
+
+        A blocking call cannot be abandoned (libpq must not run one connection in two
+        threads), so at the deadline the query is cancelled at the server and the check
+        fails with ``TimeoutError``, as ``asyncio.wait_for`` fails the async one.
+        """
+        timeout = self._policy.connect_timeout_s
+        late = threading.Event()
+
+        def cancel() -> None:
+            late.set()
+            with contextlib.suppress(Exception):  # unreachable: the query fails anyway
+                connection.cancel_safe(timeout=timeout)
+
+        timer = threading.Timer(timeout, cancel)
+        timer.daemon = True
+        timer.start()
+        try:
+            self._check(connection, self._policy.validate_query or "")
+        except psycopg.errors.QueryCanceled:
+            if late.is_set():
+                raise TimeoutError(
+                    f"pool {self._name}: the check took longer than {timeout:g} s"
+                ) from None
+            raise
+        finally:
+            timer.cancel()
+            timer.join()  # a cancel under way must not hit the caller's next query
+
+    @staticmethod
+    def _check(connection: Any, query: str) -> None:
         if connection.autocommit:
             connection.execute(query)
             return
+        # Outside autocommit the query would open a transaction the caller then owns.
         connection.autocommit = True
         try:
             connection.execute(query)

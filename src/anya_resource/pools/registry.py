@@ -11,7 +11,7 @@ import asyncio
 import traceback
 from collections.abc import Mapping
 from dataclasses import replace
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from anya_resource.actors import store
 from anya_resource.config import Policy
@@ -21,11 +21,8 @@ from anya_resource.pools.entries import Checkout
 from anya_resource.pools.handle import PooledConnection
 from anya_resource.pools.kinds import Flavour, connector_for
 from anya_resource.pools.pool import ConnectionPool
-from anya_resource.pools.slots import ManagerSlots
+from anya_resource.pools.slots import ManagerSlots, SlotManager
 from anya_resource.pools.stats import PoolStatistics
-
-if TYPE_CHECKING:
-    from anya_resource.client import ResourceManager
 
 
 def deployed_policy() -> Policy | None:
@@ -51,7 +48,7 @@ def checkout_from(
 class ProcessPools:
     """The pools of one ``ResourceManager`` (its blocking twin shares them, flavour 'sync')."""
 
-    def __init__(self, manager: ResourceManager, fallback: Policy | None) -> None:
+    def __init__(self, manager: SlotManager, fallback: Policy | None) -> None:
         self._slots = ManagerSlots(manager)
         self._fallback = fallback
         self._policy: Policy | None = None

@@ -2,19 +2,18 @@
 
 A slot is a normal lease, held by this process (never detached): the manager renews
 it, and it is reclaimed if the process dies, as any lease is. The pool only sees this
-narrow interface, which keeps it testable without Ray.
+narrow interface, which keeps it testable without Ray; and it sees the manager only
+through ``SlotManager``, the few public calls it needs (no import of the client).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Protocol
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any, Protocol
 
+from anya_resource.config import Priority
 from anya_resource.lease import Lease
 from anya_resource.pools.entries import Checkout
-
-if TYPE_CHECKING:
-    from anya_resource.client import ResourceManager
 
 
 class SlotSource(Protocol):
@@ -30,30 +29,49 @@ class SlotSource(Protocol):
         """Give the slot back, without waiting for the round trip (it is still delivered)."""
 
 
+class SlotManager(Protocol):
+    """What ``ManagerSlots`` needs of a manager: ``ResourceManager``'s public calls."""
+
+    def acquire(
+        self,
+        resources: Mapping[str, Any],
+        *,
+        priority: Priority | str | int = ...,
+        tenant: str | None = ...,
+        ttl: float | None = ...,
+        preemptible: bool = ...,
+        node: str | None = ...,
+        on_revoked: Callable[[Lease], None] | None = ...,
+    ) -> Awaitable[Lease]: ...
+
+    def holds(self, lease: Lease) -> bool: ...
+
+    def release_soon(self, lease: Lease) -> None: ...
+
+
 class ManagerSlots:
     """Slots as leases of a ``ResourceManager``."""
 
-    def __init__(self, manager: ResourceManager) -> None:
+    def __init__(self, manager: SlotManager) -> None:
         self._manager = manager
 
     async def acquire(
         self, pool: str, checkout: Checkout, on_ended: Callable[[Lease], None]
     ) -> Lease:
-        spec = self._manager._spec(
+        # No timeout: the pool withdraws the request (cancels it) when nobody needs it.
+        return await self._manager.acquire(
             {"pools": {pool: 1}},
             priority=checkout.priority,
             tenant=checkout.tenant,
             ttl=checkout.ttl,
             preemptible=checkout.preemptible,
             node=checkout.node,
+            on_revoked=on_ended,
         )
-        # No timeout: the pool withdraws the request (cancels it) when nobody needs it.
-        lease: Lease = await self._manager._acquire(spec, None, Lease, on_ended)
-        return lease
 
     def holds(self, lease: Lease) -> bool:
-        return lease.valid and self._manager.held.get(lease.lease_id) is lease
+        return lease.valid and self._manager.holds(lease)
 
     def release(self, lease: Lease) -> None:
-        if self._manager.held.get(lease.lease_id) is lease:
+        if self._manager.holds(lease):
             self._manager.release_soon(lease)
