@@ -52,6 +52,15 @@ def manager() -> Iterator[SyncResourceManager]:
             os.environ.pop("RAY_ADDRESS", None)
 
 
+def long_first_attempt(marker: Path) -> str:
+    """A job whose first attempt runs a minute (it leaves ``marker``); later ones end at once."""
+    code = (
+        "import os, time; p = " + repr(str(marker)) + "; first = not os.path.exists(p); "
+        "open(p, 'w').close(); time.sleep(60 if first else 0)"
+    )
+    return command(code)
+
+
 def gate_free(manager: SyncResourceManager, timeout: float = 30) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -132,12 +141,9 @@ def test_a_preemptible_job_is_stopped_for_a_higher_one_and_requeued(
     manager: SyncResourceManager, tmp_path: Path
 ) -> None:
     marker = tmp_path / "ran-once"
-    # Its first attempt runs long; the requeued one ends at once.
-    code = (
-        "import os, time; p = " + repr(str(marker)) + "; first = not os.path.exists(p); "
-        "open(p, 'w').close(); time.sleep(60 if first else 0)"
+    low = manager.submit_job(
+        long_first_attempt(marker), GATE, priority="low", preemptible=True, requeue=True
     )
-    low = manager.submit_job(command(code), GATE, priority="low", preemptible=True, requeue=True)
     deadline = time.monotonic() + 60
     while not marker.exists() and time.monotonic() < deadline:
         time.sleep(0.1)
@@ -156,12 +162,7 @@ def test_a_job_whose_supervisor_dies_is_stopped_and_requeued_or_failed(
     """Its lease goes with the supervisor's process: the job cannot go on unbudgeted."""
     from anya_resource.jobs import supervisor
 
-    marker = tmp_path / "ran-once"
-    code = (
-        "import os, time; p = " + repr(str(marker)) + "; first = not os.path.exists(p); "
-        "open(p, 'w').close(); time.sleep(60 if first else 0)"
-    )
-    again = manager.submit_job(command(code), GATE, requeue=True)
+    again = manager.submit_job(long_first_attempt(tmp_path / "ran-once"), GATE, requeue=True)
     wait_running(manager, again)
     ray.kill(supervisor(again), no_restart=False)
     result = manager.wait_job(again, timeout=120)
