@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
+from dataclasses import fields as dataclass_fields
+from operator import attrgetter
 from typing import Any, TypeAlias
 
 Amounts: TypeAlias = dict[str, int]
@@ -135,34 +137,14 @@ class LeaseRecord:
     def fields(self) -> tuple[Any, ...]:
         """Every field as plain values, in declaration order (``from_fields`` inverts it).
 
-        The one definition of a record's layout: the wire (``actors/wire.py``) and the
-        journal (``core/journal.py``) both carry records as this tuple.
+        The one definition of a record's layout is the class itself: the wire
+        (``actors/wire.py``) and the journal (``core/journal.py``) both carry records as
+        this tuple of its fields, the holder as a tuple of its own and the state as text.
         """
-        h = self.holder
-        return (
-            self.lease_id,
-            self.request_id,
-            self.token,
-            self.fencing_token,
-            self.node_id,
-            self.resources,
-            self.pools,
-            self.priority,
-            self.priority_name,
-            self.tenant,
-            self.ttl,
-            self.granted_at,
-            self.expires_at,
-            self.preemptible,
-            (h.pid, h.create_time, h.node_id, h.job_id, h.worker_id, h.actor_id),
-            self.detached,
-            self.idempotency_key,
-            self.borrowed,
-            self.state.value,
-            self.revoke_reason,
-            self.revoke_deadline,
-            self.within,
-        )
+        values = list(_record_values(self))
+        values[_HOLDER] = _holder_values(self.holder)
+        values[_STATE] = self.state.value
+        return tuple(values)
 
     @classmethod
     def from_fields(cls, fields: tuple[Any, ...] | list[Any]) -> LeaseRecord:
@@ -172,10 +154,10 @@ class LeaseRecord:
             values.append(None)  # written before budgets: drawn from none
         if len(values) != RECORD_FIELD_COUNT:
             raise ValueError(f"a lease record has {RECORD_FIELD_COUNT} fields, got {len(fields)}")
-        values[5] = dict(values[5])
-        values[6] = dict(values[6])
-        values[14] = Holder(*values[14])
-        values[18] = LeaseState(values[18])
+        for index in _MAPPINGS:
+            values[index] = dict(values[index])
+        values[_HOLDER] = Holder(*values[_HOLDER])
+        values[_STATE] = LeaseState(values[_STATE])
         return cls(*values)
 
     def public(self) -> dict[str, Any]:
@@ -202,7 +184,13 @@ class LeaseRecord:
         }
 
 
-RECORD_FIELD_COUNT = 22
+RECORD_FIELDS = tuple(f.name for f in dataclass_fields(LeaseRecord))
+RECORD_FIELD_COUNT = len(RECORD_FIELDS)
+_record_values = attrgetter(*RECORD_FIELDS)  # one C-level call per record on the wire
+_holder_values = attrgetter(*(f.name for f in dataclass_fields(Holder)))
+_HOLDER = RECORD_FIELDS.index("holder")
+_STATE = RECORD_FIELDS.index("state")
+_MAPPINGS = (RECORD_FIELDS.index("resources"), RECORD_FIELDS.index("pools"))
 
 
 @dataclass(frozen=True, slots=True)
