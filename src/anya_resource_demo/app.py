@@ -18,6 +18,7 @@ is shut down. A second Ctrl-C skips the wait; the cluster is shut down anyway.
 from __future__ import annotations
 
 import contextlib
+import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -51,6 +52,7 @@ from anya_resource_demo.stats import wait_summary
 DRAIN_TIMEOUT_S = 60.0  # the longest task of the mix runs a few seconds when tight
 RELEASED_TIMEOUT_S = 20.0
 JOBS_TIMEOUT_S = 90.0  # for the queued jobs to end once the task workload has stopped
+JOBS_REFRESH_S = 1.0  # how often the live table's job rows are read
 
 
 @dataclass(frozen=True)
@@ -140,18 +142,36 @@ class LiveState:
 
 
 class QueuedJobs:
-    """The demo's whole Ray jobs: queued beside the tasks, followed, reported."""
+    """The demo's whole Ray jobs: queued beside the tasks, followed, reported.
+
+    Submitting and listing run in a thread of their own: a submit waits for the job's
+    supervisor to start (a new worker process, seconds on a busy machine), and the
+    live loop must keep sampling the cluster meanwhile.
+    """
 
     def __init__(self, manager: SyncResourceManager, say: _Narrator) -> None:
         self.manager = manager
         self.say = say
         self.names: dict[str, str] = {}  # job id -> name
+        self.latest: list[dict[str, Any]] = []  # the rows the live table shows
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._follow, name="demo-jobs", daemon=True)
 
-    def submit(self) -> None:
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _follow(self) -> None:
         try:
             self.names = submit_all(self.manager)
         except ResourceError as exc:  # no job server on a cluster given by --address
             self.say(f"[yellow]no jobs queued: {exc}[/yellow]")
+            return
+        while not self._stop.wait(JOBS_REFRESH_S):
+            self.latest = self.rows()
 
     def rows(self) -> list[dict[str, Any]]:
         if not self.names:
@@ -191,17 +211,19 @@ def _drive(
     runner.start()
     interrupted = False
     try:
-        jobs.submit()  # beside the task workload, which keeps the cluster busy
+        jobs.start()  # beside the task workload, which keeps the cluster busy
         with _live(console, options.live) as live:
             while time.time() - start < options.duration:
                 time.sleep(options.refresh)
                 state = _observe(manager, start, options.duration)
-                state.jobs = jobs.rows()
+                state.jobs = jobs.latest
                 samples.add(state.snap)
                 if live is not None:
                     live.update(live_view(state, runner, labels))
     except KeyboardInterrupt:
         interrupted = True
+    finally:
+        jobs.stop()
     end = time.time()
     runner.stop()
     return RunWindow(start=start, end=end, interrupted=interrupted)
