@@ -18,7 +18,6 @@ from anya_resource.client_async import (
     ResourceManager,
     budget_of,
     current_holder,
-    error_from,
     warm_kind,
 )
 from anya_resource.client_sync import SyncResourceManager
@@ -35,6 +34,5 @@ __all__ = [
     "SyncResourceManager",
     "budget_of",
     "current_holder",
-    "error_from",
     "warm_kind",
 ]

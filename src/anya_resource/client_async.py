@@ -65,9 +65,11 @@ from anya_resource.errors import (
     NotLeaseHolder,
     Overloaded,
     ResourceError,
+    error_named,
 )
 from anya_resource.health import ResourceHealth
 from anya_resource.lease import AcquireContext, Lease, ResourceConnection, lease_fields
+from anya_resource.messages import EndedEvent, Event, RevokedEvent
 from anya_resource.pools.entries import caller_stack
 from anya_resource.pools.kinds import Flavour
 from anya_resource.pools.registry import ProcessPools
@@ -124,26 +126,6 @@ class _Waiting:
         if not self.future.done():
             self.refused = refused
             self.future.set_exception(error)
-
-
-_ERRORS: dict[str, type[ResourceError]] = {
-    cls.__name__: cls
-    for cls in (
-        AcquireTimeout,
-        Infeasible,
-        InvalidRequest,
-        LeaseExpired,
-        LeaseRevoked,
-        ManagerUnavailable,
-        NotLeaseHolder,
-        Overloaded,
-    )
-}
-
-
-def error_from(name: str, message: str) -> ResourceError:
-    """The error the coordinator named, rebuilt here (never a raw one)."""
-    return _ERRORS.get(name, ResourceError)(message)
 
 
 def _same_token(expected: str, presented: object) -> bool:
@@ -725,7 +707,7 @@ class ResourceManager:
         if answer[0] == "granted":
             waiting.grant(answer[1])
         elif answer[0] == "error":
-            waiting.fail(error_from(answer[1], answer[2]), refused=True)
+            waiting.fail(error_named(answer[1], answer[2]), refused=True)
         # "queued": its decision comes as an event of this manager's channel
 
     def _resubmit_waiting(self) -> None:
@@ -955,35 +937,36 @@ class ResourceManager:
             for event in reply["events"]:
                 self._on_event(event)
 
-    def _on_event(self, event: dict[str, Any]) -> None:
-        kind = event.get("kind")
-        if kind == "pool_wanted":
+    def _on_event(self, event: Event) -> None:
+        if event["kind"] == "pool_wanted":
             self._pools.wanted(event["pool"])  # another manager waits for that pool
-            return
-        if kind == "wanted":
+        elif event["kind"] == "wanted":
             # Waiting requests want these back (core/warm.py): idle ones go now, busy ones
             # after their use; spare ones once idle a moment.
-            spare = event.get("spare", [])
+            spare = event["spare"]
             for record in self._warm.want(event["leases"], spare, time.monotonic()):
                 self._give_back(record)
             if spare:
                 asyncio.get_running_loop().call_later(SPARE_IDLE_S, self._give_back_stale)
-            return
-        if kind in ("granted", "rejected"):
+        elif event["kind"] == "granted":
             waiting = self._waiting.get(event["key"])
-            if waiting is None:
-                return  # given up: its cancel gives a grant back
-            if kind == "granted":
+            if waiting is not None:  # else given up: its cancel gives the grant back
                 waiting.grant(event["lease"])
-            else:
-                waiting.fail(error_from(event["error"], event["message"]), refused=True)
-            return
-        reason = event.get("reason", "revoked")
+        elif event["kind"] == "rejected":
+            waiting = self._waiting.get(event["key"])
+            if waiting is not None:
+                waiting.fail(error_named(event["error"], event["message"]), refused=True)
+        else:
+            self._lease_news(event)
+
+    def _lease_news(self, event: EndedEvent | RevokedEvent) -> None:
+        """A held lease ended, or must be let go by its deadline."""
+        reason = event["reason"]
         if reason == "released":
             how, reason = "released", "released by another process"
         else:
             how = "expired" if reason == "expired" else "revoked"
-        ended = event.get("ended", True)
+        ended = event["kind"] == "ended"
         self._warm_ended(event["lease_id"], how, reason, ended)
         lease = self.held.get(event["lease_id"])
         if lease is not None:

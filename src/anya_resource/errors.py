@@ -48,7 +48,36 @@ class ManagerUnavailable(ResourceError):
     """The coordinator cannot be reached (no Ray cluster, or it is restarting)."""
 
 
+class AcquireAborted(ResourceError):
+    """The request ended before it was granted, for a reason other than its timeout:
+    the node it was pinned to was lost, the process or Ray job that waited ended, or
+    the budget it was to be drawn from ended. Nothing is held."""
+
+
+# What a waiter sees for each way a request is refused (``core.model.RejectReason``
+# values); any other reason aborted it.
+_REJECTED_AS: dict[str, type[ResourceError]] = {
+    "timeout": AcquireTimeout,
+    "cancelled": AcquireTimeout,
+    "infeasible": Infeasible,
+}
+
+
+def rejection_error(reason: str, message: str) -> ResourceError:
+    """The exception a waiter sees for a request refused for ``reason``."""
+    return _REJECTED_AS.get(reason, AcquireAborted)(message)
+
+
+def error_named(name: str, message: str) -> ResourceError:
+    """An error the coordinator sent by class name, rebuilt here (never a raw one)."""
+    cls = globals().get(name)
+    if isinstance(cls, type) and issubclass(cls, ResourceError):
+        return cls(message)
+    return ResourceError(message)
+
+
 __all__ = [
+    "AcquireAborted",
     "AcquireTimeout",
     "ConfigError",
     "Infeasible",
@@ -59,4 +88,6 @@ __all__ = [
     "NotLeaseHolder",
     "Overloaded",
     "ResourceError",
+    "error_named",
+    "rejection_error",
 ]

@@ -38,7 +38,7 @@ from anya_resource.core import (
 )
 from anya_resource.core.admission import never_fits
 from anya_resource.core.bottleneck import binding
-from anya_resource.core.model import NODE_RESOURCES
+from anya_resource.core.model import NODE_RESOURCES, RevokeCause
 from anya_resource.core.views import percentile
 from anya_resource.errors import Infeasible, InvalidRequest
 from anya_resource.quantities import number_or_text, to_units
@@ -424,7 +424,7 @@ class Simulation:
                 self.reclaims[reason] = self.reclaims.get(reason, 0) + 1
             elif isinstance(decision, Revoke):
                 self.revocations += 1
-                if decision.reason.startswith("preempted"):
+                if decision.cause is RevokeCause.PREEMPTED:
                     self.preemptions += 1
                 if decision.lease_id in self.held:
                     # A well-behaved holder lets go some time before the deadline.

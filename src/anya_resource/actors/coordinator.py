@@ -25,16 +25,14 @@ import contextlib
 import gc
 import logging
 import os
-import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import asdict
 from typing import Any
 
 import ray
 
-from anya_resource.actors import store
-from anya_resource.actors.naming import COORDINATOR_NAME, NAMESPACE, agent_name
+from anya_resource.actors.naming import COORDINATOR_NAME, NAMESPACE
+from anya_resource.actors.transport import Clock, RayTransport, SystemClock, Transport
 from anya_resource.actors.wire import lease_to_wire
 from anya_resource.config import Policy
 from anya_resource.core import (
@@ -44,25 +42,30 @@ from anya_resource.core import (
     NodeSample,
     Reclaim,
     Reject,
-    RejectReason,
     Request,
     Revoke,
     build_request,
     check_invariants,
 )
+from anya_resource.core.agents import AgentWatch, capped_capacity, stall
+from anya_resource.core.giveback import GiveBack, Tell
 from anya_resource.core.history import HistoryRing, compact
 from anya_resource.core.model import channel_of
 from anya_resource.core.recovery import recovering, start
 from anya_resource.core.verdict import judge_health
-from anya_resource.core.warm import wanted_back
-from anya_resource.errors import (
-    AcquireTimeout,
-    Infeasible,
-    InvalidRequest,
-    LeaseRevoked,
-    ResourceError,
-)
+from anya_resource.errors import InvalidRequest, ResourceError, rejection_error
 from anya_resource.health import NodeHealth, ResourceHealth, node_cpu_percent, node_memory_percent
+from anya_resource.messages import (
+    AcquireAnswer,
+    EndedEvent,
+    Event,
+    GrantedEvent,
+    HeartbeatReply,
+    Ping,
+    RejectedEvent,
+    RevokedEvent,
+    WatchReply,
+)
 from anya_resource.metrics import CoordinatorMetrics
 from anya_resource.quantities import MILLI
 
@@ -76,47 +79,25 @@ MAX_PENDING_EVENTS = 200_000  # per channel: a manager's grants and ends not yet
 WATCH_BATCH = 150
 POOL_WANTED_S = 0.25  # how often holders of a pool's slots hear that others wait for it
 ASK_BACK_S = 0.01  # after a request is queued, warm leases are asked back this soon
-STALL_S = 0.5  # a node-loop wake-up this much late is the coordinator's stall
-AGENT_START_GRACE_S = 15.0  # an agent that never beat yet may be starting: this much more
-
-
-def ray_capacity(node: dict[str, Any]) -> dict[str, int]:
-    """A node's capacity in core units, from what Ray reports for it."""
-    resources = node.get("Resources", {})
-    return {
-        "memory": int(resources.get("memory", 0)),
-        "cpu": round(resources.get("CPU", 0) * MILLI),
-        "gpu": round(resources.get("GPU", 0) * MILLI),
-        "disk": 0,
-    }
-
-
-def reject_error(reject: Reject) -> ResourceError:
-    """The exception a waiter sees for a rejection."""
-    if reject.reason in (RejectReason.TIMEOUT, RejectReason.CANCELLED):
-        return AcquireTimeout(reject.message)
-    if reject.reason is RejectReason.INFEASIBLE:
-        return Infeasible(reject.message)
-    return LeaseRevoked(reject.message)
-
-
-def _holder_key(spec: dict[str, Any]) -> str | None:
-    """The key of the process that sent ``spec``, if its holder fields make one."""
-    try:
-        return Holder(**spec.get("holder", {})).key
-    except (TypeError, ValueError):
-        return None
-
-
-def _alive(nodes: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    return {n["NodeID"]: n for n in nodes if n.get("Alive")}
 
 
 class CoordinatorImpl:
-    """The actor's body (``Coordinator`` below is its Ray actor class)."""
+    """The actor's body (``Coordinator`` below is its Ray actor class).
 
-    def __init__(self, policy_json: str | None = None) -> None:
-        stored = store.stored_policy()
+    ``transport`` and ``clock`` are Ray's and the system's unless given (the shell's
+    tests give fakes: tests/unit/test_coordinator_shell.py).
+    """
+
+    def __init__(
+        self,
+        policy_json: str | None = None,
+        *,
+        transport: Transport | None = None,
+        clock: Clock | None = None,
+    ) -> None:
+        self.transport: Transport = transport or RayTransport()
+        self.clock: Clock = clock or SystemClock()
+        stored = self.transport.stored_policy()
         if stored is not None:
             # A restart keeps the policy of the first deployment.
             self.policy = Policy.model_validate_json(stored)
@@ -124,26 +105,25 @@ class CoordinatorImpl:
             self.policy = (
                 Policy.model_validate_json(policy_json) if policy_json else Policy.default()
             )
-            store.keep_policy(self.policy.model_dump_json().encode())
-        self.epoch = store.next_epoch()
+            self.transport.keep_policy(self.policy.model_dump_json().encode())
+        self.epoch = self.transport.next_epoch()
         self.restarted = self.epoch > 0
-        alive = _alive(ray.nodes())  # type: ignore[no-untyped-call]
         # What Ray reports for each node, kept so that every heartbeat can re-cap it by
         # what the node's agent measured of the machine.
-        self.reported_capacity = {n: ray_capacity(node) for n, node in alive.items()}
-        now = time.time()
+        self.reported_capacity = self.transport.alive_nodes()
+        now = self.clock.time()
         # Recovery, decided in the core: restore what the journal holds, then write it
         # back as this epoch's first snapshot before serving anything (Ray sends no call
         # to an actor before its __init__ returns).
         startup = start(
             self.policy,
             self.epoch,
-            store.cluster_secret(),
-            store.journal(),
+            self.transport.cluster_secret(),
+            self.transport.journal(),
             self.reported_capacity,
             now,
         )
-        store.write_now(startup.first_write)
+        self.transport.write_now(startup.first_write)
         startup.commits.written(startup.first_write.ticket)
         self.scheduler = startup.scheduler
         self.commits = startup.commits
@@ -153,32 +133,28 @@ class CoordinatorImpl:
         # key's channel as an event, since no call is held open for them.
         self.queued: dict[str, str] = {}
         self.agents: dict[str, Any] = {}
-        self.agent_started: dict[str, float] = {}  # node -> when its agent was started or found
+        self.heard = AgentWatch()  # when each agent was started and last beat
         self.node_health: dict[str, NodeHealth] = {}
-        self.last_heartbeat: dict[str, float] = {}
         # Per holder process: (sequence, event), kept until a watch call acknowledges it
         # by asking for what came after. A watch call abandoned by its client can then
         # never swallow an event.
-        self.events: dict[str, list[tuple[int, dict[str, Any]]]] = {}
+        self.events: dict[str, list[tuple[int, Event]]] = {}
         self.event_seq = 0
         self.watchers: dict[str, asyncio.Event] = {}
-        self.hinted: dict[str, set[str]] = {}  # channel -> pools it was told are wanted
-        self.asked_back: set[str] = set()  # leases whose managers were told they are wanted
-        self.asked_spare: set[str] = set()  # ... told not to keep them idle
+        self.give_back = GiveBack()  # who was asked for pool slots and warm leases
         # channel -> lease id -> "idle" or "busy", as each manager last reported its warm
         # leases (warm_report): for display only, decides nothing.
         self.warm_use: dict[str, dict[str, str]] = {}
         self._asking_back = False
         self.dead_jobs: set[str] = set()
-        self.pool_hinted_at: dict[str, float] = {}  # pool -> last pool_wanted sent (pools)
         # What may be told once the write of its ticket is done (see the module's doc).
         self._after_commit: deque[tuple[int, Callable[[], None]]] = deque()
         self._commit_wanted = asyncio.Event()
         self.metrics = CoordinatorMetrics()
         self.history_ring = HistoryRing(self.policy.heartbeat_s)
         self._apply(startup.decisions)
-        for node_id in alive:
-            self.agents[node_id] = self._start_agent(node_id)
+        for node_id in self.reported_capacity:
+            self._start_agent(node_id)
         # What exists now (Ray, pydantic, the policy: ~100,000 objects) lives as long as
         # the actor. Out of the collector's sight, a full collection no longer walks it
         # (~100 ms every few seconds under load, a pause for every caller).
@@ -235,7 +211,7 @@ class CoordinatorImpl:
                 write = self.commits.cut()
                 if write is None:
                     break
-                await store.write(write)
+                await self.transport.write(write)
                 self.commits.written(write.ticket)
                 self._told()
             self._told()  # a cut with nothing left to write (granted and gone) commits too
@@ -254,20 +230,21 @@ class CoordinatorImpl:
     async def _tick_loop(self) -> None:
         while True:
             await asyncio.sleep(TICK_S)
-            self._apply(self.scheduler.tick(time.time()))
+            self._apply(self.scheduler.tick(self.clock.time()))
 
     async def _node_loop(self) -> None:
-        woke = time.monotonic()
+        woke = self.clock.monotonic()
         while True:
             await asyncio.sleep(self.policy.heartbeat_s)
             # A node is never lost because this coordinator was busy: a wake-up later than
             # planned (a long call, a pause of the process) is time nobody could be heard
             # in, so it does not count as any agent's silence.
-            now = time.monotonic()
-            stalled = now - woke - self.policy.heartbeat_s
+            now = self.clock.monotonic()
+            stalled = stall(woke, now, self.policy.heartbeat_s)
             woke = now
-            if stalled > STALL_S:
-                self._forgive(stalled)
+            if stalled:
+                log.warning("the coordinator was stalled %.1f s: not agents' silence", stalled)
+                self.heard.forgive(stalled)
             try:
                 await self._sync_nodes()
                 await self._reclaim_ended_jobs()
@@ -280,7 +257,7 @@ class CoordinatorImpl:
             await asyncio.sleep(self.policy.heartbeat_s)
             try:
                 self.metrics.flush(self.scheduler, self._warm_counts())
-                now = time.time()
+                now = self.clock.time()
                 if self.history_ring.due(now):
                     self.history_ring.add(compact(self.scheduler.state, now), now)
             except Exception:  # observing must never stop the coordinator
@@ -289,81 +266,47 @@ class CoordinatorImpl:
     # -- nodes and agents ---------------------------------------------------------------
 
     async def _sync_nodes(self) -> None:
-        nodes = await asyncio.to_thread(ray.nodes)
-        now = time.time()
-        alive = _alive(nodes)
-        for node_id, node in alive.items():
-            self.reported_capacity[node_id] = ray_capacity(node)
-            if node_id not in self.agents:
-                self.agents[node_id] = self._start_agent(node_id)
-        capacities = {n: self._capped(n, self.reported_capacity[n]) for n in alive}
-        lost_after = max(10.0, self.policy.heartbeat_s * 3 * self.policy.health.missed_heartbeats)
-        for node_id in list(capacities):
-            # Silent since its last beat, or since its agent was started (or found) if it
-            # never beat for this coordinator: an agent that is starting on a loaded
-            # machine gets AGENT_START_GRACE_S more, one that was paused or wedged before
-            # a restart does not stay counted forever.
-            heard = self.last_heartbeat.get(node_id)
-            if heard is None:
-                heard = self.agent_started.get(node_id, now) + AGENT_START_GRACE_S
-            if now - heard > lost_after:
-                log.warning("the agent of node %s is silent: counting the node as lost", node_id)
-                del capacities[node_id]
+        """Ray's alive nodes, less those whose agent is silent (``core/agents.py``)."""
+        alive = await asyncio.to_thread(self.transport.alive_nodes)
+        now = self.clock.time()
+        self.reported_capacity.update(alive)
+        for node_id in alive.keys() - self.agents.keys():
+            self._start_agent(node_id)
+        for node_id in self.heard.lost(alive, now, self.policy):
+            log.warning("the agent of node %s is silent: counting the node as lost", node_id)
+            del alive[node_id]
+        capacities = {node_id: self._capped(node_id) for node_id in alive}
         self._apply(self.scheduler.sync_nodes(capacities, now))
-        for node_id in [n for n in self.agents if n not in capacities]:
+        for node_id in self.agents.keys() - capacities.keys():
             self._forget_node(node_id)
 
-    def _forgive(self, seconds: float) -> None:
-        log.warning("the coordinator was stalled %.1f s: not counted as agents' silence", seconds)
-        for table in (self.last_heartbeat, self.agent_started):
-            for node_id in table:
-                table[node_id] += seconds
-
-    def _capped(self, node_id: str, reported: dict[str, int]) -> dict[str, int]:
-        capacity = dict(reported)
+    def _capped(self, node_id: str) -> dict[str, int]:
+        """What Ray reports for the node, never more than its agent measured."""
         health = self.node_health.get(node_id)
-        if health is not None:
-            # Never grant more than the machine physically has.
-            capacity["memory"] = min(capacity["memory"], health.memory_total)
-            capacity["cpu"] = min(capacity["cpu"], round(health.cpu_count * MILLI))
-            if health.gpus > 0:  # 0 may only mean NVML is missing: then Ray's figure stands
-                capacity["gpu"] = min(capacity["gpu"], health.gpus * MILLI)
-        return capacity
+        reported = self.reported_capacity[node_id]
+        if health is None:
+            return dict(reported)
+        return capped_capacity(reported, health.memory_total, health.cpu_count, health.gpus)
 
     def _forget_node(self, node_id: str) -> None:
         log.warning("node %s is gone: its leases were reclaimed", node_id)
         self.agents.pop(node_id, None)
-        self.agent_started.pop(node_id, None)
+        self.heard.forget(node_id)
         self.node_health.pop(node_id, None)
-        self.last_heartbeat.pop(node_id, None)
         self.reported_capacity.pop(node_id, None)
 
-    def _start_agent(self, node_id: str) -> Any:
-        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-
-        self.agent_started[node_id] = time.time()
-        from anya_resource.actors.agent import NodeAgent
-
-        return NodeAgent.options(  # type: ignore[attr-defined]
-            name=agent_name(node_id),
-            namespace=NAMESPACE,
-            lifetime="detached",
-            get_if_exists=True,
-            num_cpus=0,
-            max_restarts=-1,
-            scheduling_strategy=NodeAffinitySchedulingStrategy(node_id=node_id, soft=False),
-        ).remote(node_id, self.policy.heartbeat_s)
+    def _start_agent(self, node_id: str) -> None:
+        self.heard.agent_started(node_id, self.clock.time())
+        self.agents[node_id] = self.transport.start_agent(node_id, self.policy.heartbeat_s)
 
     async def _reclaim_ended_jobs(self) -> None:
         if not self.scheduler.leases.by_job and not self.scheduler.queue:
             return
-        jobs = await asyncio.to_thread(ray._private.state.jobs)
-        now = time.time()
-        for job in jobs:
-            job_id = job["JobID"]
-            if job.get("IsDead") and job_id not in self.dead_jobs:
-                self.dead_jobs.add(job_id)
-                self._apply(self.scheduler.job_ended(job_id, now))
+        ended = await asyncio.to_thread(self.transport.ended_jobs)
+        now = self.clock.time()
+        for job_id in sorted(ended - self.dead_jobs):
+            self.dead_jobs.add(job_id)
+            self._apply(self.scheduler.job_ended(job_id, now))
 
     # -- carrying out decisions ----------------------------------------------------------
 
@@ -374,43 +317,54 @@ class CoordinatorImpl:
         one decided later (it waited) is answered by an event on its manager's channel.
         """
         self._stage()
-        event: dict[str, Any]
         for decision in decisions:
             if isinstance(decision, Grant):
                 self.metrics.grant(decision)
                 waited = self.queued.pop(decision.request_id, None)
                 if waited is not None:
-                    event = {
+                    granted: GrantedEvent = {
                         "kind": "granted",
                         "key": waited,
                         "lease": lease_to_wire(decision.lease),
                     }
-                    self._later(lambda c=channel_of(waited), e=event: self._tell(c, e))  # type: ignore[misc]
+                    self._tell_later(channel_of(waited), granted)
             elif isinstance(decision, Reject):
                 waited = self.queued.pop(decision.request_id, None)
                 if waited is not None:
-                    error = reject_error(decision)
-                    event = {
+                    error = rejection_error(decision.reason.value, decision.message)
+                    rejected: RejectedEvent = {
                         "kind": "rejected",
                         "key": waited,
                         "error": type(error).__name__,
                         "message": str(error),
                     }
-                    self._later(lambda c=channel_of(waited), e=event: self._tell(c, e))  # type: ignore[misc]
+                    self._tell_later(channel_of(waited), rejected)
             elif isinstance(decision, Reclaim):
-                if decision.tell is not None:
-                    event = {
-                        "lease_id": decision.lease_id,
-                        "reason": decision.reason.value,
-                        "ended": True,
-                    }
-                    self._later(lambda k=decision.tell, e=event: self._tell(k, e))  # type: ignore[misc]
+                ended: EndedEvent = {
+                    "kind": "ended",
+                    "lease_id": decision.lease_id,
+                    "reason": decision.reason.value,
+                }
+                self._tell_later(decision.tell, ended)
             elif isinstance(decision, Revoke):
                 lease = self.scheduler.leases.active.get(decision.lease_id)
                 if lease is not None:
-                    self._tell(lease.listener, {**asdict(decision), "ended": False})
+                    revoked: RevokedEvent = {
+                        "kind": "revoked",
+                        "lease_id": decision.lease_id,
+                        "node_id": decision.node_id,
+                        "cause": decision.cause.value,
+                        "reason": decision.reason,
+                        "deadline": decision.deadline,
+                    }
+                    self._tell(lease.listener, revoked)
 
-    def _tell(self, channel: str | None, event: dict[str, Any]) -> None:
+    def _tell_later(self, channel: str | None, event: Event) -> None:
+        """Tell ``event`` once what it stands on is written."""
+        if channel is not None:
+            self._later(lambda: self._tell(channel, event))
+
+    def _tell(self, channel: str | None, event: Event) -> None:
         """Queue ``event`` for the manager listening on ``channel`` (its next ``watch``)."""
         if channel is None:
             return
@@ -421,31 +375,21 @@ class CoordinatorImpl:
             # Only a manager that stopped polling gets this far behind (its process is
             # gone or wedged): what it missed it learns from its census, if it comes back.
             del pending[: len(pending) - MAX_PENDING_EVENTS]
-        if event.get("kind") == "pool_wanted":
-            self.hinted.setdefault(channel, set()).add(event["pool"])
         watcher = self.watchers.get(channel)
         if watcher is not None:
             watcher.set()
 
-    # -- pools: holders of idle slots give them back when others wait --------------------
-    #
-    # A process keeps the connections it is done with warm, each on its slot, until their
-    # idle timeout. While requests from other managers wait for that pool, every manager
-    # holding its slots hears ``{"kind": "pool_wanted", "pool": name}`` through its watch;
-    # its pool then closes idle connections and gives their slots back at once.
+    def _tell_all(self, tells: list[Tell]) -> None:
+        for channel, event in tells:
+            self._tell(channel, event)
+
+    # -- giving back what others wait for (core/giveback.py) -----------------------------
 
     async def _pool_wanted_loop(self) -> None:
         while True:
             await asyncio.sleep(POOL_WANTED_S)
-            self._pool_wanted_all()
+            self._tell_all(self.give_back.repeat(self.scheduler.state))
             self._ask_back()
-
-    # -- warm leases: their managers give them back while others wait for them ------------
-    #
-    # core/warm.py decides which held leases waiting requests want back; each manager hears
-    # ``{"kind": "wanted", "leases": [...], "spare": [...]}`` once per lease and level:
-    # it gives idle "leases" back at once and does not reuse busy ones when their use
-    # ends; "spare" ones it gives back once they have been idle a moment.
 
     def _ask_back_soon(self) -> None:
         """A request was queued: ask for warm leases back shortly (once per burst)."""
@@ -455,53 +399,11 @@ class CoordinatorImpl:
 
     def _ask_back(self) -> None:
         self._asking_back = False
-        active = self.scheduler.leases.active
-        self.asked_back &= active.keys()
-        self.asked_spare &= active.keys()
-        found = wanted_back(self.scheduler.state, time.time())
-        for listener in found.wanted.keys() | found.spare.keys():
-            wanted = found.wanted.get(listener, set()) - self.asked_back
-            spare = found.spare.get(listener, set()) - self.asked_spare - self.asked_back
-            if wanted or spare:
-                self.asked_back |= wanted
-                self.asked_spare |= spare
-                event = {"kind": "wanted", "leases": sorted(wanted), "spare": sorted(spare)}
-                self._tell(listener, event)
-
-    def _pool_wanted_now(self, request: Request) -> None:
-        """A request was queued on pools: their holders hear it now (at most every 50 ms)."""
-        now = time.monotonic()
-        pools = {p for p in request.pools if now - self.pool_hinted_at.get(p, 0.0) >= 0.05}
-        if pools:
-            self.pool_hinted_at.update(dict.fromkeys(pools, now))
-            asker = channel_of(request.idempotency_key) or request.holder.key
-            self._tell_pool_holders({p: {asker} for p in pools})
-
-    def _pool_wanted_all(self) -> None:
-        """Repeat the hint for every pool that still has waiters."""
-        waiting: dict[str, set[str | None]] = {}
-        for waiter in self.scheduler.queue.by_id.values():
-            request = waiter.request
-            asker = channel_of(request.idempotency_key) or request.holder.key
-            for pool in request.pools:
-                waiting.setdefault(pool, set()).add(asker)
-        if waiting:
-            self._tell_pool_holders(waiting)
-
-    def _tell_pool_holders(self, waiting: dict[str, set[str | None]]) -> None:
-        """Tell each manager holding slots of these pools, unless it is the only one waiting."""
-        for lease in self.scheduler.leases:
-            listener = lease.listener
-            if listener is None:
-                continue
-            for pool in lease.pools:
-                others = waiting.get(pool, set()) - {listener}
-                if others and pool not in self.hinted.get(listener, ()):  # once is enough
-                    self._tell(listener, {"kind": "pool_wanted", "pool": pool})
+        self._tell_all(self.give_back.warm(self.scheduler.state, self.clock.time()))
 
     # -- the API the client calls ---------------------------------------------------------
 
-    async def ping(self) -> dict[str, Any]:
+    async def ping(self) -> Ping:
         return {
             "epoch": self.epoch,
             "ready": True,  # nothing is served before recovery is written (see __init__)
@@ -539,7 +441,7 @@ class CoordinatorImpl:
         specs: list[dict[str, Any]],
         releases: list[list[str]] | None = None,
         by: str | None = None,
-    ) -> list[list[Any]]:
+    ) -> list[AcquireAnswer]:
         """Submit the requests a manager made since its last call; answer once written.
 
         Per request: ``["granted", lease bytes]``, ``["queued"]`` (its grant or rejection
@@ -550,8 +452,8 @@ class CoordinatorImpl:
         through as they are.
         """
         self._release_all(releases or (), by)
-        now = time.time()
-        answers: list[list[Any]] = []
+        now = self.clock.time()
+        answers: list[AcquireAnswer] = []
         for spec in specs:
             try:
                 answers.append(self._submit(spec, now))
@@ -560,7 +462,7 @@ class CoordinatorImpl:
         await self._durable()  # nothing is told before it is written
         return answers
 
-    def _submit(self, spec: dict[str, Any], now: float) -> list[Any]:
+    def _submit(self, spec: dict[str, Any], now: float) -> AcquireAnswer:
         request = self._request(spec)
         request_id, decisions = self.scheduler.submit(request, now)
         mine = next((d for d in decisions if getattr(d, "request_id", None) == request_id), None)
@@ -570,13 +472,13 @@ class CoordinatorImpl:
         self._apply(decisions)
         if mine is None:
             if request.pools:
-                self._pool_wanted_now(request)
+                self._tell_all(self.give_back.queued(request, self.scheduler.leases, now))
             self._ask_back_soon()
             return ["queued"]
         if isinstance(mine, Grant):
             return ["granted", lease_to_wire(mine.lease)]
         assert isinstance(mine, Reject)
-        error = reject_error(mine)
+        error = rejection_error(mine.reason.value, mine.message)
         return ["error", type(error).__name__, str(error)]
 
     async def cancel(self, idempotency_key: str) -> None:
@@ -585,12 +487,12 @@ class CoordinatorImpl:
         Returns once the cancel is written: a cancel that is lost with the coordinator
         is sent again by the client, or the request it refuses could still be granted.
         """
-        self._apply(self.scheduler.cancel_key(idempotency_key, time.time()))
+        self._apply(self.scheduler.cancel_key(idempotency_key, self.clock.time()))
         await self._durable()
 
     async def release(self, lease_id: str, token: str, by: str | None = None) -> None:
         """Give a lease back (``by``: the releasing process's holder key); once written."""
-        self._apply(self.scheduler.release(lease_id, token, time.time(), by=by))
+        self._apply(self.scheduler.release(lease_id, token, self.clock.time(), by=by))
         await self._durable()
 
     async def release_many(self, pairs: list[list[str]], by: str | None = None) -> None:
@@ -601,7 +503,7 @@ class CoordinatorImpl:
     def _release_all(self, pairs: Any, by: str | None) -> None:
         for lease_id, token in pairs:
             try:
-                self._apply(self.scheduler.release(lease_id, token, time.time(), by=by))
+                self._apply(self.scheduler.release(lease_id, token, self.clock.time(), by=by))
             except ResourceError as exc:
                 log.warning("release of %s refused: %s", lease_id, exc)
 
@@ -611,18 +513,18 @@ class CoordinatorImpl:
 
     async def queue_positions(self, actor_ids: list[str]) -> dict[str, Any]:
         """Where the requests these actors hold wait, and why (the job queue's listing)."""
-        return self.scheduler.queue_positions(actor_ids, time.time())
+        return self.scheduler.queue_positions(actor_ids, self.clock.time())
 
     async def budgets(self) -> dict[str, dict[str, Any]]:
         """Every budget in use: its amounts, what is drawn from it, who waits in it."""
         return self.scheduler.budget_list()
 
     async def renew(self, lease_id: str, token: str, ttl: float | None = None) -> float:
-        return self.scheduler.renew(lease_id, token, time.time(), ttl).expires_at
+        return self.scheduler.renew(lease_id, token, self.clock.time(), ttl).expires_at
 
     async def rebind(self, lease_id: str, token: str, holder: dict[str, Any]) -> float:
         """Another process (a ``@leased`` task's worker) holds the lease from now on."""
-        lease = self.scheduler.rebind(lease_id, token, Holder(**holder), time.time())
+        lease = self.scheduler.rebind(lease_id, token, Holder(**holder), self.clock.time())
         await self._durable()
         return lease.expires_at
 
@@ -635,14 +537,14 @@ class CoordinatorImpl:
         restored leases that none of its waiting acquires will claim are reclaimed.
         """
         pairs = [(lease_id, token) for lease_id, token in held]
-        results, decisions = self.scheduler.claim(manager, pairs, waiting, time.time())
+        results, decisions = self.scheduler.claim(manager, pairs, waiting, self.clock.time())
         self._apply(decisions)
         await self._durable()
         return results
 
     async def watch(
         self, channel: str, after: int = 0, timeout: float = WATCH_TIMEOUT_S
-    ) -> dict[str, Any]:
+    ) -> WatchReply:
         """Long poll: events for this manager's channel after ``after``, and the epoch.
 
         The grants and rejections of its waiting requests, the ends and revocations of
@@ -651,7 +553,7 @@ class CoordinatorImpl:
         """
         pending = self.events.setdefault(channel, [])
         pending[:] = [(seq, e) for seq, e in pending if seq > after]  # acknowledged
-        self.hinted[channel] = {e["pool"] for _, e in pending if e.get("kind") == "pool_wanted"}
+        self.give_back.read(channel, (e["pool"] for _, e in pending if e["kind"] == "pool_wanted"))
         if not pending:
             event = self.watchers.setdefault(channel, asyncio.Event())
             event.clear()
@@ -666,7 +568,7 @@ class CoordinatorImpl:
         }
 
     async def snapshot(self) -> dict[str, Any]:
-        snap = self.scheduler.snapshot(time.time())
+        snap = self.scheduler.snapshot(self.clock.time())
         snap["health"] = {n: h.to_dict() for n, h in self.node_health.items()}
         snap["warm"] = self._warm_counts()
         snap["recovery"] = {
@@ -717,7 +619,7 @@ class CoordinatorImpl:
         Encoded as stored: the client decodes them, so that a long history does not
         hold up this event loop.
         """
-        return self.history_ring.since(time.time(), seconds)
+        return self.history_ring.since(self.clock.time(), seconds)
 
     async def job_started(self, priority: str, tenant: str, waited: float) -> None:
         """A queued Ray job got its lease after ``waited`` s (for the metrics only)."""
@@ -731,12 +633,12 @@ class CoordinatorImpl:
             and request.node not in self.scheduler.nodes
         ):
             raise InvalidRequest(f"node: {request.node!r} is not an alive node")
-        return self.scheduler.what_if(request, count, time.time()).to_dict()
+        return self.scheduler.what_if(request, count, self.clock.time()).to_dict()
 
     async def check_health(self) -> ResourceHealth:
-        now = time.time()
+        now = self.clock.time()
         snap = self.scheduler.snapshot(now)
-        silent = {node_id: now - heard for node_id, heard in self.last_heartbeat.items()}
+        silent = self.heard.silence(now)
         verdict = judge_health(self.scheduler.state, snap, silent, self.policy)
         reasons = verdict.reasons
         nodes = [
@@ -759,7 +661,7 @@ class CoordinatorImpl:
 
     async def heartbeat(
         self, node_id: str, health: dict[str, Any], dead_holders: list[str]
-    ) -> dict[str, Any]:
+    ) -> HeartbeatReply:
         """An agent's beat: its node's health and the holders it found dead.
 
         The reply names the holder processes on that node to watch from now on: an
@@ -767,10 +669,10 @@ class CoordinatorImpl:
         coordinator that died since, knows whom to watch from its next beat on, and
         reports a dead holder at every beat until nothing is held in its name.
         """
-        now = time.time()
+        now = self.clock.time()
         sample = NodeHealth.from_dict(health)
         self.node_health[node_id] = sample
-        self.last_heartbeat[node_id] = now
+        self.heard.beat(node_id, now)
         for holder_key in dead_holders:
             self._apply(self.scheduler.holder_died(holder_key, now))
         watch = [[h.key, h.pid, h.create_time] for h in self.scheduler.holders_on(node_id)]
@@ -781,9 +683,8 @@ class CoordinatorImpl:
         # Grantable capacity follows the machine: Ray's figure capped by what the agent
         # measured just now (a cgroup limit lowered at run time, a wrong --memory), then
         # minus the reserve, which node_up recomputes from the new capacity.
-        reported = self.reported_capacity.get(node_id)
-        if reported is not None:
-            capacity = self._capped(node_id, reported)
+        if node_id in self.reported_capacity:
+            capacity = self._capped(node_id)
             if capacity != ledger.capacity:
                 log.info("node %s capacity now %s", node_id, capacity)
                 self._apply(self.scheduler.node_up(node_id, capacity, now))
@@ -832,5 +733,4 @@ __all__ = [
     "Coordinator",
     "CoordinatorImpl",
     "coordinator_options",
-    "ray_capacity",
 ]

@@ -19,6 +19,7 @@ from anya_resource.core.model import (
     RejectReason,
     Request,
     Revoke,
+    RevokeCause,
 )
 from anya_resource.core.requests import build_request
 from anya_resource.core.scheduler import Scheduler
@@ -38,6 +39,7 @@ __all__ = [
     "RejectReason",
     "Request",
     "Revoke",
+    "RevokeCause",
     "Scheduler",
     "WhatIf",
     "build_request",

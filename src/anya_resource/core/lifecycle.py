@@ -27,6 +27,7 @@ from anya_resource.core.model import (
     Reject,
     RejectReason,
     Revoke,
+    RevokeCause,
     tenant_demand,
 )
 from anya_resource.core.state import ClusterState, Freed
@@ -149,7 +150,14 @@ class Lifecycle:
 
     # -- ends --------------------------------------------------------------------------
 
-    def revoke(self, lease: LeaseRecord, reason: str, now: float, out: list[Decision]) -> None:
+    def revoke(
+        self,
+        lease: LeaseRecord,
+        cause: RevokeCause,
+        reason: str,
+        now: float,
+        out: list[Decision],
+    ) -> None:
         """Ask the holder to let go by the grace deadline (reclaimed at it otherwise)."""
         deadline = now + self.state.policy.lease.preemption_grace_s
         lease.state = LeaseState.REVOKING
@@ -157,7 +165,7 @@ class Lifecycle:
         lease.revoke_deadline = deadline
         heapq.heappush(self.revoke_deadlines, (deadline, lease.lease_id))
         self.journal.append(Revoking(lease.lease_id, reason, deadline))
-        out.append(Revoke(lease.lease_id, lease.node_id, reason, deadline))
+        out.append(Revoke(lease.lease_id, lease.node_id, reason, deadline, cause))
         budget = self.state.budgets.by_lease.get(lease.lease_id)
         if budget is not None:
             # What the job drew from it goes with it: its holders hear so now, and have
@@ -165,7 +173,7 @@ class Lifecycle:
             for drawn_id in sorted(budget.drawn):
                 drawn = self.state.leases.active[drawn_id]
                 if drawn.state is LeaseState.ACTIVE:
-                    self.revoke(drawn, f"its job's budget: {reason}", now, out)
+                    self.revoke(drawn, RevokeCause.BUDGET, f"its job's budget: {reason}", now, out)
 
     def reclaim(
         self,

@@ -218,6 +218,14 @@ class RejectReason(str, enum.Enum):
     BUDGET_ENDED = "budget_ended"  # the budget it was to be drawn from ended
 
 
+class RevokeCause(str, enum.Enum):
+    """Why a holder is asked to let go (``Revoke.reason`` says it in words)."""
+
+    PREEMPTED = "preempted"  # a higher-priority request needs the capacity
+    PRESSURE = "pressure"  # the node's measured use passed the policy's high mark
+    BUDGET = "budget"  # the budget it was drawn from is being taken back
+
+
 class ReclaimReason(str, enum.Enum):
     RELEASED = "released"
     EXPIRED = "expired"
@@ -252,6 +260,7 @@ class Revoke:
     node_id: str
     reason: str
     deadline: float
+    cause: RevokeCause
 
 
 @dataclass(slots=True)

@@ -51,6 +51,7 @@ from anya_resource.core.model import (
     ReclaimReason,
     RejectReason,
     Request,
+    RevokeCause,
 )
 from anya_resource.core.nodehealth import observe, pressure_victim
 from anya_resource.core.positions import positions, revoking_for
@@ -194,7 +195,9 @@ class Scheduler:
         for resource in sorted(node.pressured):
             victim = pressure_victim(state.leases.by_node.get(node_id, {}).values(), resource)
             if victim is not None:
-                life.revoke(victim, f"{resource} pressure on node {node_id}", now, out)
+                life.revoke(
+                    victim, RevokeCause.PRESSURE, f"{resource} pressure on node {node_id}", now, out
+                )
                 life.counters.revoked["pressure"] = life.counters.revoked.get("pressure", 0) + 1
         if relieved:
             state.placer.note_freed(node)

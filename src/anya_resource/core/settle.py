@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterable
 from anya_resource.core import admission
 from anya_resource.core.admission import place, tenant_blocks
 from anya_resource.core.lifecycle import Lifecycle
-from anya_resource.core.model import Amounts, Decision, tenant_demand
+from anya_resource.core.model import Amounts, Decision, RevokeCause, tenant_demand
 from anya_resource.core.preemption import choose_victims
 from anya_resource.core.state import ClusterState, Freed, Reservation
 from anya_resource.core.waitqueue import Waiter
@@ -259,6 +259,6 @@ def _maybe_preempt(life: Lifecycle, head: Waiter, now: float, out: list[Decision
         state.reservation.nodes = {node_id: request.resources}
     reason = f"preempted for {head.request_id} ({request.priority_name})"
     for lease in victims:
-        life.revoke(lease, reason, now, out)
+        life.revoke(lease, RevokeCause.PREEMPTED, reason, now, out)
         life.counters.revoked["preemption"] = life.counters.revoked.get("preemption", 0) + 1
     state.revoking_for[head.request_id] = {lease.lease_id for lease in victims}

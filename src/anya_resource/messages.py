@@ -1,0 +1,114 @@
+"""What crosses the actor boundary between the coordinator and a manager, typed.
+
+Ray carries plain data (dicts, lists, bytes) between processes; these ``TypedDict``
+declare its shape once, for the coordinator that builds it and the client that reads
+it, so that mypy checks both ends against one definition. A watch reply carries
+events, each with a ``kind`` that says which of them it is.
+
+The lease records inside grants travel as bytes (``actors/wire.py``); snapshots and
+what-if answers are the core's own (``core/views.py``, ``core/whatif.py``).
+"""
+
+from __future__ import annotations
+
+from typing import Literal, TypedDict
+
+
+class GrantedEvent(TypedDict):
+    """A request that waited was granted; ``lease`` is the record (``wire.lease_to_wire``)."""
+
+    kind: Literal["granted"]
+    key: str  # the request's idempotency key
+    lease: bytes
+
+
+class RejectedEvent(TypedDict):
+    """A request that waited was refused; nothing is held."""
+
+    kind: Literal["rejected"]
+    key: str
+    error: str  # an error class of ``anya_resource.errors``
+    message: str
+
+
+class RevokedEvent(TypedDict):
+    """A held lease must be let go by ``deadline``; it ends then at the latest."""
+
+    kind: Literal["revoked"]
+    lease_id: str
+    node_id: str
+    cause: str  # a ``core.model.RevokeCause`` value
+    reason: str
+    deadline: float
+
+
+class EndedEvent(TypedDict):
+    """A held lease has ended; ``reason`` is a ``core.model.ReclaimReason`` value."""
+
+    kind: Literal["ended"]
+    lease_id: str
+    reason: str
+
+
+class PoolWantedEvent(TypedDict):
+    """Other managers wait for slots of ``pool``: give idle ones back."""
+
+    kind: Literal["pool_wanted"]
+    pool: str
+
+
+class WantedEvent(TypedDict):
+    """Waiting requests want these warm leases back (``core/warm.py``): idle
+    ``leases`` at once, busy ones after their use; ``spare`` ones once idle a moment."""
+
+    kind: Literal["wanted"]
+    leases: list[str]
+    spare: list[str]
+
+
+Event = GrantedEvent | RejectedEvent | RevokedEvent | EndedEvent | PoolWantedEvent | WantedEvent
+
+
+class WatchReply(TypedDict):
+    """One long poll's answer: events after the cursor the manager sent, and the epoch."""
+
+    epoch: int
+    events: list[Event]
+    cursor: int
+
+
+class HeartbeatReply(TypedDict):
+    """An agent's beat answered: whether the node is known, and the holders to watch
+    (``[holder key, pid, process create time]`` each)."""
+
+    known: bool
+    epoch: int
+    holders: list[list[str | int | float | None]]
+
+
+class Ping(TypedDict):
+    epoch: int
+    ready: bool
+    nodes: int
+    recovering: int
+    pid: int
+    warm_idle_s: float
+
+
+# An acquire's answer, per request: ``["granted", lease bytes]``, ``["queued"]`` or
+# ``["error", error class name, message]`` (lists: the cheapest shape to pickle).
+AcquireAnswer = list[str | bytes]
+
+__all__ = [
+    "AcquireAnswer",
+    "EndedEvent",
+    "Event",
+    "GrantedEvent",
+    "HeartbeatReply",
+    "Ping",
+    "PoolWantedEvent",
+    "RejectedEvent",
+    "RevokedEvent",
+    "WantedEvent",
+    "WatchReply",
+]

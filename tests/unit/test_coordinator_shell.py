@@ -1,0 +1,379 @@
+"""The coordinator's shell with no Ray: a fake transport, a fake clock.
+
+The coordinator decides nothing (docs/architecture.md, "Layers"): it turns calls into
+core events and the core's decisions into replies and events. Run here on an
+in-memory store, a list of nodes and a clock the test moves, it must answer what the
+core decided, tell nothing before it is written, lose a silent node on the clock's
+word only, and come back from its store after a restart. The same shell on a real Ray
+is covered by tests/integration and tests/chaos.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, TypeVar
+
+import pytest
+
+from anya_resource.actors.coordinator import CoordinatorImpl
+from anya_resource.actors.wire import lease_from_wire
+from anya_resource.config import Policy
+from anya_resource.core.agents import AGENT_START_GRACE_S, lost_after
+from anya_resource.core.journal import Write
+from anya_resource.core.leases import new_secret
+from anya_resource.messages import Event
+from anya_resource.quantities import MILLI
+
+T = TypeVar("T")
+GIB = 1 << 30
+NODE = "a" * 56
+OTHER = "b" * 56
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1_700_000_000.0
+        self.mono = 100.0
+
+    def time(self) -> float:
+        return self.now
+
+    def monotonic(self) -> float:
+        return self.mono
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+        self.mono += seconds
+
+
+class FakeTransport:
+    """Ray's side as a dict: nodes, ended jobs, the GCS store; it records agent starts."""
+
+    def __init__(self, nodes: dict[str, dict[str, int]]) -> None:
+        self.nodes = nodes
+        self.ended: set[str] = set()
+        self.kv: dict[str, bytes] = {}
+        self.agents: list[str] = []
+        self.writes = 0
+        self.hold_writes: asyncio.Event | None = None  # set: writes go through
+
+    def alive_nodes(self) -> dict[str, dict[str, int]]:
+        return {node_id: dict(capacity) for node_id, capacity in self.nodes.items()}
+
+    def ended_jobs(self) -> set[str]:
+        return set(self.ended)
+
+    def start_agent(self, node_id: str, heartbeat_s: float) -> str:
+        self.agents.append(node_id)
+        return f"agent-{node_id[:8]}"
+
+    def stored_policy(self) -> bytes | None:
+        return self.kv.get("policy")
+
+    def keep_policy(self, policy_json: bytes) -> None:
+        self.kv["policy"] = policy_json
+
+    def next_epoch(self) -> int:
+        epoch = int(self.kv["epoch"]) + 1 if "epoch" in self.kv else 0
+        self.kv["epoch"] = str(epoch).encode()
+        return epoch
+
+    def cluster_secret(self) -> bytes:
+        self.kv.setdefault("secret", new_secret())
+        return self.kv["secret"]
+
+    def journal(self) -> dict[str, bytes]:
+        return {k: v for k, v in self.kv.items() if k.startswith("journal/")}
+
+    def write_now(self, write: Write) -> None:
+        self.kv[write.key] = write.blob
+        for garbage in write.garbage:
+            if garbage.endswith("/"):
+                for key in [k for k in self.kv if k.startswith(garbage)]:
+                    del self.kv[key]
+            else:
+                self.kv.pop(garbage, None)
+
+    async def write(self, write: Write) -> None:
+        if self.hold_writes is not None:
+            await self.hold_writes.wait()
+        self.writes += 1
+        self.write_now(write)
+
+
+def capacity(cpu: float = 2, memory: int = 4 * GIB) -> dict[str, int]:
+    return {"memory": memory, "cpu": round(cpu * MILLI), "gpu": 0, "disk": 0}
+
+
+def health(node_id: str, *, memory_total: int = 64 * GIB, cpu_count: float = 16) -> dict[str, Any]:
+    return {
+        "node_id": node_id,
+        "address": "127.0.0.1",
+        "memory_total": memory_total,
+        "memory_available": memory_total // 2,
+        "memory_percent": 10.0,
+        "cpu_count": cpu_count,
+        "cpu_percent": 5.0,
+        "load_average": [0.1, 0.1, 0.1],
+        "disk_percent": 10.0,
+        "gpus": 0,
+        "gpu_memory_percent": None,
+        "node_rss": 1 << 20,
+        "node_cpu_percent": 1.0,
+        "holders": {},
+        "sampled_at": 0.0,
+    }
+
+
+def spec(channel: str, n: int, pid: int, node: str = NODE, **resources: Any) -> dict[str, Any]:
+    return {
+        "resources": resources or {"cpu": 1},
+        "idempotency_key": f"{channel}/{n}",
+        "holder": {"pid": pid, "create_time": 1.0, "node_id": node, "job_id": "01000000"},
+    }
+
+
+def policy(**changes: Any) -> str:
+    base = {"reserve": {"cpu": 0, "memory": 0}, "pools": {"rpc": {"size": 1}}, "default_pool": None}
+    return Policy.from_dict({**base, **changes}).model_dump_json()
+
+
+@contextlib.asynccontextmanager
+async def coordinator(
+    transport: FakeTransport, clock: FakeClock, policy_json: str | None = None
+) -> AsyncIterator[CoordinatorImpl]:
+    shell = CoordinatorImpl(policy_json or policy(), transport=transport, clock=clock)
+    try:
+        yield shell
+    finally:
+        for task in shell._tasks:
+            task.cancel()
+        await asyncio.gather(*shell._tasks, return_exceptions=True)
+
+
+def run(test: Callable[[], Awaitable[T]]) -> T:
+    return asyncio.run(asyncio.wait_for(test(), timeout=30))  # type: ignore[arg-type]
+
+
+async def events_of(
+    shell: CoordinatorImpl, channel: str, after: int = 0, kind: str | None = None
+) -> list[Event]:
+    reply = await shell.watch(channel, after, timeout=0.5)
+    return [e for e in reply["events"] if kind is None or e["kind"] == kind]
+
+
+def test_a_grant_is_answered_once_it_is_written() -> None:
+    async def scenario() -> None:
+        transport, clock = FakeTransport({NODE: capacity()}), FakeClock()
+        async with coordinator(transport, clock) as shell:
+            assert transport.agents == [NODE]  # an agent per alive node
+            transport.hold_writes = asyncio.Event()
+            call = asyncio.ensure_future(shell.acquire_many([spec("manager1", 1, 11)]))
+            await asyncio.sleep(0.05)
+            assert not call.done()  # nothing is told before the write that holds it
+            transport.hold_writes.set()
+            [answer] = await call
+            assert answer[0] == "granted"
+            assert isinstance(answer[1], bytes)
+            lease = lease_from_wire(answer[1])
+            assert lease.node_id == NODE and lease.resources == {"cpu": MILLI}
+            assert lease.granted_at == clock.now  # the injected clock, not the machine's
+            assert transport.writes >= 1
+
+    run(scenario)
+
+
+def test_a_waiter_hears_its_grant_on_its_channel() -> None:
+    async def scenario() -> None:
+        transport, clock = FakeTransport({NODE: capacity(cpu=1)}), FakeClock()
+        async with coordinator(transport, clock) as shell:
+            [first] = await shell.acquire_many([spec("manager1", 1, 11)])
+            [second] = await shell.acquire_many([spec("manager2", 1, 22)])
+            assert second == ["queued"]
+            lease = lease_from_wire(first[1])  # type: ignore[arg-type]
+            await shell.release(lease.lease_id, lease.token)
+            [event] = await events_of(shell, "manager2")
+            assert event["kind"] == "granted" and event["key"] == "manager2/1"
+            assert lease_from_wire(event["lease"]).resources == {"cpu": MILLI}
+
+    run(scenario)
+
+
+def test_bad_input_is_an_error_answer_and_changes_nothing() -> None:
+    async def scenario() -> None:
+        transport, clock = FakeTransport({NODE: capacity()}), FakeClock()
+        async with coordinator(transport, clock) as shell:
+            answers = await shell.acquire_many(
+                [
+                    spec("manager1", 1, 11, cpu=-1),
+                    spec("manager1", 2, 11, cpu=64),
+                    spec("manager1", 3, 11, nope=1),
+                ]
+            )
+            assert [a[0] for a in answers] == ["error"] * 3
+            assert [a[1] for a in answers] == ["InvalidRequest", "Infeasible", "InvalidRequest"]
+            assert (await shell.snapshot())["leases"] == 0
+            assert await shell.invariants() == []
+
+    run(scenario)
+
+
+def test_a_silent_agent_loses_its_node_on_the_clocks_word() -> None:
+    async def scenario() -> None:
+        transport = FakeTransport({NODE: capacity(), OTHER: capacity()})
+        clock = FakeClock()
+        async with coordinator(transport, clock) as shell:
+            [answer] = await shell.acquire_many([{**spec("manager1", 1, 11), "node": OTHER}])
+            lease = lease_from_wire(answer[1])  # type: ignore[arg-type]
+            await shell.heartbeat(NODE, health(NODE), [])
+            await shell.heartbeat(OTHER, health(OTHER), [])
+            limit = lost_after(shell.policy)
+            clock.advance(limit - 1)
+            await shell.heartbeat(NODE, health(NODE), [])  # only NODE's agent beats on
+            await shell._sync_nodes()
+            assert set(shell.scheduler.nodes) == {NODE, OTHER}
+            clock.advance(2)  # OTHER silent past the limit; NODE beat 2 s ago
+            await shell._sync_nodes()
+            assert set(shell.scheduler.nodes) == {NODE}
+            ended = [e for e in await events_of(shell, "manager1") if e["kind"] == "ended"]
+            assert ended == [{"kind": "ended", "lease_id": lease.lease_id, "reason": "node_lost"}]
+            assert await shell.invariants() == []
+
+    run(scenario)
+
+
+def test_an_agent_that_never_beat_gets_the_start_grace() -> None:
+    async def scenario() -> None:
+        transport, clock = FakeTransport({NODE: capacity()}), FakeClock()
+        async with coordinator(transport, clock) as shell:
+            clock.advance(lost_after(shell.policy) + AGENT_START_GRACE_S - 1)
+            await shell._sync_nodes()
+            assert NODE in shell.scheduler.nodes
+            clock.advance(2)
+            await shell._sync_nodes()
+            assert NODE not in shell.scheduler.nodes
+            transport.nodes[OTHER] = capacity()  # a new node: an agent is started for it
+            await shell._sync_nodes()  # (and NODE's agent again: Ray still has it alive)
+            assert set(transport.agents[-2:]) == {NODE, OTHER}
+            assert OTHER in shell.scheduler.nodes
+
+    run(scenario)
+
+
+def test_capacity_is_capped_by_what_the_agent_measured() -> None:
+    async def scenario() -> None:
+        transport, clock = FakeTransport({NODE: capacity(cpu=8, memory=32 * GIB)}), FakeClock()
+        async with coordinator(transport, clock) as shell:
+            reply = await shell.heartbeat(NODE, health(NODE, memory_total=8 * GIB, cpu_count=2), [])
+            assert reply["known"] and reply["holders"] == []
+            assert shell.scheduler.nodes[NODE].capacity["cpu"] == 2 * MILLI
+            assert shell.scheduler.nodes[NODE].capacity["memory"] == 8 * GIB
+
+    run(scenario)
+
+
+def test_a_dead_holders_waiter_is_aborted_and_its_lease_reclaimed() -> None:
+    async def scenario() -> None:
+        transport, clock = FakeTransport({NODE: capacity(cpu=1)}), FakeClock()
+        async with coordinator(transport, clock) as shell:
+            [held] = await shell.acquire_many([spec("manager1", 1, 11)])
+            assert held[0] == "granted"
+            assert await shell.acquire_many([spec("manager2", 1, 22)]) == [["queued"]]
+            reply = await shell.heartbeat(NODE, health(NODE), [])
+            assert {h[1] for h in reply["holders"]} == {11}  # holders of leases are watched
+            waiter_key = f"{NODE}:22:1.0"
+            await shell.heartbeat(NODE, health(NODE), [waiter_key])
+            [event] = await events_of(shell, "manager2")
+            # Never granted: not "revoked" (issue 14: a name that says what happened).
+            assert event["kind"] == "rejected" and event["error"] == "AcquireAborted"
+            await shell.heartbeat(NODE, health(NODE), [f"{NODE}:11:1.0"])
+            assert (await shell.snapshot())["leases"] == 0
+
+    run(scenario)
+
+
+def test_an_ended_ray_job_gives_its_leases_back() -> None:
+    async def scenario() -> None:
+        transport, clock = FakeTransport({NODE: capacity()}), FakeClock()
+        async with coordinator(transport, clock) as shell:
+            await shell.acquire_many([spec("manager1", 1, 11)])
+            transport.ended.add("01000000")
+            await shell._reclaim_ended_jobs()
+            [event] = await events_of(shell, "manager1")
+            assert event["kind"] == "ended" and event["reason"] == "job_ended"
+            await shell._reclaim_ended_jobs()  # told once
+            assert (await shell.snapshot())["leases"] == 0
+
+    run(scenario)
+
+
+def test_pool_holders_hear_once_that_others_wait() -> None:
+    async def scenario() -> None:
+        transport, clock = FakeTransport({NODE: capacity()}), FakeClock()
+        async with coordinator(transport, clock) as shell:
+            [held] = await shell.acquire_many([spec("manager1", 1, 11, pools={"rpc": 1})])
+            assert held[0] == "granted"
+            assert await shell.acquire_many([spec("manager2", 1, 22, pools={"rpc": 1})]) == [
+                ["queued"]
+            ]
+            clock.advance(1)
+            assert await shell.acquire_many([spec("manager2", 2, 22, pools={"rpc": 1})]) == [
+                ["queued"]
+            ]
+            shell._tell_all(shell.give_back.repeat(shell.scheduler.state))
+            reply = await shell.watch("manager1", 0, timeout=0.1)
+            hints = [e for e in reply["events"] if e["kind"] == "pool_wanted"]
+            assert hints == [{"kind": "pool_wanted", "pool": "rpc"}]  # once until read
+            read = await shell.watch("manager1", reply["cursor"], timeout=0.1)
+            assert [e for e in read["events"] if e["kind"] == "pool_wanted"] == []
+            shell._tell_all(shell.give_back.repeat(shell.scheduler.state))
+            again = await events_of(shell, "manager1", read["cursor"])
+            assert again == [{"kind": "pool_wanted", "pool": "rpc"}]  # told again once read
+            assert await events_of(shell, "manager2", kind="pool_wanted") == []  # the waiter
+
+    run(scenario)
+
+
+def test_a_restart_restores_exactly_what_was_written() -> None:
+    async def scenario() -> None:
+        transport, clock = FakeTransport({NODE: capacity(cpu=2)}), FakeClock()
+        async with coordinator(transport, clock) as shell:
+            [kept] = await shell.acquire_many([spec("manager1", 1, 11)])
+            [gone] = await shell.acquire_many([spec("manager1", 2, 11)])
+            gone_lease = lease_from_wire(gone[1])  # type: ignore[arg-type]
+            await shell.release(gone_lease.lease_id, gone_lease.token)
+        kept_lease = lease_from_wire(kept[1])  # type: ignore[arg-type]
+        clock.advance(1)
+        async with coordinator(transport, clock) as restarted:  # all memory lost
+            assert restarted.epoch == 1
+            assert set(restarted.scheduler.leases.active) == {kept_lease.lease_id}
+            assert (await restarted.ping())["recovering"] == 1
+            claimed = await restarted.claim(
+                "manager1", [[kept_lease.lease_id, kept_lease.token]], []
+            )
+            assert claimed[kept_lease.lease_id] is not None
+            forged = await restarted.claim(
+                "manager1", [[gone_lease.lease_id, gone_lease.token]], []
+            )
+            assert forged[gone_lease.lease_id] is None  # a released lease stays released
+            assert (await restarted.ping())["recovering"] == 0
+            assert await restarted.invariants() == []
+
+    run(scenario)
+
+
+@pytest.mark.parametrize("stalled", [0.0, 30.0])
+def test_a_stall_of_the_coordinator_is_not_an_agents_silence(stalled: float) -> None:
+    async def scenario() -> None:
+        transport, clock = FakeTransport({NODE: capacity()}), FakeClock()
+        async with coordinator(transport, clock) as shell:
+            await shell.heartbeat(NODE, health(NODE), [])
+            clock.advance(stalled)
+            if stalled:
+                shell.heard.forgive(stalled)  # what the node loop does on a late wake-up
+            await shell._sync_nodes()
+            assert NODE in shell.scheduler.nodes
+
+    run(scenario)
