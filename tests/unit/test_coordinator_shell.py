@@ -12,10 +12,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
 import pytest
+from hypothesis import event, given, settings
+from hypothesis import strategies as st
 
 from anya_resource.actors.coordinator import CoordinatorImpl
 from anya_resource.actors.wire import lease_from_wire
@@ -375,5 +378,156 @@ def test_a_stall_of_the_coordinator_is_not_an_agents_silence(stalled: float) -> 
                 shell.heard.forgive(stalled)  # what the node loop does on a late wake-up
             await shell._sync_nodes()
             assert NODE in shell.scheduler.nodes
+
+    run(scenario)
+
+
+# -- random runs of the shell: managers, restarts, silent agents, the clock --------------
+
+
+class Client:
+    """What one manager knows: the leases it holds, the acquires it waits on."""
+
+    def __init__(self, index: int) -> None:
+        self.channel = f"manager{index}"
+        self.pid = 100 + index
+        self.held: dict[str, str] = {}  # lease id -> token
+        self.waiting: dict[str, dict[str, Any]] = {}  # key -> spec, to send again
+        self.cursor = 0
+        self.sent = 0
+        self.heard: set[str] = set()  # kinds of event heard (for the run's statistics)
+
+    def spec(self, cpu: float, node: str | None) -> dict[str, Any]:
+        self.sent += 1
+        made = spec(self.channel, self.sent, self.pid, cpu=cpu)
+        return {**made, "node": node} if node else made
+
+    def answered(self, key: str, answer: list[Any]) -> None:
+        if answer[0] == "granted":
+            lease = lease_from_wire(answer[1])
+            self.held[lease.lease_id] = lease.token
+            self.waiting.pop(key, None)
+        elif answer[0] == "error":
+            self.waiting.pop(key, None)
+
+    async def poll(self, shell: CoordinatorImpl) -> None:
+        reply = await shell.watch(self.channel, self.cursor, timeout=0)
+        self.cursor = reply["cursor"]
+        for event in reply["events"]:
+            self.heard.add(event["kind"])
+            if event["kind"] == "granted" and event["key"] in self.waiting:
+                self.answered(event["key"], ["granted", event["lease"]])
+            elif event["kind"] == "rejected":
+                self.waiting.pop(event["key"], None)
+            elif event["kind"] == "ended":
+                self.held.pop(event["lease_id"], None)
+            elif event["kind"] == "revoked" and event["lease_id"] in self.held:
+                token = self.held.pop(event["lease_id"])  # a holder that lets go at once
+                await shell.release(event["lease_id"], token)
+
+
+OPS = st.one_of(
+    st.tuples(st.just("acquire"), st.integers(0, 2), st.sampled_from([0.5, 1, 2, 3])),
+    st.tuples(st.just("acquire_on"), st.integers(0, 2), st.sampled_from([NODE, OTHER])),
+    st.tuples(st.just("release"), st.integers(0, 2), st.integers(0, 5)),
+    st.tuples(st.just("poll"), st.integers(0, 2)),
+    st.tuples(st.just("beat"), st.sampled_from([NODE, OTHER])),
+    st.tuples(st.just("advance"), st.sampled_from([0.1, 2.0, 11.0, 31.0, 61.0])),
+    st.tuples(st.just("sync")),
+    st.tuples(st.just("restart")),
+)
+
+
+async def _drain(shell: CoordinatorImpl, clients: list[Client]) -> None:
+    """Let every write land and every manager hear everything (revoked leases let go)."""
+    for _ in range(3):
+        await shell._durable()
+        await asyncio.sleep(0)
+        for client in clients:
+            await client.poll(shell)
+
+
+async def _restart(
+    shell: CoordinatorImpl, transport: FakeTransport, clock: FakeClock, clients: list[Client]
+) -> CoordinatorImpl:
+    """All memory lost; each manager sends its census, then its waiting acquires again."""
+    for task in shell._tasks:
+        task.cancel()
+    await asyncio.gather(*shell._tasks, return_exceptions=True)
+    shell = CoordinatorImpl(policy(), transport=transport, clock=clock)
+    for client in clients:
+        client.cursor = 0
+        claimed = await shell.claim(
+            client.channel, [[i, t] for i, t in client.held.items()], list(client.waiting)
+        )
+        for lease_id, expiry in claimed.items():
+            if expiry is None:
+                client.held.pop(lease_id)
+        keys = list(client.waiting)
+        answers = await shell.acquire_many([client.waiting[k] for k in keys])
+        for key, answer in zip(keys, answers, strict=True):
+            client.answered(key, answer)
+    return shell
+
+
+async def _step(
+    op: tuple[Any, ...], shell: CoordinatorImpl, clients: list[Client], clock: FakeClock
+) -> None:
+    name = op[0]
+    if name in ("acquire", "acquire_on"):
+        client = clients[op[1]]
+        made = client.spec(op[2], None) if name == "acquire" else client.spec(1, op[2])
+        client.waiting[made["idempotency_key"]] = made
+        [answer] = await shell.acquire_many([made])
+        client.answered(made["idempotency_key"], answer)
+    elif name == "release":
+        client = clients[op[1]]
+        if client.held:
+            lease_id = sorted(client.held)[op[2] % len(client.held)]
+            await shell.release(lease_id, client.held.pop(lease_id))
+    elif name == "poll":
+        await clients[op[1]].poll(shell)
+    elif name == "beat":
+        await shell.heartbeat(op[1], health(op[1]), [])
+    elif name == "advance":
+        clock.advance(op[1])
+        shell._apply(shell.scheduler.tick(clock.time()))
+    elif name == "sync":
+        await shell._sync_nodes()
+
+
+@settings(max_examples=int(os.environ.get("ANYA_SOAK_ITERATIONS", "60")), deadline=None)
+@given(st.lists(OPS, min_size=1, max_size=40))
+def test_random_runs_lose_nothing_and_resurrect_nothing(ops: list[tuple[Any, ...]]) -> None:
+    """After any run of calls, restarts, silences and clock jumps, once every manager
+    has heard everything: the coordinator holds exactly the leases its managers hold
+    (none released comes back, none is counted twice), and every invariant holds."""
+
+    async def scenario() -> None:
+        transport = FakeTransport({NODE: capacity(cpu=3), OTHER: capacity(cpu=2)})
+        clock = FakeClock()
+        clients = [Client(i) for i in range(3)]
+        shell = CoordinatorImpl(policy(), transport=transport, clock=clock)
+        try:
+            for op in ops:
+                if op[0] == "restart":
+                    shell = await _restart(shell, transport, clock, clients)
+                else:
+                    await _step(op, shell, clients, clock)
+                assert await shell.invariants() == [], op
+            await _drain(shell, clients)
+            held = {lease_id for client in clients for lease_id in client.held}
+            active = set(shell.scheduler.leases.active)
+            assert active == held
+            granted = sum(shell.scheduler.leases.active[i].resources.get("cpu", 0) for i in held)
+            snap = await shell.snapshot()
+            assert snap["resources"]["cpu"]["granted"] == granted
+            for kind in sorted(set().union(*(client.heard for client in clients))):
+                event(f"heard {kind}")
+            event(f"held at the end: {min(len(held), 3)}+")
+        finally:
+            for task in shell._tasks:
+                task.cancel()
+            await asyncio.gather(*shell._tasks, return_exceptions=True)
 
     run(scenario)
