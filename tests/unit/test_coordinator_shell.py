@@ -17,7 +17,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
 import pytest
-from hypothesis import event, given, settings
+from hypothesis import event as note_event
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from anya_resource.actors.coordinator import CoordinatorImpl
@@ -523,8 +524,8 @@ def test_random_runs_lose_nothing_and_resurrect_nothing(ops: list[tuple[Any, ...
             snap = await shell.snapshot()
             assert snap["resources"]["cpu"]["granted"] == granted
             for kind in sorted(set().union(*(client.heard for client in clients))):
-                event(f"heard {kind}")
-            event(f"held at the end: {min(len(held), 3)}+")
+                note_event(f"heard {kind}")
+            note_event(f"held at the end: {min(len(held), 3)}+")
         finally:
             for task in shell._tasks:
                 task.cancel()
