@@ -29,6 +29,7 @@ from anya_resource.core.journal import Write
 from anya_resource.core.leases import new_secret
 from anya_resource.messages import Event
 from anya_resource.quantities import MILLI
+from tests.unit.core_support import Store
 
 T = TypeVar("T")
 GIB = 1 << 30
@@ -58,7 +59,8 @@ class FakeTransport:
     def __init__(self, nodes: dict[str, dict[str, int]]) -> None:
         self.nodes = nodes
         self.ended: set[str] = set()
-        self.kv: dict[str, bytes] = {}
+        self.store = Store()  # the GCS store, as the journal uses it
+        self.kv = self.store.kv
         self.agents: list[str] = []
         self.writes = 0
         self.hold_writes: asyncio.Event | None = None  # set: writes go through
@@ -92,13 +94,7 @@ class FakeTransport:
         return {k: v for k, v in self.kv.items() if k.startswith("journal/")}
 
     def write_now(self, write: Write) -> None:
-        self.kv[write.key] = write.blob
-        for garbage in write.garbage:
-            if garbage.endswith("/"):
-                for key in [k for k in self.kv if k.startswith(garbage)]:
-                    del self.kv[key]
-            else:
-                self.kv.pop(garbage, None)
+        self.store.write(write)
 
     async def write(self, write: Write) -> None:
         if self.hold_writes is not None:
