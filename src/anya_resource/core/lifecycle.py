@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from anya_resource.core.budgets import Budget
 from anya_resource.core.hints import Hints
 from anya_resource.core.idempotency import KeyMemory
-from anya_resource.core.journal import Ended, Entry, Granted, Revoking
+from anya_resource.core.journal import Ended, Entry, Extended, Granted, Revoking
 from anya_resource.core.ledger import NodeLedger
 from anya_resource.core.model import (
     Decision,
@@ -33,6 +33,7 @@ from anya_resource.core.model import (
 from anya_resource.core.state import ClusterState, Freed
 from anya_resource.core.waitqueue import Waiter
 from anya_resource.core.waitstats import WaitStats
+from anya_resource.errors import InvalidRequest, LeaseExpired, LeaseRevoked
 
 
 @dataclass(slots=True)
@@ -63,6 +64,40 @@ class Lifecycle:
         self.waits = WaitStats()
         self.hints = Hints()
         self.revoke_deadlines: list[tuple[float, str]] = []  # (deadline, lease id), a heap
+
+    # -- a held lease's life -----------------------------------------------------------
+
+    def renew(
+        self, lease_id: str, token: object, now: float, ttl: float | None = None
+    ) -> LeaseRecord:
+        """Push the lease's expiry to ``now + ttl``; says if it was revoked or expired.
+
+        A renewal is also the holder's claim on a lease restored after a restart.
+        """
+        leases = self.state.leases
+        lease = leases.held_with(lease_id, token)
+        if lease is None:
+            leases.raise_ended(lease_id)
+        leases.unconfirmed.discard(lease_id)
+        if lease.state is LeaseState.REVOKING:
+            raise LeaseRevoked(
+                f"lease {lease_id} was revoked ({lease.revoke_reason}); release it by "
+                f"{lease.revoke_deadline}"
+            )
+        if now >= lease.expires_at:
+            # Not renewed within its TTL: the next tick reclaims it; it is never revived.
+            raise LeaseExpired(f"lease {lease_id} expired at {lease.expires_at}; acquire anew")
+        max_ttl = self.state.policy.lease.max_ttl
+        if ttl is None:
+            ttl = lease.ttl
+        elif isinstance(ttl, bool) or not isinstance(ttl, int | float) or not 0 < ttl <= max_ttl:
+            raise InvalidRequest(f"ttl: got {ttl!r}, expected (0, {max_ttl}]")
+        if ttl > lease.ttl:
+            # Past what a restart would give it (a full TTL from then): kept, so that the
+            # holder is never cut short of what it was promised.
+            self.journal.append(Extended(lease_id, now + ttl))
+        leases.extend(lease, now + ttl)
+        return lease
 
     # -- grants ------------------------------------------------------------------------
 

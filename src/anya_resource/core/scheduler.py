@@ -10,6 +10,8 @@ changes. Where the work is:
 * ``core/admission.py``: the one rule of what fits, and why not;
 * ``core/lifecycle.py``: grant, reject, revoke, reclaim (journal, counters, keys);
 * ``core/settle.py``: the pass that keeps the queue settled after each event;
+* ``core/membership.py``: nodes that come, go, change size or come under pressure;
+* ``core/census.py``: after a restart, the journal put back and each manager's census;
 * ``core/idempotency.py``, ``waitstats.py``, ``nodehealth.py``, ``hints.py``.
 
 The queue is kept *settled*: after every event, no waiting request fits where it may
@@ -24,44 +26,36 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from anya_resource.config import Policy
-from anya_resource.core import admission, settle, views
+from anya_resource.core import admission, census, membership, settle, views
 from anya_resource.core.bottleneck import find_bottlenecks
 from anya_resource.core.budgets import Budget
 from anya_resource.core.idempotency import CANCELLED_EARLY
 from anya_resource.core.journal import (
-    Ended,
     Entry,
-    Extended,
     Rebound,
     Recovered,
     Refused,
     encode_snapshot,
 )
 from anya_resource.core.leases import LeaseTable, TokenMinter, new_secret
-from anya_resource.core.ledger import NodeLedger, reserve_for
-from anya_resource.core.lifecycle import Lifecycle, tell_of
+from anya_resource.core.lifecycle import Lifecycle
 from anya_resource.core.model import (
-    NODE_RESOURCES,
     Decision,
     Holder,
     LeaseRecord,
     LeaseState,
     NodeSample,
-    Reclaim,
     ReclaimReason,
     RejectReason,
     Request,
-    RevokeCause,
 )
-from anya_resource.core.nodehealth import observe, pressure_victim
 from anya_resource.core.positions import positions, revoking_for
 from anya_resource.core.state import ClusterState, Freed, Reservation
 from anya_resource.core.waitqueue import Waiter
 from anya_resource.core.whatif import WhatIf, what_if, what_if_within
-from anya_resource.errors import Infeasible, InvalidRequest, LeaseExpired, LeaseRevoked, Overloaded
+from anya_resource.errors import Infeasible, InvalidRequest, LeaseExpired, Overloaded
 
 MAX_WAITING = 1_000_000  # requests waiting at once in the whole queue (~1 KB each here)
-MANAGER_PREFIX_MIN = 8  # a census names its manager by a prefix no shorter than this
 
 
 class Scheduler:
@@ -95,115 +89,23 @@ class Scheduler:
 
     # -- nodes ------------------------------------------------------------------
 
+    # -- nodes (core/membership.py) ----------------------------------------------------
+
     def node_up(self, node_id: str, capacity: Mapping[str, int], now: float) -> list[Decision]:
         """A node joined (or reported a new capacity)."""
-        state, life = self.state, self.life
-        capacity = {r: int(capacity.get(r, 0)) for r in NODE_RESOURCES}
-        if any(v < 0 for v in capacity.values()):
-            raise InvalidRequest(f"node {node_id}: negative capacity {capacity}")
-        life.hints.nodes_changed()
-        node = state.nodes.get(node_id)
-        if node is None:
-            node = NodeLedger(node_id, capacity, reserve_for(capacity, state.policy.reserve))
-            state.nodes[node_id] = node
-            state.placer.add(node)
-            return settle.settle(life, now, Freed(nodes={node_id}))
-        shrank = any(capacity[r] < node.capacity.get(r, 0) for r in NODE_RESOURCES)
-        node.resize(capacity, reserve_for(capacity, state.policy.reserve))
-        state.placer.resized(node)
-        life.hints.preempt_dirty.add(node.node_id)
-        out: list[Decision] = []
-        freed = Freed(nodes={node_id})
-        if shrank:
-            # As at node_down: what can never fit any more is rejected, not left waiting,
-            # and the head's hold is placed again (this node may be too small for it now).
-            self._reject_infeasible(lambda request: False, "", out)
-            state.reservation = None
-            freed.everything = True
-        out.extend(settle.settle(life, now, freed))
-        return out
+        return membership.node_up(self.life, node_id, capacity, now)
 
     def sync_nodes(self, alive: Mapping[str, Mapping[str, int]], now: float) -> list[Decision]:
-        """Ray's list of alive nodes (id -> capacity): joins, losses, and lost holders.
-
-        A node that left goes as at ``node_down``. So do the leases of processes that
-        lived on a node that is not alive, wherever those leases were granted: a request
-        still in flight from such a process may have been granted after its node went
-        (or while this coordinator did not know the node), and no agent is left there to
-        report its holder's death.
-        """
-        out: list[Decision] = []
-        for node_id in [n for n in self.state.nodes if n not in alive]:
-            out.extend(self.node_down(node_id, now))
-        for node_id in sorted(alive):
-            if node_id not in self.state.nodes:
-                out.extend(self.node_up(node_id, alive[node_id], now))
-        orphaned = [n for n in self.state.leases.holders_by_node if n not in alive]
-        if orphaned:
-            freed = Freed(everything=True)
-            for node_id in orphaned:
-                self.life.reclaim_holders_on(node_id, out, freed)
-            out.extend(settle.settle(self.life, now, freed))
-        return out
+        """Ray's list of alive nodes (id -> capacity): joins, losses, and lost holders."""
+        return membership.sync_nodes(self.life, alive, now)
 
     def node_down(self, node_id: str, now: float) -> list[Decision]:
         """A node is gone: its leases are reclaimed, its waiters placed again or rejected."""
-        state, life = self.state, self.life
-        node = state.nodes.pop(node_id, None)
-        if node is None:
-            return []
-        life.hints.nodes_changed()
-        node.alive = False
-        state.placer.remove(node_id)
-        state.samples.pop(node_id, None)
-        out: list[Decision] = []
-        freed = Freed(everything=True)
-        for lease in list(state.leases.by_node.get(node_id, {}).values()):
-            life.reclaim(lease, ReclaimReason.NODE_LOST, out, freed)
-        # Processes on the node are gone with it: so are the leases they held elsewhere
-        # (nobody is left there to report their death).
-        life.reclaim_holders_on(node_id, out, freed)
-        if state.reservation is not None and state.reservation.node_id == node_id:
-            state.reservation = None
-        self._reject_infeasible(lambda request: request.node == node_id, node_id, out)
-        out.extend(settle.settle(life, now, freed))
-        return out
-
-    def _reject_infeasible(
-        self, pinned: Callable[[Request], bool], node_id: str, out: list[Decision]
-    ) -> None:
-        """After the nodes changed: waiters ``pinned`` to a lost node, and those that can
-        never fit any more, are rejected rather than left waiting."""
-        for waiter in list(self.state.queue.by_id.values()):
-            request = waiter.request
-            if pinned(request):
-                self.life.reject(waiter, RejectReason.NODE_LOST, f"node {node_id} left", out)
-            elif (
-                block := admission.never_fits(self.state, request, self.life.hints.never_fits)
-            ) is not None:
-                self.life.reject(waiter, RejectReason.INFEASIBLE, str(block), out)
+        return membership.node_down(self.life, node_id, now)
 
     def health(self, node_id: str, sample: NodeSample, now: float) -> list[Decision]:
         """A node's measured use: pressure with hysteresis, and revocations under it."""
-        state, life = self.state, self.life
-        node = state.nodes.get(node_id)
-        if node is None:
-            return []
-        state.samples[node_id] = sample
-        relieved = observe(node, sample, state.policy.pressure)
-        out: list[Decision] = []
-        for resource in sorted(node.pressured):
-            victim = pressure_victim(state.leases.by_node.get(node_id, {}).values(), resource)
-            if victim is not None:
-                life.revoke(
-                    victim, RevokeCause.PRESSURE, f"{resource} pressure on node {node_id}", now, out
-                )
-                life.counters.revoked["pressure"] = life.counters.revoked.get("pressure", 0) + 1
-        if relieved:
-            state.placer.note_freed(node)
-            life.hints.preempt_dirty.add(node_id)
-            out.extend(settle.settle(life, now, Freed(nodes={node_id})))
-        return out
+        return membership.health(self.life, node_id, sample, now)
 
     # -- requests -----------------------------------------------------------------
 
@@ -346,34 +248,8 @@ class Scheduler:
     def renew(
         self, lease_id: str, token: object, now: float, ttl: float | None = None
     ) -> LeaseRecord:
-        """Push the lease's expiry to ``now + ttl``; says if it was revoked or expired.
-
-        A renewal is also the holder's claim on a lease restored after a restart.
-        """
-        leases = self.state.leases
-        lease = leases.held_with(lease_id, token)
-        if lease is None:
-            leases.raise_ended(lease_id)
-        leases.unconfirmed.discard(lease_id)
-        if lease.state is LeaseState.REVOKING:
-            raise LeaseRevoked(
-                f"lease {lease_id} was revoked ({lease.revoke_reason}); release it by "
-                f"{lease.revoke_deadline}"
-            )
-        if now >= lease.expires_at:
-            # Not renewed within its TTL: the next tick reclaims it; it is never revived.
-            raise LeaseExpired(f"lease {lease_id} expired at {lease.expires_at}; acquire anew")
-        max_ttl = self.state.policy.lease.max_ttl
-        if ttl is None:
-            ttl = lease.ttl
-        elif isinstance(ttl, bool) or not isinstance(ttl, int | float) or not 0 < ttl <= max_ttl:
-            raise InvalidRequest(f"ttl: got {ttl!r}, expected (0, {max_ttl}]")
-        if ttl > lease.ttl:
-            # Past what a restart would give it (a full TTL from then): kept, so that the
-            # holder is never cut short of what it was promised.
-            self.life.journal.append(Extended(lease_id, now + ttl))
-        leases.extend(lease, now + ttl)
-        return lease
+        """Push the lease's expiry to ``now + ttl``; says if it was revoked or expired."""
+        return self.life.renew(lease_id, token, now, ttl)
 
     def tick(self, now: float) -> list[Decision]:
         """Time passed: expiries, timeouts, revocation deadlines, aging."""
@@ -428,43 +304,8 @@ class Scheduler:
         waiting: Iterable[str],
         now: float,
     ) -> tuple[dict[str, float | None], list[Decision]]:
-        """A client manager's whole account after a restart (the census).
-
-        ``manager`` is the prefix of every idempotency key the manager makes, ``held``
-        the ``(lease_id, token)`` of every lease it holds, ``waiting`` the keys of the
-        acquires it still waits on. Each held lease is confirmed (its new expiry, or
-        None if it ended); every other restored lease of this manager that none of its
-        waiting acquires will claim is reclaimed (``UNCLAIMED``): its release, or its
-        caller's giving up, was lost with the old coordinator. A wrong token raises
-        ``NotLeaseHolder`` before anything changes.
-        """
-        if not isinstance(manager, str) or len(manager) < MANAGER_PREFIX_MIN:
-            raise InvalidRequest(
-                f"manager: got {manager!r}, expected the manager's key prefix "
-                f"(at least {MANAGER_PREFIX_MIN} characters)"
-            )
-        leases = self.state.leases
-        pairs = list(held)
-        for lease_id, token in pairs:
-            leases.held_with(lease_id, token)  # all checked before any change
-        results: dict[str, float | None] = {}
-        for lease_id, token in pairs:
-            try:
-                results[lease_id] = self.confirm(lease_id, token, now).expires_at
-            except (LeaseExpired, LeaseRevoked):
-                results[lease_id] = None
-        keep = set(waiting)
-        out: list[Decision] = []
-        freed = Freed()
-        for lease_id in sorted(leases.unconfirmed):
-            lease = leases.active.get(lease_id)
-            if lease is None:
-                continue  # it ended in this loop, with the budget it was drawn from
-            key = lease.idempotency_key
-            if key is not None and key.startswith(manager) and key not in keep:
-                self.life.reclaim(lease, ReclaimReason.UNCLAIMED, out, freed, by=lease.listener)
-        out.extend(settle.settle(self.life, now, freed))
-        return results, out
+        """A client manager's whole account after a restart (core/census.py)."""
+        return census.claim(self.life, manager, held, waiting, now)
 
     def holders_on(self, node_id: str) -> list[Holder]:
         """The holder processes on ``node_id`` whose death its agent must report."""
@@ -519,57 +360,8 @@ class Scheduler:
         return out
 
     def restore(self, recovered: Recovered, now: float) -> list[Decision]:
-        """Recovery: put back what the journal kept, before anything new is granted.
-
-        Each lease is counted once (the journal holds each id once) and gets a full TTL
-        from ``now``: its holder could not renew while the coordinator was down. Until
-        its holder claims it (``confirm``, a renewal, a retried acquire), a restored
-        lease is *unconfirmed*; its holder's death (reported by the agent of its node,
-        which learns whom to watch from here), its job's end or its TTL reclaim it. A
-        lease on a node that is not alive is reclaimed at once. A lease that no longer
-        fits (its node came back smaller) is kept, and blocks new grants there until
-        enough is released.
-        """
-        state, life = self.state, self.life
-        out: list[Decision] = []
-        leases = state.leases
-        leases.highest_fencing = max(leases.highest_fencing, recovered.highest_fencing)
-        for key, outcome in recovered.refused.items():
-            life.keys.remember(key, "rejected", outcome)
-        # Budgets' own leases first: what is drawn from one is counted in it.
-        for lease in sorted(recovered.leases.values(), key=lambda lease: lease.within is not None):
-            if lease.lease_id in leases.active:
-                continue
-            lease.token = leases.minter.mint(lease.lease_id)
-            lease.expires_at = max(lease.expires_at, now + lease.ttl)
-            node = state.nodes.get(lease.node_id)
-            gone = (
-                ReclaimReason.NODE_LOST
-                if node is None
-                else ReclaimReason.BUDGET_ENDED
-                if lease.within is not None and lease.within not in leases.active
-                else None
-            )
-            if gone is not None:
-                life.journal.append(Ended(lease.lease_id))
-                out.append(Reclaim(lease.lease_id, lease.node_id, gone, tell_of(lease)))
-                continue
-            assert node is not None
-            if lease.within is not None:
-                state.budgets.open(leases.active[lease.within])
-            elif lease.preemptible:
-                life.hints.preempt_dirty.add(node.node_id)
-            state.charge(lease)
-            if lease.within is None:
-                node.mark_overcommit(lease.resources)
-            leases.add(lease)
-            if not lease.detached:
-                leases.unconfirmed.add(lease.lease_id)
-            if lease.idempotency_key is not None:
-                life.keys.remember(lease.idempotency_key, "lease", lease.lease_id)
-            if lease.state is LeaseState.REVOKING and lease.revoke_deadline is not None:
-                heapq.heappush(life.revoke_deadlines, (lease.revoke_deadline, lease.lease_id))
-        return out
+        """Recovery: put back what the journal kept, before anything new is granted."""
+        return census.restore(self.life, recovered, now)
 
     def take_journal(self) -> list[Entry]:
         """The entries made since the last call (the caller commits them)."""
