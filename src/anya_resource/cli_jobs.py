@@ -144,12 +144,8 @@ def _what_if(
         )
         rows = await manager.jobs()
         running = {r["lease_id"]: r["job_id"] for r in rows if JobState(r["state"]) not in ENDED}
-        answer["jobs_stopped"] = sorted(
-            running[lease["lease_id"]]
-            for lease in answer["preempted"]
-            if lease["lease_id"] in running
-        )
-        return answer
+        stopped = [running[p["lease_id"]] for p in answer["preempted"] if p["lease_id"] in running]
+        return {**answer, "jobs_stopped": sorted(stopped)}
 
     result = _run_read(address, False, None, connect_timeout, read)
     if as_json:

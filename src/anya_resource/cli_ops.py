@@ -35,6 +35,7 @@ from rich.console import Console
 
 from anya_resource.errors import InvalidRequest, ManagerUnavailable, ResourceError
 from anya_resource.inputs import is_integer_text, shown
+from anya_resource.messages import WhatIfAnswer
 from anya_resource.quantities import number_or_text
 
 if TYPE_CHECKING:
@@ -444,7 +445,7 @@ def what_if(
         int(priority) if is_integer_text(priority) and len(priority) <= 18 else priority
     )
 
-    async def read(manager: ResourceManager) -> dict[str, Any]:
+    async def read(manager: ResourceManager) -> WhatIfAnswer:
         return await manager.what_if(
             request, count, priority=level, tenant=tenant, preemptible=preemptible, node=node
         )

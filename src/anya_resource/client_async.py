@@ -69,7 +69,7 @@ from anya_resource.errors import (
 )
 from anya_resource.health import ResourceHealth
 from anya_resource.lease import AcquireContext, Lease, ResourceConnection, lease_fields
-from anya_resource.messages import EndedEvent, Event, RevokedEvent
+from anya_resource.messages import EndedEvent, Event, RevokedEvent, WhatIfAnswer
 from anya_resource.pools.entries import caller_stack
 from anya_resource.pools.kinds import Flavour
 from anya_resource.pools.registry import ProcessPools
@@ -1044,10 +1044,10 @@ class ResourceManager:
 
     async def what_if(
         self, resources: Mapping[str, Any], count: int = 1, **options: Any
-    ) -> dict[str, Any]:
+    ) -> WhatIfAnswer:
         """Would ``count`` such requests be granted now, where, preempting what? (dry run)"""
         spec = self._spec(resources, **options)
-        result: dict[str, Any] = await self._call(lambda c: c.what_if.remote(spec, count))
+        result: WhatIfAnswer = await self._call(lambda c: c.what_if.remote(spec, count))
         return result
 
     async def budget_key(self, lease: Lease) -> str:

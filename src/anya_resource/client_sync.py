@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from anya_resource.core.share import WarmCounts, WarmEntry
     from anya_resource.health import ResourceHealth
     from anya_resource.lease import Lease, ResourceConnection
+    from anya_resource.messages import WhatIfAnswer
     from anya_resource.pools.stats import PoolStatistics
 
 T = TypeVar("T")
@@ -189,9 +190,7 @@ class SyncResourceManager:
         """
         return self._run(self._async.snapshot())
 
-    def what_if(
-        self, resources: Mapping[str, Any], count: int = 1, **options: Any
-    ) -> dict[str, Any]:
+    def what_if(self, resources: Mapping[str, Any], count: int = 1, **options: Any) -> WhatIfAnswer:
         """As ``ResourceManager.what_if``: Would ``count`` such requests be granted now, where,
         preempting what? (dry run)
         """

@@ -11,7 +11,7 @@ what-if answers are the core's own (``core/views.py``, ``core/whatif.py``).
 
 from __future__ import annotations
 
-from typing import Literal, TypedDict
+from typing import Any, Literal, TypedDict
 
 
 class GrantedEvent(TypedDict):
@@ -95,6 +95,21 @@ class Ping(TypedDict):
     warm_idle_s: float
 
 
+class WhatIfAnswer(TypedDict):
+    """A dry run's answer (``core/whatif.py``): how many of ``requested`` would be
+    granted now, after preemption, or would wait; on which nodes; what would be
+    preempted (each a lease's public fields); why it can never fit, or what blocks it."""
+
+    requested: int
+    granted_now: int
+    granted_after_preemption: int
+    would_wait: int
+    nodes: dict[str, int]
+    preempted: list[dict[str, Any]]
+    infeasible: str | None
+    blocked_by: str | None
+
+
 # An acquire's answer, per request: ``["granted", lease bytes]``, ``["queued"]`` or
 # ``["error", error class name, message]`` (lists: the cheapest shape to pickle).
 AcquireAnswer = list[str | bytes]
@@ -111,4 +126,5 @@ __all__ = [
     "RevokedEvent",
     "WantedEvent",
     "WatchReply",
+    "WhatIfAnswer",
 ]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from rich import box
@@ -411,7 +412,7 @@ def leases_table(
 
 
 def render_what_if(
-    result: dict[str, Any], request: str, now: float, width: int = WIDE
+    result: Mapping[str, Any], request: str, now: float, width: int = WIDE
 ) -> RenderableType:
     """``anya-resource what-if``: how many would be granted now, where, preempting what."""
     requested = result["requested"]

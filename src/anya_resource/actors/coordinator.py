@@ -65,6 +65,7 @@ from anya_resource.messages import (
     RejectedEvent,
     RevokedEvent,
     WatchReply,
+    WhatIfAnswer,
 )
 from anya_resource.metrics import CoordinatorMetrics
 from anya_resource.quantities import MILLI
@@ -625,7 +626,7 @@ class CoordinatorImpl:
         """A queued Ray job got its lease after ``waited`` s (for the metrics only)."""
         self.metrics.job_started(str(priority)[:100], str(tenant)[:100], float(waited))
 
-    async def what_if(self, spec: dict[str, Any], count: int) -> dict[str, Any]:
+    async def what_if(self, spec: dict[str, Any], count: int) -> WhatIfAnswer:
         request = self._request({**spec, "idempotency_key": None, "timeout": None})
         if (
             request.within is None

@@ -18,6 +18,7 @@ from anya_resource.core.model import LeaseRecord, Request
 from anya_resource.core.preemption import choose_victims
 from anya_resource.core.state import ClusterState
 from anya_resource.core.waitqueue import Waiter
+from anya_resource.messages import WhatIfAnswer
 from anya_resource.quantities import format_amount
 
 
@@ -32,7 +33,7 @@ class WhatIf:
     infeasible: str | None = None
     blocked_by: str | None = None
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> WhatIfAnswer:
         return {
             "requested": self.requested,
             "granted_now": self.granted_now,
