@@ -128,7 +128,7 @@ class CoordinatorImpl:
         startup.commits.written(startup.first_write.ticket)
         self.scheduler = startup.scheduler
         self.commits = startup.commits
-        self.recovered = len(self.scheduler.leases)
+        self.recovered = startup.restored
         self.started_at = now
         # Requests that wait (request id -> idempotency key): their decision goes to the
         # key's channel as an event, since no call is held open for them.
@@ -301,7 +301,7 @@ class CoordinatorImpl:
         self.agents[node_id] = self.transport.start_agent(node_id, self.policy.heartbeat_s)
 
     async def _reclaim_ended_jobs(self) -> None:
-        if not self.scheduler.leases.by_job and not self.scheduler.queue:
+        if not self.scheduler.watches_jobs():
             return
         ended = await asyncio.to_thread(self.transport.ended_jobs)
         now = self.clock.time()
@@ -348,17 +348,15 @@ class CoordinatorImpl:
                 }
                 self._tell_later(decision.tell, ended)
             elif isinstance(decision, Revoke):
-                lease = self.scheduler.leases.active.get(decision.lease_id)
-                if lease is not None:
-                    revoked: RevokedEvent = {
-                        "kind": "revoked",
-                        "lease_id": decision.lease_id,
-                        "node_id": decision.node_id,
-                        "cause": decision.cause.value,
-                        "reason": decision.reason,
-                        "deadline": decision.deadline,
-                    }
-                    self._tell(lease.listener, revoked)
+                revoked: RevokedEvent = {
+                    "kind": "revoked",
+                    "lease_id": decision.lease_id,
+                    "node_id": decision.node_id,
+                    "cause": decision.cause.value,
+                    "reason": decision.reason,
+                    "deadline": decision.deadline,
+                }
+                self._tell(decision.tell, revoked)
 
     def _tell_later(self, channel: str | None, event: Event) -> None:
         """Tell ``event`` once what it stands on is written."""
@@ -473,7 +471,7 @@ class CoordinatorImpl:
         self._apply(decisions)
         if mine is None:
             if request.pools:
-                self._tell_all(self.give_back.queued(request, self.scheduler.leases, now))
+                self._tell_all(self.give_back.queued(request, self.scheduler.state, now))
             self._ask_back_soon()
             return ["queued"]
         if isinstance(mine, Grant):
@@ -600,7 +598,7 @@ class CoordinatorImpl:
 
     def _warm_uses(self) -> dict[str, str]:
         """lease id -> "idle"/"busy", for active leases only (stale reports dropped)."""
-        active = self.scheduler.leases.active
+        active = self.scheduler.state.leases.active
         uses: dict[str, str] = {}
         for channel, reported in list(self.warm_use.items()):
             live = {i: use for i, use in reported.items() if i in active}
@@ -628,12 +626,6 @@ class CoordinatorImpl:
 
     async def what_if(self, spec: dict[str, Any], count: int) -> WhatIfAnswer:
         request = self._request({**spec, "idempotency_key": None, "timeout": None})
-        if (
-            request.within is None
-            and request.node is not None
-            and request.node not in self.scheduler.nodes
-        ):
-            raise InvalidRequest(f"node: {request.node!r} is not an alive node")
         return self.scheduler.what_if(request, count, self.clock.time()).to_dict()
 
     async def check_health(self) -> ResourceHealth:
@@ -644,7 +636,7 @@ class CoordinatorImpl:
         reasons = verdict.reasons
         nodes = [
             NodeHealth.from_dict({**health.to_dict(), "missed_heartbeats": verdict.missed[node_id]})
-            for node_id in self.scheduler.nodes
+            for node_id in snap["nodes"]
             if (health := self.node_health.get(node_id)) is not None
         ]
         return ResourceHealth(
@@ -677,8 +669,8 @@ class CoordinatorImpl:
         for holder_key in dead_holders:
             self._apply(self.scheduler.holder_died(holder_key, now))
         watch = [[h.key, h.pid, h.create_time] for h in self.scheduler.holders_on(node_id)]
-        ledger = self.scheduler.nodes.get(node_id)
-        if ledger is None:
+        counted = self.scheduler.capacity_of(node_id)
+        if counted is None:
             return {"known": False, "epoch": self.epoch, "holders": watch}
         # -- adaptive allocation (begin) --
         # Grantable capacity follows the machine: Ray's figure capped by what the agent
@@ -686,12 +678,13 @@ class CoordinatorImpl:
         # minus the reserve, which node_up recomputes from the new capacity.
         if node_id in self.reported_capacity:
             capacity = self._capped(node_id)
-            if capacity != ledger.capacity:
+            if capacity != counted:
                 log.info("node %s capacity now %s", node_id, capacity)
                 self._apply(self.scheduler.node_up(node_id, capacity, now))
+                counted = capacity
         # -- adaptive allocation (end) --
-        memory_capacity = ledger.capacity.get("memory", 0)
-        cpu_capacity = ledger.capacity.get("cpu", 0) / MILLI
+        memory_capacity = counted.get("memory", 0)
+        cpu_capacity = counted.get("cpu", 0) / MILLI
         self._apply(
             self.scheduler.health(
                 node_id,

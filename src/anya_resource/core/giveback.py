@@ -39,13 +39,13 @@ class GiveBack:
 
     # -- pools ------------------------------------------------------------------------
 
-    def queued(self, request: Request, leases: Iterable[LeaseRecord], now: float) -> list[Tell]:
+    def queued(self, request: Request, state: ClusterState, now: float) -> list[Tell]:
         """``request`` was queued: its pools' holders hear it now, unless just told."""
         pools = {p for p in request.pools if now - self.hinted_at.get(p, -1e18) >= POOL_HINT_MIN_S}
         if not pools:
             return []
         self.hinted_at.update(dict.fromkeys(pools, now))
-        return self._pool_tells({pool: {_asker(request)} for pool in pools}, leases)
+        return self._pool_tells({pool: {_asker(request)} for pool in pools}, state.leases)
 
     def repeat(self, state: ClusterState) -> list[Tell]:
         """Every pool that still has waiters: tell its holders who have not heard yet."""

@@ -200,7 +200,7 @@ class Lifecycle:
         lease.revoke_deadline = deadline
         heapq.heappush(self.revoke_deadlines, (deadline, lease.lease_id))
         self.journal.append(Revoking(lease.lease_id, reason, deadline))
-        out.append(Revoke(lease.lease_id, lease.node_id, reason, deadline, cause))
+        out.append(Revoke(lease.lease_id, lease.node_id, reason, deadline, cause, lease.listener))
         budget = self.state.budgets.by_lease.get(lease.lease_id)
         if budget is not None:
             # What the job drew from it goes with it: its holders hear so now, and have

@@ -261,6 +261,7 @@ class Revoke:
     reason: str
     deadline: float
     cause: RevokeCause
+    tell: str | None = None  # who must hear it: the lease's listener (as ``Reclaim.tell``)
 
 
 @dataclass(slots=True)

@@ -40,6 +40,7 @@ class Startup:
     commits: Commits
     first_write: Write  # write it (and delete its garbage) before serving any call
     decisions: list[Decision]  # reclaims of leases whose node is gone: told after that
+    restored: int  # how many leases the journal gave back
 
 
 def start(
@@ -59,7 +60,7 @@ def start(
     scheduler.take_journal()  # the snapshot below holds what the restore changed
     commits = Commits(Generation(epoch, 0), scheduler.journal_snapshot)
     first = commits.start(garbage=tuple(recovered.garbage))
-    return Startup(scheduler, commits, first, decisions)
+    return Startup(scheduler, commits, first, decisions, len(scheduler.leases))
 
 
 def recovering(scheduler: Scheduler) -> int:

@@ -307,6 +307,15 @@ class Scheduler:
         """A client manager's whole account after a restart (core/census.py)."""
         return census.claim(self.life, manager, held, waiting, now)
 
+    def capacity_of(self, node_id: str) -> dict[str, int] | None:
+        """The node's capacity as counted now, or None for a node not (or no longer) known."""
+        node = self.state.nodes.get(node_id)
+        return None if node is None else dict(node.capacity)
+
+    def watches_jobs(self) -> bool:
+        """Whether the end of some Ray job could end a lease or a waiter now."""
+        return bool(self.state.leases.by_job or self.state.queue)
+
     def holders_on(self, node_id: str) -> list[Holder]:
         """The holder processes on ``node_id`` whose death its agent must report."""
         return list(self.state.leases.holders_by_node.get(node_id, {}).values())
