@@ -12,6 +12,7 @@ changes. Where the work is:
 * ``core/settle.py``: the pass that keeps the queue settled after each event;
 * ``core/membership.py``: nodes that come, go, change size or come under pressure;
 * ``core/census.py``: after a restart, the journal put back and each manager's census;
+* ``core/endings.py``: cancels, dead holders, ended jobs;
 * ``core/idempotency.py``, ``waitstats.py``, ``nodehealth.py``, ``hints.py``.
 
 The queue is kept *settled*: after every event, no waiting request fits where it may
@@ -22,19 +23,17 @@ could have used that room), and lets a release look only at what it freed.
 from __future__ import annotations
 
 import heapq
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from anya_resource.config import Policy
-from anya_resource.core import admission, census, membership, settle, views
+from anya_resource.core import admission, census, endings, membership, settle, views
 from anya_resource.core.bottleneck import find_bottlenecks
 from anya_resource.core.budgets import Budget
-from anya_resource.core.idempotency import CANCELLED_EARLY
 from anya_resource.core.journal import (
     Entry,
     Rebound,
     Recovered,
-    Refused,
     encode_snapshot,
 )
 from anya_resource.core.leases import LeaseTable, TokenMinter, new_secret
@@ -184,47 +183,11 @@ class Scheduler:
 
     def cancel(self, request_id: str, now: float) -> list[Decision]:
         """The waiter gave up. If its grant crossed the cancel, the grant goes back."""
-        state, life = self.state, self.life
-        out: list[Decision] = []
-        drawing = state.budgets.waiters.get(request_id)
-        if drawing is not None:
-            life.reject(drawing[0], RejectReason.CANCELLED, "cancelled by the caller", out)
-            # A first waiter holds back the ones behind it in its budget.
-            out.extend(settle.settle(life, now, Freed(budgets={drawing[1].lease_id})))
-            return out
-        waiter = state.queue.by_id.get(request_id)
-        if waiter is not None:
-            was_head = state.reservation is not None and state.reservation.request_id == request_id
-            life.reject(waiter, RejectReason.CANCELLED, "cancelled by the caller", out)
-            # Only the head holds anything back from the others.
-            out.extend(settle.settle(life, now, Freed(everything=was_head)))
-            return out
-        lease_id = state.leases.by_request.get(request_id)
-        lease = None if lease_id is None else state.leases.active.get(lease_id)
-        if lease is not None:
-            freed = Freed()
-            life.reclaim(lease, ReclaimReason.CANCELLED, out, freed)
-            out.extend(settle.settle(life, now, freed))
-        return out
+        return endings.cancel(self.life, request_id, now)
 
     def cancel_key(self, key: str, now: float) -> list[Decision]:
-        """Cancel by idempotency key, whatever became of the request.
-
-        A key not seen yet is remembered as cancelled, so the request, if it is still
-        on its way, is refused when it arrives instead of being granted to nobody.
-        """
-        known = self.life.keys.get(key)
-        if known is None:
-            self.life.keys.remember(key, "rejected", CANCELLED_EARLY)
-            # Durable: the request may still arrive at the next coordinator (Ray holds
-            # calls made while an actor restarts), and must be refused there too.
-            self.life.journal.append(Refused(key, CANCELLED_EARLY))
-            return []
-        kind, ident = known
-        if kind == "request":
-            return self.cancel(ident, now)
-        lease = self.state.leases.active.get(ident) if kind == "lease" else None
-        return [] if lease is None else self.cancel(lease.request_id, now)
+        """Cancel by idempotency key, whatever became of the request (core/endings.py)."""
+        return endings.cancel_key(self.life, key, now)
 
     def release(
         self, lease_id: str, token: object, now: float, by: str | None = None
@@ -322,51 +285,11 @@ class Scheduler:
 
     def holder_died(self, holder_key: str, now: float) -> list[Decision]:
         """Everything a dead process held or waited for goes back."""
-        return self._end_all(
-            self.state.leases.by_holder.get(holder_key, ()),
-            ReclaimReason.HOLDER_DIED,
-            lambda request: request.holder.key == holder_key,
-            RejectReason.HOLDER_DIED,
-            "the waiting process died",
-            now,
-        )
+        return endings.holder_died(self.life, holder_key, now)
 
     def job_ended(self, job_id: str, now: float) -> list[Decision]:
-        """A Ray job finished: its leases go back, except detached ones."""
-        return self._end_all(
-            self.state.leases.by_job.get(job_id, ()),
-            ReclaimReason.JOB_ENDED,
-            lambda request: request.holder.job_id == job_id and not request.detached,
-            RejectReason.JOB_ENDED,
-            f"job {job_id} ended",
-            now,
-        )
-
-    def _end_all(
-        self,
-        lease_ids: Iterable[str],
-        reason: ReclaimReason,
-        waits_for: Callable[[Request], bool],
-        refusal: RejectReason,
-        message: str,
-        now: float,
-    ) -> list[Decision]:
-        """Reclaim ``lease_ids`` and reject the waiters ``waits_for`` picks out."""
-        state, life = self.state, self.life
-        out: list[Decision] = []
-        freed = Freed()
-        for lease_id in list(lease_ids):
-            life.reclaim_id(lease_id, reason, out, freed)
-        for waiter in list(state.queue.by_id.values()):
-            if waits_for(waiter.request):
-                life.reject(waiter, refusal, message, out)
-                freed.everything = True
-        for waiter, budget in list(state.budgets.waiters.values()):
-            if waits_for(waiter.request):
-                life.reject(waiter, refusal, message, out)
-                freed.budgets.add(budget.lease_id)
-        out.extend(settle.settle(life, now, freed))
-        return out
+        """A Ray job finished: its leases and waiters go, except detached ones."""
+        return endings.job_ended(self.life, job_id, now)
 
     def restore(self, recovered: Recovered, now: float) -> list[Decision]:
         """Recovery: put back what the journal kept, before anything new is granted."""
