@@ -35,7 +35,7 @@ from rich.console import Console
 
 from anya_resource.errors import InvalidRequest, ManagerUnavailable, ResourceError
 from anya_resource.inputs import is_integer_text, shown
-from anya_resource.messages import WhatIfAnswer
+from anya_resource.messages import Snapshot, WhatIfAnswer
 from anya_resource.quantities import number_or_text
 
 if TYPE_CHECKING:
@@ -359,7 +359,7 @@ def status(
 ) -> None:
     """Capacity, grants and measured use per node and resource; pools, tenants, bottlenecks."""
 
-    async def read(manager: ResourceManager) -> tuple[dict[str, Any], dict[str, Any]]:
+    async def read(manager: ResourceManager) -> tuple[Snapshot, dict[str, Any]]:
         snapshot = await manager.snapshot()
         health = await manager.check_resource_health()
         return snapshot, health.to_dict()

@@ -69,7 +69,7 @@ from anya_resource.errors import (
 )
 from anya_resource.health import ResourceHealth
 from anya_resource.lease import AcquireContext, Lease, ResourceConnection, lease_fields
-from anya_resource.messages import EndedEvent, Event, RevokedEvent, WhatIfAnswer
+from anya_resource.messages import EndedEvent, Event, RevokedEvent, Snapshot, WhatIfAnswer
 from anya_resource.pools.entries import caller_stack
 from anya_resource.pools.kinds import Flavour
 from anya_resource.pools.registry import ProcessPools
@@ -1037,9 +1037,9 @@ class ResourceManager:
 
     # -- reading ---------------------------------------------------------------------------
 
-    async def snapshot(self) -> dict[str, Any]:
+    async def snapshot(self) -> Snapshot:
         """Per node, resource, pool and tenant: capacity, granted, free, waiting."""
-        result: dict[str, Any] = await self._call(lambda c: c.snapshot.remote())
+        result: Snapshot = await self._call(lambda c: c.snapshot.remote())
         return result
 
     async def what_if(

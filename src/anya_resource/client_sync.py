@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     from anya_resource.core.share import WarmCounts, WarmEntry
     from anya_resource.health import ResourceHealth
     from anya_resource.lease import Lease, ResourceConnection
-    from anya_resource.messages import WhatIfAnswer
+    from anya_resource.messages import Snapshot, WhatIfAnswer
     from anya_resource.pools.stats import PoolStatistics
 
 T = TypeVar("T")
@@ -184,7 +184,7 @@ class SyncResourceManager:
         """
         return self._run(self._async.adopt(lease))
 
-    def snapshot(self) -> dict[str, Any]:
+    def snapshot(self) -> Snapshot:
         """As ``ResourceManager.snapshot``: Per node, resource, pool and tenant: capacity, granted,
         free, waiting.
         """

@@ -110,6 +110,33 @@ class WhatIfAnswer(TypedDict):
     blocked_by: str | None
 
 
+class _SnapshotCounts(TypedDict):
+    demand: dict[str, Any]
+    at: float
+    epoch: int
+    placement: str
+    nodes: dict[str, dict[str, Any]]
+    resources: dict[str, dict[str, Any]]
+    pools: dict[str, dict[str, Any]]
+    tenants: dict[str, dict[str, Any]]
+    queue: dict[str, Any]
+    leases: int
+    counters: dict[str, Any]
+    waits: dict[str, Any]
+
+
+class Snapshot(_SnapshotCounts, total=False):
+    """The cluster as counted now (``core/views.snapshot``): per node, resource, pool
+    and tenant, capacity, granted, free and waiting; the queue; counters and waits.
+    The scheduler adds ``bottlenecks`` (``core/bottleneck.py``), the coordinator the
+    agents' ``health``, the ``warm`` leases' use and its ``recovery``."""
+
+    bottlenecks: list[dict[str, Any]]
+    health: dict[str, dict[str, Any]]
+    warm: dict[str, int]
+    recovery: dict[str, Any]
+
+
 # An acquire's answer, per request: ``["granted", lease bytes]``, ``["queued"]`` or
 # ``["error", error class name, message]`` (lists: the cheapest shape to pickle).
 AcquireAnswer = list[str | bytes]
@@ -124,6 +151,7 @@ __all__ = [
     "PoolWantedEvent",
     "RejectedEvent",
     "RevokedEvent",
+    "Snapshot",
     "WantedEvent",
     "WatchReply",
     "WhatIfAnswer",

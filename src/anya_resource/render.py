@@ -10,6 +10,7 @@ from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
+from anya_resource.messages import Snapshot
 from anya_resource.quantities import format_amount, format_bytes
 from anya_resource.simulate import SimSummary
 
@@ -141,7 +142,7 @@ def _short(node_id: str | None) -> str:
     return (node_id or "-")[:12]
 
 
-def _shown_resources(snapshot: dict[str, Any]) -> list[str]:
+def _shown_resources(snapshot: Snapshot) -> list[str]:
     """Resources some node has (a cluster without GPUs gets no gpu rows)."""
     return [
         name
@@ -156,7 +157,7 @@ def _amounts(amounts: dict[str, Any], pools: dict[str, Any] | None = None) -> st
     return ", ".join(parts) or "-"
 
 
-def status_overview(snapshot: dict[str, Any], health: dict[str, Any]) -> Text:
+def status_overview(snapshot: Snapshot, health: dict[str, Any]) -> Text:
     queue = snapshot.get("queue", {})
     text = Text()
     if health.get("is_healthy"):
@@ -219,7 +220,7 @@ def _compact_table(title: str) -> Table:
     )
 
 
-def status_nodes(snapshot: dict[str, Any], health: dict[str, Any]) -> Table:
+def status_nodes(snapshot: Snapshot, health: dict[str, Any]) -> Table:
     """One row per node: address, measured memory and CPU (last heartbeat), beats, leases."""
     measured = {node["node_id"]: node for node in health.get("nodes", [])}
     table = _compact_table("Nodes")
@@ -235,7 +236,7 @@ def status_nodes(snapshot: dict[str, Any], health: dict[str, Any]) -> Table:
     return table
 
 
-def status_capacity(snapshot: dict[str, Any]) -> Table:
+def status_capacity(snapshot: Snapshot) -> Table:
     """One row per node and resource: capacity, reserve, grantable, granted, free, used."""
     table = _compact_table("Capacity")
     table.add_column("node", no_wrap=True)
@@ -266,7 +267,7 @@ def status_capacity(snapshot: dict[str, Any]) -> Table:
     return table
 
 
-def status_pools(snapshot: dict[str, Any]) -> Table:
+def status_pools(snapshot: Snapshot) -> Table:
     table = Table(title="Pools", title_justify="left")
     table.add_column("pool", style="bold")
     for column in ("size", "in use", "free", "waiting", "used"):
@@ -283,7 +284,7 @@ def status_pools(snapshot: dict[str, Any]) -> Table:
     return table
 
 
-def status_tenants(snapshot: dict[str, Any]) -> Table:
+def status_tenants(snapshot: Snapshot) -> Table:
     table = Table(title="Tenants", title_justify="left")
     table.add_column("tenant", style="bold")
     for column in ("using", "guaranteed", "limit", "waiting"):
@@ -299,7 +300,7 @@ def status_tenants(snapshot: dict[str, Any]) -> Table:
     return table
 
 
-def status_queue(snapshot: dict[str, Any]) -> Table:
+def status_queue(snapshot: Snapshot) -> Table:
     queue = snapshot.get("queue", {})
     waits = snapshot.get("waits", {})
     table = Table(title="Waits per priority", title_justify="left")
@@ -332,7 +333,7 @@ def bottlenecks_text(findings: list[dict[str, Any]]) -> Text:
     return text
 
 
-def render_status(snapshot: dict[str, Any], health: dict[str, Any]) -> RenderableType:
+def render_status(snapshot: Snapshot, health: dict[str, Any]) -> RenderableType:
     """``anya-resource status``: health, nodes, pools, tenants, waits, bottlenecks."""
     parts: list[RenderableType] = [
         status_overview(snapshot, health),

@@ -34,6 +34,7 @@ from anya_resource.client import SyncResourceManager
 from anya_resource.core.bottleneck import binding
 from anya_resource.core.jobs import ENDED, JobState
 from anya_resource.errors import ResourceError
+from anya_resource.messages import Snapshot
 from anya_resource.quantities import MILLI, format_amount
 from anya_resource.render import format_seconds, jobs_table
 from anya_resource_demo.cluster import (
@@ -134,7 +135,7 @@ def _run_on_cluster(options: DemoOptions, console: Console, say: _Narrator) -> d
 class LiveState:
     """What the live table shows, refreshed from the coordinator and the clients."""
 
-    snap: dict[str, Any]
+    snap: Snapshot
     running: Counter[str]  # by priority class: leases held now
     elapsed: float
     duration: float
@@ -244,7 +245,7 @@ def _observe(manager: SyncResourceManager, start: float, duration: float) -> Liv
     return LiveState(snap=snap, running=running, elapsed=time.time() - start, duration=duration)
 
 
-def _released(manager: SyncResourceManager) -> dict[str, Any]:
+def _released(manager: SyncResourceManager) -> Snapshot:
     """The snapshot once the coordinator has every lease back (or after a while)."""
     deadline = time.monotonic() + RELEASED_TIMEOUT_S
     snap = manager.snapshot()
@@ -273,7 +274,7 @@ def _node_health(node: dict[str, Any], health: dict[str, Any] | None) -> Text:
     return Text("ok", style="green")
 
 
-def nodes_table(snap: dict[str, Any], labels: dict[str, str]) -> Table:
+def nodes_table(snap: Snapshot, labels: dict[str, str]) -> Table:
     table = Table(title="Nodes", title_justify="left")
     for column in ("node", "leases", "CPU granted", "memory granted", "CPU used", "memory used"):
         table.add_column(column, justify="left" if column == "node" else "right")

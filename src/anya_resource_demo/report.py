@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from anya_resource.core.bottleneck import binding
+from anya_resource.messages import Snapshot
 from anya_resource.quantities import MILLI
 from anya_resource_demo.runner import Plan
 from anya_resource_demo.stats import (
@@ -40,7 +41,7 @@ class Samples:
     findings: dict[str, dict[str, Any]] = field(default_factory=dict)  # name -> last finding
     count: int = 0
 
-    def add(self, snap: dict[str, Any]) -> None:
+    def add(self, snap: Snapshot) -> None:
         self.count += 1
         for node_id, node in snap["nodes"].items():
             cpu, memory = node_use(snap, node_id, node)
@@ -55,7 +56,7 @@ class Samples:
 
 
 def node_use(
-    snap: dict[str, Any], node_id: str, node: dict[str, Any]
+    snap: Snapshot, node_id: str, node: dict[str, Any]
 ) -> tuple[float | None, float | None]:
     """The node's own measured CPU and memory use, in % of what Ray gives the node.
 
@@ -76,7 +77,7 @@ def _mean(values: Sequence[float]) -> float | None:
     return sum(values) / len(values) if values else None
 
 
-def _delta(after: dict[str, Any], before: dict[str, Any], key: str) -> dict[str, int]:
+def _delta(after: Snapshot, before: Snapshot, key: str) -> dict[str, int]:
     """Counters of ``after`` less those of ``before`` (a reused coordinator counts on)."""
     old = before["counters"].get(key, {})
     return {
@@ -103,7 +104,7 @@ def build_report(
     plans: Sequence[Plan],
     records: Sequence[GrantRecord],
     run: RunWindow,
-    snapshots: tuple[dict[str, Any], dict[str, Any]],
+    snapshots: tuple[Snapshot, Snapshot],
     samples: Samples,
     labels: dict[str, str],
 ) -> dict[str, Any]:
@@ -136,7 +137,7 @@ def build_report(
 
 
 def _classes(
-    plans: Sequence[Plan], records: Sequence[GrantRecord], after: dict[str, Any]
+    plans: Sequence[Plan], records: Sequence[GrantRecord], after: Snapshot
 ) -> dict[str, Any]:
     waits = waits_by_class(records, [plan.kind.priority for plan in plans])
     result = {}
@@ -181,7 +182,7 @@ def _nodes(
     records: Sequence[GrantRecord],
     cpu_seconds: dict[str, float],
     run: RunWindow,
-    after: dict[str, Any],
+    after: Snapshot,
     samples: Samples,
     labels: dict[str, str],
 ) -> dict[str, Any]:

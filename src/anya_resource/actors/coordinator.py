@@ -64,6 +64,7 @@ from anya_resource.messages import (
     Ping,
     RejectedEvent,
     RevokedEvent,
+    Snapshot,
     WatchReply,
     WhatIfAnswer,
 )
@@ -566,7 +567,7 @@ class CoordinatorImpl:
             "cursor": max((seq for seq, _ in events), default=after),
         }
 
-    async def snapshot(self) -> dict[str, Any]:
+    async def snapshot(self) -> Snapshot:
         snap = self.scheduler.snapshot(self.clock.time())
         snap["health"] = {n: h.to_dict() for n, h in self.node_health.items()}
         snap["warm"] = self._warm_counts()

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from anya_resource.messages import Snapshot
 from anya_resource.quantities import format_amount
 
 HOT_UTILISATION = 0.9  # granted / grantable at which a node counts as hot
@@ -55,13 +56,13 @@ def _finding(
     }
 
 
-def _granted_p95(snap: dict[str, Any]) -> float | None:
+def _granted_p95(snap: Snapshot) -> float | None:
     """The worst p95 of recent waits to grant, over the priority classes."""
     waits = snap.get("waits", {})
     return max((w["p95"] for w in waits.values() if w.get("p95") is not None), default=None)
 
 
-def _resource_findings(snap: dict[str, Any]) -> list[dict[str, Any]]:
+def _resource_findings(snap: Snapshot) -> list[dict[str, Any]]:
     findings = []
     demand = snap.get("demand", {}).get("resources", {})
     granted_p95 = _granted_p95(snap)
@@ -107,7 +108,7 @@ def _resource_findings(snap: dict[str, Any]) -> list[dict[str, Any]]:
     return findings
 
 
-def _pool_findings(snap: dict[str, Any]) -> list[dict[str, Any]]:
+def _pool_findings(snap: Snapshot) -> list[dict[str, Any]]:
     findings = []
     demand = snap.get("demand", {}).get("pools", {})
     granted_p95 = _granted_p95(snap)
@@ -131,7 +132,7 @@ def _pool_findings(snap: dict[str, Any]) -> list[dict[str, Any]]:
     return findings
 
 
-def _tenant_findings(snap: dict[str, Any]) -> list[dict[str, Any]]:
+def _tenant_findings(snap: Snapshot) -> list[dict[str, Any]]:
     findings = []
     for name, blocked in snap.get("demand", {}).get("tenants", {}).items():
         tenant = snap["tenants"].get(name, {})
@@ -156,7 +157,7 @@ def _tenant_findings(snap: dict[str, Any]) -> list[dict[str, Any]]:
     return findings
 
 
-def _node_findings(snap: dict[str, Any]) -> list[dict[str, Any]]:
+def _node_findings(snap: Snapshot) -> list[dict[str, Any]]:
     findings = []
     for node_id, node in snap["nodes"].items():
         pressured = list(node.get("pressured", ()))
@@ -211,7 +212,7 @@ def _node_findings(snap: dict[str, Any]) -> list[dict[str, Any]]:
     return findings
 
 
-def find_bottlenecks(snap: dict[str, Any]) -> list[dict[str, Any]]:
+def find_bottlenecks(snap: Snapshot) -> list[dict[str, Any]]:
     """Findings, most binding first."""
     findings = (
         _resource_findings(snap)

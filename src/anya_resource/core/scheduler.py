@@ -53,6 +53,7 @@ from anya_resource.core.state import ClusterState, Freed, Reservation
 from anya_resource.core.waitqueue import Waiter
 from anya_resource.core.whatif import WhatIf, what_if, what_if_within
 from anya_resource.errors import Infeasible, InvalidRequest, LeaseExpired, Overloaded
+from anya_resource.messages import Snapshot
 
 MAX_WAITING = 1_000_000  # requests waiting at once in the whole queue (~1 KB each here)
 
@@ -314,7 +315,7 @@ class Scheduler:
 
     # -- queries (each a function of the state; see their modules) ----------------------
 
-    def snapshot(self, now: float) -> dict[str, Any]:
+    def snapshot(self, now: float) -> Snapshot:
         """Capacity, granted, free and waiting per node, resource, pool and tenant."""
         snap = views.snapshot(self.state, now, self.life.counters, self.life.waits)
         snap["bottlenecks"] = find_bottlenecks(snap)

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
 
 from anya_resource.config import Policy
 from anya_resource.core.bottleneck import binding
 from anya_resource.core.state import ClusterState
+from anya_resource.messages import Snapshot
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,7 +25,7 @@ class HealthVerdict:
 
 def judge_health(
     state: ClusterState,
-    snapshot: Mapping[str, Any],
+    snapshot: Snapshot,
     silent_s: Mapping[str, float],
     policy: Policy,
 ) -> HealthVerdict:

@@ -10,6 +10,7 @@ from anya_resource.core.lifecycle import Counters
 from anya_resource.core.model import NODE_RESOURCES, tenant_demand
 from anya_resource.core.state import ClusterState
 from anya_resource.core.waitstats import WaitStats, percentile
+from anya_resource.messages import Snapshot
 
 
 def ledgers(state: ClusterState) -> tuple[dict[str, Any], dict[str, dict[str, int]]]:
@@ -52,9 +53,7 @@ def ledgers(state: ClusterState) -> tuple[dict[str, Any], dict[str, dict[str, in
     return nodes, totals
 
 
-def snapshot(
-    state: ClusterState, now: float, counters: Counters, waits: WaitStats
-) -> dict[str, Any]:
+def snapshot(state: ClusterState, now: float, counters: Counters, waits: WaitStats) -> Snapshot:
     """Per node, resource, pool and tenant: capacity, granted, free, waiting."""
     reservation = state.reservation
     nodes, totals = ledgers(state)
