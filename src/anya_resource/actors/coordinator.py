@@ -1,11 +1,13 @@
 """The coordinator: one named, detached, async Ray actor around the pure core.
 
-It feeds the ``Scheduler`` events and carries out its decisions: it resolves the
-futures that waiting ``acquire`` calls are parked on, tells holders about
-revocations and ends through a long poll, and tells each node agent, in its
-heartbeat's reply, which holder processes to watch. Between a capacity check and
-the grant there is never an ``await``: each call into the scheduler runs to
-completion.
+It feeds the ``Scheduler`` events and carries out its decisions, and decides nothing
+itself: it answers acquires, tells managers of grants, refusals, revocations, ends
+and give-back requests through a long poll (``anya_resource.messages``), and tells
+each node agent, in its heartbeat's reply, which holder processes to watch. Between a
+capacity check and the grant there is never an ``await``: each call into the
+scheduler runs to completion. Time and the world outside come through a ``Clock`` and
+a ``Transport`` (``actors/transport.py``), so the same class runs on Ray and, in the
+tests, on fakes.
 
 Durability (docs/architecture.md, "Recovery"): every change to the set of leases
 is staged in the journal as the core makes it, and one task writes what is staged
