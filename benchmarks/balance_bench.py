@@ -65,6 +65,7 @@ from anya_resource_demo.stats import (
     starved,
     waits_by_class,
 )
+from benchtools import on_loopback
 
 NODES = 4  # 1 head + 3 workers
 WINDOW_S = 10.0
@@ -103,7 +104,7 @@ def mix(flat: bool) -> list[JobKind]:
 def run(duration: float, warmup: float, flat: bool, console: Console) -> dict[str, Any]:
     """Start the cluster, run the mix, measure; everything is shut down on return."""
     with embedded_cluster(NODES, NodeShape(cpus=2, memory=4 * 1024**3)):
-        addresses = sorted({n["NodeManagerAddress"] for n in ray.nodes()})
+        addresses = on_loopback()
         manager = SyncResourceManager.connect(policy=POLICY)
         try:
             labels = node_labels()

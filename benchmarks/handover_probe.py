@@ -30,6 +30,7 @@ from typing import Any
 import ray
 
 from anya_resource import SyncResourceManager, leased
+from benchtools import on_loopback
 
 POLICY = {"pools": {"pg": {"size": 4, "kind": "slot"}}}
 THREADS = 8
@@ -93,6 +94,7 @@ def main() -> None:
             cluster.add_node(num_cpus=2)
         cluster.wait_for_nodes()
         ray.init(address=cluster.address, logging_level=logging.ERROR)
+        on_loopback()
         manager = SyncResourceManager.connect(policy=POLICY)
         me = [sys.executable, __file__, "--address", cluster.address]
         pipe: Any = subprocess.PIPE

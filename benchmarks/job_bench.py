@@ -43,7 +43,7 @@ from rich.table import Table
 
 from anya_resource import SyncResourceManager
 from anya_resource.jobs import dashboard_address
-from benchtools import machine
+from benchtools import machine, on_loopback
 
 ENTRYPOINT = f"{sys.executable} -c 'print(1)'"
 ENDED = ("SUCCEEDED", "FAILED", "STOPPED")
@@ -102,8 +102,7 @@ def bench(jobs: int) -> dict[str, Any]:
         log_to_driver=False,
     )
     try:
-        addresses = sorted({n["NodeManagerAddress"] for n in ray.nodes()})
-        assert addresses == ["127.0.0.1"], addresses
+        on_loopback()
         manager = SyncResourceManager.connect()
         client = JobSubmissionClient("http://" + dashboard_address())
         for way in WAYS.values():  # warm-up: the job server's first job is slow

@@ -57,7 +57,7 @@ from rich.table import Table
 
 from anya_resource import ResourceManager
 from anya_resource.actors import deploy
-from benchtools import machine
+from benchtools import machine, on_loopback
 
 REQUEST = {"cpu": 0.01}
 CONCURRENCY = 8
@@ -389,8 +389,7 @@ def start_ray() -> None:
         logging_level=logging.ERROR,
         log_to_driver=False,
     )
-    addresses = {node["NodeManagerAddress"] for node in ray.nodes()}  # type: ignore[no-untyped-call]
-    assert addresses == {"127.0.0.1"}, f"Ray is not on loopback: {addresses}"
+    on_loopback()
 
 
 async def agents_ready(manager: ResourceManager, timeout: float = 30.0) -> None:

@@ -84,7 +84,7 @@ from rich.console import Console
 from rich.table import Table
 
 from anya_resource import SyncResourceManager, leased
-from benchtools import machine
+from benchtools import machine, on_loopback
 
 HERE = Path(__file__).resolve()
 DEFAULT_JSON = HERE.parent / "results" / "ray_peer_bench.json"
@@ -271,12 +271,6 @@ def node_resources(nodes: int) -> list[dict[str, float]]:
                 out[index][pool(cap)] = units
     out[0][pool(KILL_CAP)] = KILL_CAP
     return out
-
-
-def assert_loopback() -> list[str]:
-    addresses = sorted({node["NodeManagerAddress"] for node in ray.nodes()})  # type: ignore[no-untyped-call]
-    assert addresses == ["127.0.0.1"], f"Ray is not on loopback: {addresses}"
-    return addresses
 
 
 @contextlib.contextmanager
@@ -670,7 +664,7 @@ def run_configuration(name: str, settings: dict[str, Any], console: Console) -> 
     began = time.perf_counter()
     result: dict[str, Any] = {"nodes": nodes, "cpus_per_node": cpus}
     with ray_instance(name):
-        result["addresses"] = assert_loopback()
+        result["addresses"] = on_loopback()
         result["node_resources"] = node_resources(nodes)
         setup = {"ray_s": time.perf_counter() - began}
         t0 = time.perf_counter()
