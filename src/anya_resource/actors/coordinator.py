@@ -240,20 +240,26 @@ class CoordinatorImpl:
         woke = self.clock.monotonic()
         while True:
             await asyncio.sleep(self.policy.heartbeat_s)
-            # A node is never lost because this coordinator was busy: a wake-up later than
-            # planned (a long call, a pause of the process) is time nobody could be heard
-            # in, so it does not count as any agent's silence.
-            now = self.clock.monotonic()
-            stalled = stall(woke, now, self.policy.heartbeat_s)
-            woke = now
-            if stalled:
-                log.warning("the coordinator was stalled %.1f s: not agents' silence", stalled)
-                self.heard.forgive(stalled)
-            try:
-                await self._sync_nodes()
-                await self._reclaim_ended_jobs()
-            except Exception:
-                log.exception("node sync failed; trying again next heartbeat")
+            woke = await self._node_turn(woke)
+
+    async def _node_turn(self, woke: float) -> float:
+        """One heartbeat's node work, after a sleep begun at ``woke``; when it woke.
+
+        A node is never lost because this coordinator was busy: a wake-up later than
+        planned (a long call, a pause of the process) is time nobody could be heard in,
+        so it does not count as any agent's silence.
+        """
+        now = self.clock.monotonic()
+        stalled = stall(woke, now, self.policy.heartbeat_s)
+        if stalled:
+            log.warning("the coordinator was stalled %.1f s: not agents' silence", stalled)
+            self.heard.forgive(stalled)
+        try:
+            await self._sync_nodes()
+            await self._reclaim_ended_jobs()
+        except Exception:
+            log.exception("node sync failed; trying again next heartbeat")
+        return now
 
     async def _observe_loop(self) -> None:
         """Once per heartbeat: metrics to Ray, and an entry of the history ring."""
