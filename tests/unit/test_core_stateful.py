@@ -6,7 +6,8 @@ timeouts, node constraints, idempotency keys and retries of them), releases and
 renewals with right and wrong tokens, cancellations of waiting *and* granted
 requests, clock jumps, nodes joining, leaving and changing capacity, health
 samples across the pressure thresholds, holder deaths, job ends and coordinator
-restarts. Every decision is mirrored into the model; after every step the
+restarts, and gangs (two to four bundles under each of Ray's four strategies, granted
+all at once or not at all). Every decision is mirrored into the model; after every step the
 scheduler must agree with the model and with the invariants of docs/architecture.md, checked
 from the outside (the snapshot) as well as by ``check_invariants``.
 
@@ -16,13 +17,14 @@ examples for long runs; the default keeps this file well under a minute.
 
 from __future__ import annotations
 
+import itertools
 import math
 import os
 from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, settings
+from hypothesis import HealthCheck, event, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
@@ -40,7 +42,7 @@ from anya_resource.core import (
     build_request,
     check_invariants,
 )
-from anya_resource.core.model import NODE_RESOURCES, Decision, LeaseState
+from anya_resource.core.model import NODE_RESOURCES, STRATEGIES, Decision, LeaseState
 from anya_resource.errors import (
     Infeasible,
     InvalidRequest,
@@ -93,6 +95,21 @@ resource_maps = st.fixed_dictionaries(
         "pools": st.dictionaries(st.sampled_from(["default", "rpc", "pg"]), st.integers(1, 3)),
     },
 )
+bundle_maps = st.fixed_dictionaries(
+    {},
+    optional={
+        "cpu": st.sampled_from([0.25, 0.5, 1, 2, 3.5]),
+        "memory": st.sampled_from(["256MiB", "1GiB", "3GiB"]),
+        "gpu": st.sampled_from([0.5, 1]),
+    },
+).filter(lambda bundle: bundle and (len(bundle) > 1 or "gpu" not in bundle))
+gang_specs = st.one_of(
+    st.none(),
+    st.tuples(
+        st.lists(bundle_maps, min_size=2, max_size=4),
+        st.sampled_from(STRATEGIES),
+    ),
+)
 priorities = st.sampled_from(["critical", "high", "normal", "low", "batch", 10, 60])
 tenants = st.sampled_from([None, "default", "tx", "ml", "capped", "job-x", "job-y", "job-z"])
 timeouts = st.sampled_from([None, None, 0, 0.5, 3.0, 20.0])
@@ -122,6 +139,7 @@ class Held:
     detached: bool
     key: str | None
     expires_at: float
+    bundles: list[tuple[str, dict[str, int]]] = field(default_factory=list)
     revoke_deadline: float | None = None
     revoke_reason: str | None = None
 
@@ -196,7 +214,12 @@ class SchedulerMachine(RuleBasedStateMachine):
     # -- mirroring decisions into the model ------------------------------------------------
 
     def model_granted(self, node: str, resource: str) -> int:
-        return sum(h.resources.get(resource, 0) for h in self.m.leases.values() if h.node == node)
+        return sum(
+            amounts.get(resource, 0)
+            for h in self.m.leases.values()
+            for where, amounts in h.bundles
+            if where == node
+        )
 
     def model_pool(self, pool: str) -> int:
         return sum(h.pools.get(pool, 0) for h in self.m.leases.values())
@@ -243,17 +266,24 @@ class SchedulerMachine(RuleBasedStateMachine):
         assert lease.tenant == request.tenant and lease.preemptible == request.preemptible
         assert request.node in (None, lease.node_id), "node constraint ignored"
         assert lease.expires_at == self.now + request.ttl
-        assert lease.node_id in self.m.nodes, f"granted on a node that is not up: {lease.node_id}"
         assert isinstance(lease.token, str) and len(lease.token) >= 22  # >= 128 bits, url-safe
-        capacity = self.m.nodes[lease.node_id]
-        for resource, amount in lease.resources.items():
-            after = self.model_granted(lease.node_id, resource) + amount
-            assert after <= limit_of(capacity, resource), (
-                f"inv1: {resource} on {lease.node_id}: {after} > {limit_of(capacity, resource)}"
-            )
-            assert resource not in self.m.pressured.get(lease.node_id, set()), (
-                f"granted {resource} on {lease.node_id} while it is under pressure"
-            )
+        placed = [(node, dict(amounts)) for node, amounts in lease.placed()]
+        self.check_bundles(request, lease.bundles, placed)
+        this: dict[str, dict[str, int]] = {}
+        for node, amounts in placed:
+            assert node in self.m.nodes, f"granted on a node that is not up: {node}"
+            for resource, amount in amounts.items():
+                this.setdefault(node, {})[resource] = this.get(node, {}).get(resource, 0) + amount
+        for node, amounts in this.items():
+            capacity = self.m.nodes[node]
+            for resource, amount in amounts.items():
+                after = self.model_granted(node, resource) + amount
+                assert after <= limit_of(capacity, resource), (
+                    f"inv1: {resource} on {node}: {after} > {limit_of(capacity, resource)}"
+                )
+                assert resource not in self.m.pressured.get(node, set()), (
+                    f"granted {resource} on {node} while it is under pressure"
+                )
         for pool, slots in lease.pools.items():
             assert self.model_pool(pool) + slots <= POLICY.pools[pool].size
         for resource, amount in demand_of(request).items():
@@ -280,7 +310,24 @@ class SchedulerMachine(RuleBasedStateMachine):
             detached=lease.detached,
             key=key,
             expires_at=lease.expires_at,
+            bundles=placed,
         )
+
+    def check_bundles(
+        self, request: Request, bundles: Any, placed: list[tuple[str, dict[str, int]]]
+    ) -> None:
+        """A gang is granted whole: every bundle, in the order asked, as its strategy says."""
+        if not request.bundles:
+            assert bundles is None, "a one-node request was granted as a gang"
+            return
+        event(f"gang granted ({request.strategy})")
+        assert bundles is not None and len(placed) == len(request.bundles) >= 2
+        assert [amounts for _, amounts in placed] == list(request.bundles), "bundles changed"
+        nodes = [node for node, _ in placed]
+        if request.strategy == "STRICT_SPREAD":
+            assert len(set(nodes)) == len(nodes), f"STRICT_SPREAD bundles share a node: {nodes}"
+        elif request.strategy == "STRICT_PACK":
+            assert len(set(nodes)) == 1, f"STRICT_PACK bundles on several nodes: {nodes}"
 
     def apply_reject(self, reject: Reject, replay: str | None) -> None:
         if reject.request_id.startswith("replay-"):
@@ -317,8 +364,8 @@ class SchedulerMachine(RuleBasedStateMachine):
         elif reclaim.reason is ReclaimReason.REVOKED:
             assert held.revoke_deadline is not None and held.revoke_deadline <= self.now
         elif reclaim.reason is ReclaimReason.NODE_LOST:
-            # Its node is gone, or the node of the process holding it (not detached).
-            assert held.node not in self.m.nodes or (
+            # A node of it is gone, or the node of the process holding it (not detached).
+            assert any(node not in self.m.nodes for node, _ in held.bundles) or (
                 not held.detached and held.holder.node_id not in self.m.nodes
             )
         self.m.ended[reclaim.lease_id] = Ended(held.token, reclaim.reason)
@@ -345,10 +392,36 @@ class SchedulerMachine(RuleBasedStateMachine):
                 return True
         if not self.m.nodes:
             return True
+        if request.bundles:
+            return self.gang_never_fits(request)
         nodes = [request.node] if request.node else list(self.m.nodes)
         return not any(
             all(limit_of(self.m.nodes[n], r) >= a for r, a in request.resources.items())
             for n in nodes
+        )
+
+    def gang_never_fits(self, request: Request) -> bool:
+        """Judged on the nodes' limits: exactly for the strict strategies; for PACK and
+        SPREAD only what is certain (a bundle no node holds, more than all nodes hold)."""
+        limits = [
+            {r: limit_of(capacity, r) for r in NODE_RESOURCES} for capacity in self.m.nodes.values()
+        ]
+
+        def holds(limit: dict[str, int], amounts: dict[str, int]) -> bool:
+            return all(limit[r] >= a for r, a in amounts.items())
+
+        bundles = list(request.bundles)
+        if request.strategy == "STRICT_PACK":
+            return not any(holds(limit, request.resources) for limit in limits)
+        if not all(any(holds(limit, b) for limit in limits) for b in bundles):
+            return True
+        if request.strategy == "STRICT_SPREAD":
+            return not any(
+                all(holds(limits[n], b) for n, b in zip(order, bundles, strict=True))
+                for order in itertools.permutations(range(len(limits)), len(bundles))
+            )
+        return any(
+            amount > sum(limit[r] for limit in limits) for r, amount in request.resources.items()
         )
 
     # -- rules --------------------------------------------------------------------------
@@ -370,6 +443,7 @@ class SchedulerMachine(RuleBasedStateMachine):
         with_key=st.booleans(),
         holder=st.sampled_from(HOLDERS),
         detached=st.booleans(),
+        gang=gang_specs,
     )
     def submit(
         self,
@@ -383,6 +457,7 @@ class SchedulerMachine(RuleBasedStateMachine):
         with_key: bool,
         holder: Holder,
         detached: bool,
+        gang: tuple[list[dict[str, Any]], str] | None,
     ) -> None:
         node: str | None = None
         if node_pick == -1:
@@ -393,10 +468,17 @@ class SchedulerMachine(RuleBasedStateMachine):
         if with_key:
             self.keys_made += 1
             key = f"key-{self.keys_made}"
+        options: dict[str, Any] = {}
+        if gang is not None:
+            # A gang: its node resources are in its bundles, its pools beside them.
+            resources = {"pools": resources["pools"]} if "pools" in resources else {}
+            options = {"bundles": gang[0], "strategy": gang[1]}
+            node = None
         try:
             request = build_request(
                 POLICY,
                 resources,
+                **options,
                 priority=priority,
                 tenant=tenant,
                 ttl=ttl,
@@ -619,7 +701,7 @@ class SchedulerMachine(RuleBasedStateMachine):
         on_node = {
             h.lease_id
             for h in self.m.leases.values()
-            if h.node == node_id
+            if any(where == node_id for where, _ in h.bundles)
             or (not h.detached and h.holder.pid is not None and h.holder.node_id == node_id)
         }
         del self.m.nodes[node_id]
@@ -657,13 +739,16 @@ class SchedulerMachine(RuleBasedStateMachine):
         decisions = self.s.health(node_id, NodeSample(memory, cpu), self.now)
         for revoke in (d for d in decisions if isinstance(d, Revoke)):
             held = self.m.leases[revoke.lease_id]
-            assert held.node == node_id and "pressure" in revoke.reason
-            assert any(held.resources.get(r) for r in pressured)
+            there = [amounts for where, amounts in held.bundles if where == node_id]
+            assert there and "pressure" in revoke.reason
+            assert any(amounts.get(r) for amounts in there for r in pressured)
         self.apply(decisions)
         by_pressure = [
             h
             for h in self.m.leases.values()
-            if h.node == node_id and h.revoke_reason and "pressure" in h.revoke_reason
+            if any(where == node_id for where, _ in h.bundles)
+            and h.revoke_reason
+            and "pressure" in h.revoke_reason
         ]
         assert len(by_pressure) <= 1, "pressure revokes one lease at a time per node"
         assert sorted(pressured) == self.s.snapshot(self.now)["nodes"][node_id]["pressured"]
@@ -733,9 +818,9 @@ class SchedulerMachine(RuleBasedStateMachine):
         decisions = self.durable.decisions
         lost = {d.lease_id for d in decisions}
         assert all(isinstance(d, Reclaim) for d in decisions)
-        assert lost == {h.lease_id for h in self.m.leases.values() if h.node == gone}, (
-            "a restart reclaims the leases of a node that did not come back, no others"
-        )
+        assert lost == {
+            h.lease_id for h in self.m.leases.values() if any(n == gone for n, _ in h.bundles)
+        }, "a restart reclaims the leases of a node that did not come back, no others"
         self.apply(decisions)
         for lease_id in lost:  # the new coordinator never counted them
             self.m.ended[lease_id].before_restart = True
@@ -847,6 +932,8 @@ class SchedulerMachine(RuleBasedStateMachine):
         if not request.resources:
             return bool(nodes)
         held_nodes = hold.nodes if hold is not None else {}
+        if request.bundles:
+            return _gang_fits(snap, request, held_nodes, nodes)
         for node_id in nodes:
             rows = snap["nodes"][node_id]["resources"]
             held = held_nodes.get(node_id, {})
@@ -870,3 +957,113 @@ SchedulerMachine.TestCase.settings = settings(
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
 )
 TestCoreScheduler = SchedulerMachine.TestCase
+
+
+def _free_after(snap: dict[str, Any], held_nodes: Any, node_id: str) -> dict[str, int]:
+    rows = snap["nodes"][node_id]["resources"]
+    held = held_nodes.get(node_id, {})
+    return {r: rows[r]["free"] - held.get(r, 0) for r in NODE_RESOURCES}
+
+
+def _gang_fits(snap: dict[str, Any], request: Request, held_nodes: Any, nodes: list[str]) -> bool:
+    """Whether some way to put every bundle on ``nodes`` fits now, as the strategy says
+    (depth first over every assignment: the model's own, independent of the core's)."""
+    free = {n: _free_after(snap, held_nodes, n) for n in nodes}
+    bundles = list(request.bundles)
+    distinct = request.strategy == "STRICT_SPREAD"
+    one_node = request.strategy == "STRICT_PACK"
+
+    def place(index: int, used: list[str]) -> bool:
+        if index == len(bundles):
+            return True
+        for node_id in nodes:
+            if distinct and node_id in used:
+                continue
+            if one_node and used and node_id != used[0]:
+                continue
+            room = free[node_id]
+            if all(room[r] >= a for r, a in bundles[index].items()):
+                for r, a in bundles[index].items():
+                    room[r] -= a
+                found = place(index + 1, [*used, node_id])
+                for r, a in bundles[index].items():
+                    room[r] += a
+                if found:
+                    return True
+        return False
+
+    return place(0, [])
+
+
+mid_capacities = st.fixed_dictionaries(
+    {
+        "cpu": st.sampled_from([2, 4]).map(lambda c: c * CORE),
+        "memory": st.sampled_from([4, 8]).map(lambda g: g * GIB),
+        "gpu": st.sampled_from([0, 1, 2]).map(lambda g: g * CORE),
+    }
+)
+
+
+class GangMachine(SchedulerMachine):
+    """The same machine and checks, weighted to gangs: four nodes to start with, and a
+    rule that submits a gang (preemptible or not, by priority) at every draw, so that
+    gangs wait, hold the head's reservation across nodes, are preempted and preempt as
+    a unit, lose a node, and come back after restarts in most runs."""
+
+    @initialize(
+        first=mid_capacities, second=mid_capacities, third=mid_capacities, fourth=mid_capacities
+    )
+    def start(  # type: ignore[override]
+        self,
+        first: dict[str, int],
+        second: dict[str, int],
+        third: dict[str, int],
+        fourth: dict[str, int],
+    ) -> None:
+        for node_id, capacity in zip(NODE_IDS, (first, second, third, fourth), strict=False):
+            self.m.nodes[node_id] = capacity
+            self.apply(self.s.node_up(node_id, capacity, self.now))
+
+    @rule(
+        bundles=st.lists(bundle_maps, min_size=2, max_size=4),
+        strategy=st.sampled_from(STRATEGIES),
+        pools=st.sampled_from([{}, {}, {"pools": {"rpc": 1}}]),
+        priority=priorities,
+        tenant=tenants,
+        preemptible=st.booleans(),
+        timeout=timeouts,
+        holder=st.sampled_from(HOLDERS),
+    )
+    def submit_gang(
+        self,
+        bundles: list[dict[str, Any]],
+        strategy: str,
+        pools: dict[str, Any],
+        priority: Any,
+        tenant: str | None,
+        preemptible: bool,
+        timeout: float | None,
+        holder: Holder,
+    ) -> None:
+        self.submit(
+            resources=pools,
+            priority=priority,
+            tenant=tenant,
+            preemptible=preemptible,
+            timeout=timeout,
+            ttl=None,
+            node_pick=None,
+            with_key=True,
+            holder=holder,
+            detached=False,
+            gang=(bundles, strategy),
+        )
+
+
+GangMachine.TestCase.settings = settings(
+    max_examples=_examples(),
+    stateful_step_count=40,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
+)
+TestCoreGangs = GangMachine.TestCase

@@ -79,7 +79,13 @@ SHAPES = (
     {"cpu": 1, "pools": {"p": 1}},
     {"cpu": 2},
     {"memory": "3GiB"},
+    # Gangs: all bundles at once or nothing, as Ray's strategies place them.
+    {"bundles": [{"cpu": 1}, {"cpu": 1}], "strategy": "STRICT_SPREAD"},
+    {"bundles": [{"cpu": 1}, {"cpu": 1}], "strategy": "STRICT_PACK"},
+    {"bundles": [{"cpu": 1}, {"cpu": 0.5}, {"memory": "1GiB"}], "strategy": "SPREAD"},
+    {"bundles": [{"cpu": 2}, {"cpu": 1}], "strategy": "PACK", "pools": {"p": 1}},
 )
+GANG_OPTIONS = ("bundles", "strategy")
 # Drawn from a budget: some fit the budgets above, some never can (refused at once).
 DRAWN_SHAPES = ({"cpu": "0.5"}, {"cpu": 1}, {"pools": {"p": 1}}, {"memory": "1GiB"})
 picks = st.integers(min_value=0, max_value=1000)
@@ -121,6 +127,7 @@ class Belief:
     resources: dict[str, int]
     expires_at: float  # as far as the client knows
     within: str | None = None  # the budget it was drawn from
+    bundles: list[tuple[str, dict[str, int]]] = field(default_factory=list)  # where, what
 
 
 @dataclass
@@ -334,9 +341,11 @@ class RecoveryMachine(RuleBasedStateMachine):
             return
         client.keys += 1
         key = f"{manager_of(client)}{client.keys}"
+        options = {name: shape[name] for name in GANG_OPTIONS if name in shape}
         request = build_request(
             POLICY,
-            shape,
+            {name: value for name, value in shape.items() if name not in options},
+            **options,
             priority=priority,
             preemptible=priority == "low",
             idempotency_key=key,
@@ -454,7 +463,10 @@ class RecoveryMachine(RuleBasedStateMachine):
                 dict(lease.resources),
                 lease.expires_at,
                 lease.within,
+                [(node, dict(amounts)) for node, amounts in lease.placed()],
             )
+            if lease.bundles is not None:
+                event("a gang lease was granted")
         elif kind == "rejected":
             client.pending.pop(args[0], None)
         elif kind == "released":
@@ -615,7 +627,7 @@ class RecoveryMachine(RuleBasedStateMachine):
         for client in self.clients:
             if client.holder.node_id == node:
                 client.alive = False  # its processes go with it
-        self.lost_with_node |= {lease.lease_id for lease in coord.s.leases if lease.node_id == node}
+        self.lost_with_node |= {lease.lease_id for lease in coord.s.leases if node in lease.nodes()}
         self.sync()
 
     @precondition(lambda self: self.coord is not None)
@@ -755,7 +767,12 @@ class RecoveryMachine(RuleBasedStateMachine):
             )
         for node in NODES:
             for resource in ("cpu", "memory"):
-                held = sum(b.resources.get(resource, 0) for _, b in cluster if b.node == node)
+                held = sum(
+                    amounts.get(resource, 0)
+                    for _, b in cluster
+                    for where, amounts in b.bundles
+                    if where == node
+                )
                 assert held <= CAPACITY[resource], f"{node} {resource}: {held} believed held"
         if active is not None:
             for lease_id, _ in beliefs:

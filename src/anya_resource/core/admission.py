@@ -21,6 +21,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from anya_resource.core import gangs
+from anya_resource.core.gangs import GangPlacement
 from anya_resource.core.ledger import NodeLedger
 from anya_resource.core.model import NODE_RESOURCES, Amounts, Request, tenant_demand
 from anya_resource.core.state import ClusterState, Freed, Reservation
@@ -35,6 +37,7 @@ class BlockKind(str, enum.Enum):
     CAPACITY = "capacity"  # a node resource: too little wherever the request may go
     SPLIT = "split"  # each fits somewhere, no node has all at once (or the head holds it)
     NO_NODE = "no_node"  # no node is alive
+    GANG = "gang"  # no set of nodes holds every bundle of a gang at once, as its strategy asks
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,6 +53,7 @@ class Block:
     resource: str = ""  # a tenant's: the resource at its limit
     where: str = "any node"
     ever: bool = False
+    reason: str = ""  # a gang's: why its bundles do not fit together (in words)
 
     @property
     def short(self) -> int:
@@ -75,6 +79,8 @@ class Block:
                 f"tenant {what!r} is at its hard limit of {format_amount(r, self.total)} {r}: "
                 f"{format_amount(r, self.used)} in use{held}, {format_amount(r, self.need)} needed"
             )
+        if kind is BlockKind.GANG:
+            return self.reason
         if kind is BlockKind.CAPACITY:
             if self.ever:
                 return f"{what} is larger than {self.where} can ever grant (capacity minus reserve)"
@@ -168,6 +174,8 @@ def capacity_blocks(
 
     ``free_anywhere``: ``most_free`` of every node, when the caller asks for many.
     """
+    if request.bundles:
+        return _gang_capacity_blocks(state, request)
     if request.node is not None:
         node = state.nodes.get(request.node)
         where = f"node {request.node}"
@@ -182,6 +190,41 @@ def capacity_blocks(
     ]
 
 
+def _gang_capacity_blocks(state: ClusterState, request: Request) -> list[Block]:
+    """A gang's node resources that are too few free: a bundle larger than any node has
+    free, or more in all than every node together has free."""
+    nodes = list(state.nodes.values())
+    found: list[Block] = []
+    largest = most_free(nodes, request.resources)
+    for resource in request.resources:
+        need = max(b.get(resource, 0) for b in request.bundles)
+        if need > largest.get(resource, 0):
+            found.append(Block(BlockKind.CAPACITY, resource, need, total=largest[resource]))
+            continue
+        free = sum(max(0, node.free(resource)) for node in nodes)
+        if request.resources[resource] > free:
+            found.append(
+                Block(
+                    BlockKind.CAPACITY,
+                    resource,
+                    request.resources[resource],
+                    total=free,
+                    where="all nodes together",
+                )
+            )
+    return found
+
+
+def gang_block(request: Request, ever: bool = False, reason: str = "") -> Block:
+    """The block of a gang whose bundles do not fit together (now, or ``ever``)."""
+    count = len(request.bundles)
+    said = reason or (
+        f"no set of nodes has room for all {count} bundles at once ({request.strategy}), "
+        "or the head of the queue holds it"
+    )
+    return Block(BlockKind.GANG, request.strategy, count, ever=ever, reason=said)
+
+
 def most_free(nodes: Iterable[NodeLedger], resources: Iterable[str] = NODE_RESOURCES) -> Amounts:
     """The most of each resource free on any one of ``nodes`` (0 with no nodes)."""
     ledgers = list(nodes)
@@ -191,7 +234,9 @@ def most_free(nodes: Iterable[NodeLedger], resources: Iterable[str] = NODE_RESOU
 def why_not(state: ClusterState, request: Request, held: Reservation | None) -> Block:
     """The first thing that keeps ``request`` (known not to fit now) waiting."""
     found = blocks(state, request, held, first=True) or capacity_blocks(state, request)
-    return found[0] if found else Block(BlockKind.SPLIT, "")
+    if found:
+        return found[0]
+    return gang_block(request) if request.bundles else Block(BlockKind.SPLIT, "")
 
 
 def never_fits(
@@ -217,6 +262,11 @@ def _never_fits_a_node(state: ClusterState, request: Request) -> Block | None:
     resources = request.resources
     if not resources:
         return None if state.nodes else Block(BlockKind.NO_NODE, "", ever=True)
+    if request.bundles:
+        if not state.nodes:
+            return Block(BlockKind.NO_NODE, "", ever=True)
+        why = gangs.never_fits(state.placer.nodes, request.bundles, request.strategy)
+        return None if why is None else gang_block(request, ever=True, reason=why)
     if request.node is not None:
         candidates: Iterable[NodeLedger] = [state.nodes[request.node]]
     else:
@@ -230,8 +280,9 @@ def _never_fits_a_node(state: ClusterState, request: Request) -> Block | None:
 
 def place(
     state: ClusterState, request: Request, held: Reservation | None, scope: Freed | None
-) -> NodeLedger | None:
-    """The node ``request`` may be granted on now, outside ``held``; None if none.
+) -> NodeLedger | GangPlacement | None:
+    """The node ``request`` may be granted on now, outside ``held``; None if none. For a
+    gang, the node of every bundle (``core/gangs.py``), or None unless all fit at once.
 
     ``scope``: where capacity just came back; when the request's pools and tenant did
     not change, only those nodes can have become able to take it.
@@ -241,6 +292,8 @@ def place(
     if limited and blocks(state, request, held, first=True):
         return None
     held_nodes = held.nodes if held is not None else {}
+    if request.bundles:
+        return gangs.place(state.placer, request.bundles, request.strategy, held_nodes)
     if request.node is not None:
         node = state.nodes.get(request.node)
         if node is None or not node.fits(request.resources, held_nodes.get(node.node_id)):
@@ -266,6 +319,10 @@ def fits(state: ClusterState, request: Request, held: Reservation | None) -> boo
     if blocks(state, request, held, first=True):
         return False
     held_nodes = held.nodes if held is not None else {}
+    if request.bundles:
+        # On a copy of the placer: its search moves a cursor, and a query leaves no trace.
+        placer = state.placer.copy(state.nodes)
+        return gangs.place(placer, request.bundles, request.strategy, held_nodes) is not None
     if request.node is not None:
         nodes: Iterable[NodeLedger] = [n] if (n := state.nodes.get(request.node)) else []
     else:
@@ -279,6 +336,7 @@ __all__ = [
     "blocks",
     "capacity_blocks",
     "fits",
+    "gang_block",
     "most_free",
     "never_fits",
     "node_short",

@@ -47,10 +47,12 @@ def restore(life: Lifecycle, recovered: Recovered, now: float) -> list[Decision]
             continue
         lease.token = leases.minter.mint(lease.lease_id)
         lease.expires_at = max(lease.expires_at, now + lease.ttl)
+        # A gang is lost with any of its nodes: it runs whole or not at all.
         node = state.nodes.get(lease.node_id)
+        lost = any(node_id not in state.nodes for node_id in lease.nodes())
         gone = (
             ReclaimReason.NODE_LOST
-            if node is None
+            if lost
             else ReclaimReason.BUDGET_ENDED
             if lease.within is not None and lease.within not in leases.active
             else None
@@ -63,10 +65,11 @@ def restore(life: Lifecycle, recovered: Recovered, now: float) -> list[Decision]
         if lease.within is not None:
             state.budgets.open(leases.active[lease.within])
         elif lease.preemptible:
-            life.hints.preempt_dirty.add(node.node_id)
+            life.hints.preempt_dirty.update(lease.nodes())
         state.charge(lease)
         if lease.within is None:
-            node.mark_overcommit(lease.resources)
+            for node_id, amounts in lease.placed():
+                state.nodes[node_id].mark_overcommit(amounts)
         leases.add(lease)
         if not lease.detached:
             leases.unconfirmed.add(lease.lease_id)

@@ -6,7 +6,7 @@ coordinator calls it after a recovery. Each failure names the invariant.
 
 from __future__ import annotations
 
-from anya_resource.core.model import NODE_RESOURCES, LeaseState, charged
+from anya_resource.core.model import NODE_RESOURCES, LeaseRecord, LeaseState, charged
 from anya_resource.core.state import ClusterState
 
 
@@ -34,11 +34,14 @@ def _violations(s: ClusterState) -> list[str]:
         if lease.within is not None:
             _add(drawn.setdefault(lease.within, {}), charged(lease.resources, lease.pools))
             continue
-        if lease.node_id not in s.nodes:
-            out.append(f"inv2: lease {lease.lease_id} on unknown node {lease.node_id}")
+        unknown = [node_id for node_id in lease.nodes() if node_id not in s.nodes]
+        if unknown:
+            out.append(f"inv2: lease {lease.lease_id} on unknown node(s) {unknown}")
             continue
-        for r, a in lease.resources.items():
-            granted[lease.node_id][r] += a
+        out.extend(_gang_violations(lease))
+        for node_id, amounts in lease.placed():
+            for r, a in amounts.items():
+                granted[node_id][r] += a
         for p, a in lease.pools.items():
             pools[p] += a
         _add(tenants.setdefault(lease.tenant, {}), charged(lease.resources, lease.pools))
@@ -83,6 +86,26 @@ def _violations(s: ClusterState) -> list[str]:
     if len(s.leases.by_request) != len(s.leases):
         out.append("inv5: leases and their requests are not one to one")
     out.extend(_budget_violations(s, drawn))
+    return out
+
+
+def _gang_violations(lease: LeaseRecord) -> list[str]:
+    """inv10: a gang lease is whole: its bundles add up to what it is charged for."""
+    if lease.bundles is None:
+        return []
+    out: list[str] = []
+    if len(lease.bundles) < 2:
+        out.append(f"inv10: gang lease {lease.lease_id} has {len(lease.bundles)} bundle(s)")
+    summed: dict[str, int] = {}
+    for _, amounts in lease.bundles:
+        _add(summed, amounts)
+    if summed != {r: a for r, a in lease.resources.items() if a}:
+        out.append(
+            f"inv10: gang lease {lease.lease_id}: bundles add up to {summed}, "
+            f"it is charged {lease.resources}"
+        )
+    if lease.node_id != lease.bundles[0][0] if lease.bundles else False:
+        out.append(f"inv10: gang lease {lease.lease_id}: node_id is not its first bundle's")
     return out
 
 

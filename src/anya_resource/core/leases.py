@@ -112,28 +112,30 @@ class LeaseTable:
         if lease.lease_id in self.active:
             raise ValueError(f"lease id {lease.lease_id} is already active")
         self.active[lease.lease_id] = lease
-        self.by_node.setdefault(lease.node_id, {})[lease.lease_id] = lease
+        lease_id = lease.lease_id
+        # A gang lease is found under every node it holds something on.
+        nodes = lease.nodes() if lease.bundles is not None else (lease.node_id,)
+        for node_id in nodes:
+            self.by_node.setdefault(node_id, {})[lease_id] = lease
         self._index_holder(lease)
-        self.by_request[lease.request_id] = lease.lease_id
+        self.by_request[lease.request_id] = lease_id
         if lease.preemptible:
             self.preemptible_count += 1
-            self.preemptible_by_node.setdefault(lease.node_id, {})[lease.lease_id] = lease
+            for node_id in nodes:
+                self.preemptible_by_node.setdefault(node_id, {})[lease_id] = lease
         heapq.heappush(self._expiry, (lease.expires_at, lease.lease_id))
         self.highest_fencing = max(self.highest_fencing, lease.fencing_token)
 
     def remove(self, lease_id: str, reason: ReclaimReason) -> LeaseRecord:
         lease = self.active.pop(lease_id)
-        node_leases = self.by_node[lease.node_id]
-        del node_leases[lease_id]
-        if not node_leases:
-            del self.by_node[lease.node_id]
+        nodes = lease.nodes() if lease.bundles is not None else (lease.node_id,)
+        for node_id in nodes:
+            _drop(self.by_node, node_id, lease_id)
         self.by_request.pop(lease.request_id, None)
         if lease.preemptible:
             self.preemptible_count -= 1
-            preemptible = self.preemptible_by_node[lease.node_id]
-            del preemptible[lease_id]
-            if not preemptible:
-                del self.preemptible_by_node[lease.node_id]
+            for node_id in nodes:
+                _drop(self.preemptible_by_node, node_id, lease_id)
         self._unindex_holder(lease)
         self.unconfirmed.discard(lease_id)
         self.ended[lease_id] = EndedLease(lease.token, reason, lease.revoke_reason)
@@ -231,6 +233,14 @@ def check_token(lease_id: str, expected: str, presented: object) -> None:
             f"lease {lease_id}: the token presented does not match; expected the secret "
             "token returned with the grant"
         )
+
+
+def _drop(index: dict[str, dict[str, LeaseRecord]], node_id: str, lease_id: str) -> None:
+    """Drop ``lease_id`` from ``index[node_id]``, and the node's entry once it is empty."""
+    leases = index[node_id]
+    del leases[lease_id]
+    if not leases:
+        del index[node_id]
 
 
 def _discard(index: dict[str, set[str]], key: str | None, lease_id: str) -> bool:

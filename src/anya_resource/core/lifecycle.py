@@ -13,6 +13,7 @@ import heapq
 from dataclasses import dataclass, field
 
 from anya_resource.core.budgets import Budget
+from anya_resource.core.gangs import GangPlacement
 from anya_resource.core.hints import Hints
 from anya_resource.core.idempotency import KeyMemory
 from anya_resource.core.journal import Ended, Entry, Extended, Granted, Revoking
@@ -101,8 +102,11 @@ class Lifecycle:
 
     # -- grants ------------------------------------------------------------------------
 
-    def grant(self, waiter: Waiter, node: NodeLedger, now: float, out: list[Decision]) -> None:
-        """Grant ``waiter`` on ``node`` (which has the room: the caller placed it)."""
+    def grant(
+        self, waiter: Waiter, where: NodeLedger | GangPlacement, now: float, out: list[Decision]
+    ) -> None:
+        """Grant ``waiter`` on ``where`` (which has the room: the caller placed it): a
+        node, or for a gang the node of each bundle."""
         state = self.state
         request = waiter.request
         if waiter.request_id in state.queue:
@@ -110,10 +114,12 @@ class Lifecycle:
         # A tenant the policy does not name has no guarantee: all it holds is borrowed,
         # its first lease too (granted before it has a quota record).
         borrowed = state.quota(request.tenant).would_borrow(tenant_demand(request))
-        lease = self._new_lease(waiter, node.node_id, request.tenant, request.preemptible, now)
+        lease = self._new_lease(waiter, where.node_id, request.tenant, request.preemptible, now)
         lease.borrowed = borrowed
+        if isinstance(where, GangPlacement):
+            lease.bundles = where.bundles(request.bundles)
         if lease.preemptible:
-            self.hints.preempt_dirty.add(node.node_id)
+            self.hints.preempt_dirty.update(lease.nodes())
         state.charge(lease)
         if state.reservation is not None and state.reservation.request_id == waiter.request_id:
             state.reservation = None
@@ -224,11 +230,11 @@ class Lifecycle:
             return  # it ended already, with the budget it was drawn from
         state.leases.remove(lease.lease_id, reason)
         self.journal.append(Ended(lease.lease_id))
-        node = state.refund(lease)
+        nodes = state.refund(lease)
         if lease.within is not None:
             freed.budgets.add(lease.within)
         else:
-            if node is not None:
+            for node in nodes:
                 self.hints.preempt_dirty.add(node.node_id)
                 freed.nodes.add(node.node_id)
             freed.pools.update(lease.pools)

@@ -102,7 +102,9 @@ def node_down(life: Lifecycle, node_id: str, now: float) -> list[Decision]:
     # Processes on the node are gone with it: so are the leases they held elsewhere
     # (nobody is left there to report their death).
     life.reclaim_holders_on(node_id, out, freed)
-    if state.reservation is not None and state.reservation.node_id == node_id:
+    if state.reservation is not None and (
+        state.reservation.node_id == node_id or node_id in state.reservation.nodes
+    ):
         state.reservation = None
     _reject_infeasible(life, lambda request: request.node == node_id, node_id, out)
     out.extend(settle.settle(life, now, freed))
@@ -134,7 +136,7 @@ def health(life: Lifecycle, node_id: str, sample: NodeSample, now: float) -> lis
     relieved = observe(node, sample, state.policy.pressure)
     out: list[Decision] = []
     for resource in sorted(node.pressured):
-        victim = pressure_victim(state.leases.by_node.get(node_id, {}).values(), resource)
+        victim = pressure_victim(node_id, state.leases.by_node.get(node_id, {}).values(), resource)
         if victim is not None:
             life.revoke(
                 victim, RevokeCause.PRESSURE, f"{resource} pressure on node {node_id}", now, out

@@ -31,6 +31,15 @@ def channel_of(key: str | None) -> str | None:
 
 NODE_RESOURCES: tuple[str, ...] = ("memory", "cpu", "gpu", "disk")
 
+# How a gang's bundles go on nodes: Ray's four placement-group strategies, same meaning.
+# PACK: as few nodes as it can; SPREAD: as many as it can; STRICT_PACK: all on one node;
+# STRICT_SPREAD: each bundle on a node of its own.
+STRATEGIES: tuple[str, ...] = ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD")
+DISTINCT_NODES = "STRICT_SPREAD"
+
+# Where one bundle of a gang lease was placed: the node id and the bundle's amounts.
+Bundle: TypeAlias = tuple[str, Amounts]
+
 
 @dataclass(frozen=True, slots=True)
 class Holder:
@@ -72,20 +81,25 @@ class Request:
     # (core/budgets.py). Such a request never waits in the cluster's queue.
     within: str | None = None
     within_key: str | None = field(default=None, repr=False, compare=False)
+    # A gang: two or more bundles of node resources, granted all at once or not at all,
+    # each on a node the strategy allows; ``resources`` is their sum (what the tenant is
+    # charged). Empty for a one-node request.
+    bundles: tuple[Amounts, ...] = ()
+    strategy: str = "PACK"
     shape: tuple[Any, ...] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        object.__setattr__(
-            self,
-            "shape",
-            (
-                tuple(sorted(self.resources.items())),
-                tuple(sorted(self.pools.items())),
-                self.tenant,
-                self.node,
-                self.within,
-            ),
+        shape: tuple[Any, ...] = (
+            tuple(sorted(self.resources.items())),
+            tuple(sorted(self.pools.items())),
+            self.tenant,
+            self.node,
+            self.within,
         )
+        if self.bundles:
+            # A gang fits where its bundles do, not where its sum does.
+            shape += (tuple(tuple(sorted(b.items())) for b in self.bundles), self.strategy)
+        object.__setattr__(self, "shape", shape)
 
 
 def charged(resources: Amounts, pools: Amounts) -> Amounts:
@@ -128,6 +142,9 @@ class LeaseRecord:
     revoke_reason: str | None = None
     revoke_deadline: float | None = None
     within: str | None = None  # the budget (a lease id) it is drawn from: core/budgets.py
+    # A gang lease: where each bundle went, in the order asked (``node_id`` is the first
+    # bundle's node, ``resources`` their sum). None for a one-node lease.
+    bundles: list[Bundle] | None = None
 
     @property
     def listener(self) -> str | None:
@@ -150,15 +167,42 @@ class LeaseRecord:
     def from_fields(cls, fields: tuple[Any, ...] | list[Any]) -> LeaseRecord:
         """The record ``fields()`` was taken from (lists accepted: JSON has no tuples)."""
         values = list(fields)
-        if len(values) == RECORD_FIELD_COUNT - 1:
-            values.append(None)  # written before budgets: drawn from none
+        if _OLDEST_LAYOUT <= len(values) < RECORD_FIELD_COUNT:
+            # Written by an older version: the fields added since take their defaults
+            # (drawn from no budget, a one-node lease).
+            values.extend(_TRAILING_DEFAULTS[len(values) - RECORD_FIELD_COUNT :])
         if len(values) != RECORD_FIELD_COUNT:
             raise ValueError(f"a lease record has {RECORD_FIELD_COUNT} fields, got {len(fields)}")
         for index in _MAPPINGS:
             values[index] = dict(values[index])
         values[_HOLDER] = Holder(*values[_HOLDER])
         values[_STATE] = LeaseState(values[_STATE])
+        if values[_BUNDLES] is not None:
+            values[_BUNDLES] = [(str(node), dict(amounts)) for node, amounts in values[_BUNDLES]]
         return cls(*values)
+
+    def placed(self) -> list[Bundle]:
+        """Where it holds what: each bundle's node and amounts (one for a one-node lease)."""
+        if self.bundles is None:
+            return [(self.node_id, self.resources)]
+        return self.bundles
+
+    def nodes(self) -> list[str]:
+        """The nodes it holds something on, each once, in bundle order."""
+        if self.bundles is None:
+            return [self.node_id]
+        return list(dict.fromkeys(node_id for node_id, _ in self.bundles))
+
+    def on_node(self, node_id: str) -> Amounts:
+        """What it holds on ``node_id`` (nothing if none of its bundles is there)."""
+        if self.bundles is None:
+            return self.resources if node_id == self.node_id else {}
+        held: Amounts = {}
+        for where, amounts in self.bundles:
+            if where == node_id:
+                for resource, amount in amounts.items():
+                    held[resource] = held.get(resource, 0) + amount
+        return held
 
     def public(self) -> dict[str, Any]:
         """Everything but the secret token, for listings."""
@@ -175,6 +219,10 @@ class LeaseRecord:
             "preemptible": self.preemptible,
             "state": self.state.value,
             "within": self.within,
+            "bundles": [
+                {"node_id": node_id, "resources": dict(amounts)}
+                for node_id, amounts in self.placed()
+            ],
             "holder": {
                 "pid": self.holder.pid,
                 "node_id": self.holder.node_id,
@@ -191,6 +239,11 @@ _holder_values = attrgetter(*(f.name for f in dataclass_fields(Holder)))
 _HOLDER = RECORD_FIELDS.index("holder")
 _STATE = RECORD_FIELDS.index("state")
 _MAPPINGS = (RECORD_FIELDS.index("resources"), RECORD_FIELDS.index("pools"))
+_BUNDLES = RECORD_FIELDS.index("bundles")
+# Fields added after the first layout, with their defaults, oldest first: a record
+# written before them is read back with these (``from_fields``).
+_TRAILING_DEFAULTS: tuple[Any, ...] = (None, None)  # within, bundles
+_OLDEST_LAYOUT = RECORD_FIELD_COUNT - len(_TRAILING_DEFAULTS)
 
 
 @dataclass(frozen=True, slots=True)

@@ -33,13 +33,17 @@ def _hysteresis(node: NodeLedger, resource: str, percent: float, high: float, lo
         node.set_pressure(resource, False)
 
 
-def pressure_victim(leases: Iterable[LeaseRecord], resource: str) -> LeaseRecord | None:
-    """The lease of a node under ``resource`` pressure to revoke next, if any now."""
+def pressure_victim(
+    node_id: str, leases: Iterable[LeaseRecord], resource: str
+) -> LeaseRecord | None:
+    """The lease on ``node_id`` (under ``resource`` pressure) to revoke next, if any now."""
     on_node = list(leases)
     if any(lease.state is LeaseState.REVOKING for lease in on_node):
         return None  # one at a time: let the last revocation take effect first
     candidates = [
-        lease for lease in on_node if lease.preemptible and lease.resources.get(resource, 0) > 0
+        lease
+        for lease in on_node
+        if lease.preemptible and lease.on_node(node_id).get(resource, 0) > 0
     ]
     if not candidates:
         return None

@@ -17,7 +17,7 @@ fullest node found.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 
 from anya_resource.core.ledger import NodeLedger
 from anya_resource.core.model import NODE_RESOURCES
@@ -111,9 +111,13 @@ class Placer:
     # -- choice ---------------------------------------------------------------
 
     def choose(
-        self, demand: Mapping[str, int], held: Mapping[str, Mapping[str, int]]
+        self,
+        demand: Mapping[str, int],
+        held: Mapping[str, Mapping[str, int]],
+        exclude: Collection[str] = (),
     ) -> NodeLedger | None:
-        """A node where ``demand`` fits outside the reservations ``held`` (node -> amounts)."""
+        """A node where ``demand`` fits outside the reservations ``held`` (node -> amounts),
+        other than the nodes ``exclude`` names (a gang's bundles that must be apart)."""
         bound = self.free_bound
         for resource, amount in demand.items():
             if amount > bound[resource]:
@@ -121,9 +125,14 @@ class Placer:
         pack = self.strategy == "pack"
         if pack:
             last = self._last_packed
-            if last is not None and last.alive and last.fits(demand, held.get(last.node_id)):
+            if (
+                last is not None
+                and last.alive
+                and last.node_id not in exclude
+                and last.fits(demand, held.get(last.node_id))
+            ):
                 return last
-        choice = self._search(demand, held)
+        choice = self._search(demand, held, exclude)
         if choice is None:
             self._tighten_bound(demand)
         elif pack:
@@ -159,7 +168,10 @@ class Placer:
         return best
 
     def _search(
-        self, demand: Mapping[str, int], held: Mapping[str, Mapping[str, int]]
+        self,
+        demand: Mapping[str, int],
+        held: Mapping[str, Mapping[str, int]],
+        exclude: Collection[str] = (),
     ) -> NodeLedger | None:
         """The best-scoring of the first ``choices`` nodes that fit, from the cursor on."""
         nodes = self.candidates(demand)
@@ -174,7 +186,7 @@ class Placer:
         for examined in range(1, count + 1):
             index = start + examined - 1
             node = nodes[index if index < count else index - count]
-            if node.alive:
+            if node.alive and (not exclude or node.node_id not in exclude):
                 score = self.score(node, demand, held)
                 if score is not None:
                     if best is None or score > best_score:

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
+from dataclasses import replace
 from typing import Any
 
 from anya_resource.config import Policy, Priority
-from anya_resource.core.model import NODE_RESOURCES, Holder, Request
+from anya_resource.core.model import NODE_RESOURCES, STRATEGIES, Holder, Request
 from anya_resource.errors import InvalidRequest
 from anya_resource.inputs import check_name, shown
-from anya_resource.quantities import to_units
+from anya_resource.quantities import MAX_AMOUNT, format_amount, to_units
 
 MAX_TIMEOUT = 365 * 86400.0
 MAX_PRIORITY = 1_000_000  # the range the policy allows its classes; aging adds floats to it
@@ -30,8 +31,32 @@ def build_request(
     holder: Holder | None = None,
     detached: bool = False,
     within: object = None,
+    bundles: object = None,
+    strategy: object = None,
 ) -> Request:
-    """Validate and normalise one request. Raises ``InvalidRequest``; changes nothing."""
+    """Validate and normalise one request. Raises ``InvalidRequest``; changes nothing.
+
+    ``bundles``: a gang (``core/gangs.py``), a list of node-resource mappings granted all
+    at once by ``strategy`` (one of Ray's four; PACK by default); ``resources`` may then
+    name only ``pools``, which are cluster-wide. A gang of one bundle is a one-node request.
+    """
+    if bundles is not None or strategy is not None:
+        return _gang(
+            policy,
+            resources,
+            bundles,
+            strategy,
+            priority=priority,
+            tenant=tenant,
+            ttl=ttl,
+            timeout=timeout,
+            preemptible=preemptible,
+            node=node,
+            idempotency_key=idempotency_key,
+            holder=holder,
+            detached=detached,
+            within=within,
+        )
     if not isinstance(resources, Mapping):
         raise InvalidRequest(
             f"resources: got {shown(resources)}, expected a mapping such as "
@@ -173,3 +198,100 @@ def _flag(what: str, value: object) -> bool:
     if not isinstance(value, bool):
         raise InvalidRequest(f"{what}: got {shown(value)}, expected True or False")
     return value
+
+
+MAX_BUNDLES = 1000  # bundles in one gang (Ray's placement groups take about as many)
+
+
+def _gang(
+    policy: Policy,
+    resources: Mapping[str, Any],
+    bundles: object,
+    strategy: object,
+    **options: Any,
+) -> Request:
+    """``build_request`` for ``bundles=``: each bundle checked as a request's resources."""
+    if bundles is None:
+        raise InvalidRequest(
+            f"strategy: got {shown(strategy)} without bundles; expected bundles=[...] with it"
+        )
+    chosen = _strategy(strategy)
+    if not isinstance(bundles, list | tuple) or not bundles:
+        raise InvalidRequest(
+            f"bundles: got {shown(bundles)}, expected a non-empty list of mappings such as "
+            "[{'cpu': 2, 'gpu': 1}, {'cpu': 2, 'gpu': 1}]"
+        )
+    if len(bundles) > MAX_BUNDLES:
+        raise InvalidRequest(
+            f"bundles: got {len(bundles):,} bundles, expected at most {MAX_BUNDLES:,}"
+        )
+    if not isinstance(resources, Mapping):
+        raise InvalidRequest(f"resources: got {shown(resources)}, expected a mapping")
+    extra = [name for name in resources if name != "pools"]
+    if extra:
+        raise InvalidRequest(
+            f"resources: got {shown(extra)} beside bundles=; expected the node resources "
+            "in the bundles, and only 'pools' (cluster-wide) beside them"
+        )
+    if options.get("node") is not None:
+        raise InvalidRequest(
+            f"node: got {shown(options['node'])} with bundles=; a gang's nodes are chosen "
+            "by its strategy, expected node=None"
+        )
+    amounts = [_bundle(policy, index, bundle) for index, bundle in enumerate(bundles)]
+    summed: dict[str, int] = {}
+    for bundle in amounts:
+        for name, amount in bundle.items():
+            summed[name] = summed.get(name, 0) + amount
+    for name, amount in summed.items():
+        if amount > MAX_AMOUNT:
+            raise InvalidRequest(
+                f"bundles: {len(amounts)} bundles ask for more {name} in all than can be "
+                f"counted; expected a total below {format_amount(name, MAX_AMOUNT)}"
+            )
+    # The rest (pools, priority, tenant, ttl...) is checked as for any request, with the
+    # first bundle as its resources; the gang then takes the sum of all of them.
+    first = {**bundles[0], **({"pools": resources["pools"]} if "pools" in resources else {})}
+    whole = build_request(policy, first, **options)
+    if len(amounts) == 1:
+        return whole  # one bundle: a one-node request, whatever the strategy
+    return replace(whole, resources=summed, bundles=tuple(amounts), strategy=chosen)
+
+
+def _strategy(strategy: object) -> str:
+    if strategy is None:
+        return "PACK"
+    if isinstance(strategy, str) and strategy.upper() in STRATEGIES:
+        return strategy.upper()
+    raise InvalidRequest(f"strategy: got {shown(strategy)}, expected one of {list(STRATEGIES)}")
+
+
+def _bundle(policy: Policy, index: int, bundle: object) -> dict[str, int]:
+    """One bundle's node resources in core units: not empty, no pools."""
+    if not isinstance(bundle, Mapping):
+        raise InvalidRequest(
+            f"bundle {index}: got {shown(bundle)}, expected a mapping such as {{'cpu': 2}}"
+        )
+    amounts: dict[str, int] = {}
+    for name, value in bundle.items():
+        if name == "pools" or (isinstance(name, str) and name in policy.pools):
+            raise InvalidRequest(
+                f"bundle {index}: names pool {shown(name)}; pools are cluster-wide, "
+                "expected them in the gang's pools= (resources={'pools': {...}})"
+            )
+        if name not in NODE_RESOURCES:
+            raise InvalidRequest(
+                f"bundle {index}: unknown resource {shown(name)}; expected some of "
+                f"{list(NODE_RESOURCES)}"
+            )
+        try:
+            amount = to_units(name, value)
+        except InvalidRequest as exc:
+            raise InvalidRequest(f"bundle {index}: {exc}") from None
+        if amount:
+            amounts[name] = amount
+    if not amounts:
+        raise InvalidRequest(
+            f"bundle {index}: {shown(dict(bundle))} asks for nothing; expected amounts > 0"
+        )
+    return amounts

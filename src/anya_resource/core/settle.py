@@ -21,11 +21,11 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 
-from anya_resource.core import admission
+from anya_resource.core import admission, gangs
 from anya_resource.core.admission import place, tenant_blocks
 from anya_resource.core.lifecycle import Lifecycle
 from anya_resource.core.model import Amounts, Decision, RevokeCause, tenant_demand
-from anya_resource.core.preemption import choose_victims
+from anya_resource.core.preemption import choose_gang_victims, choose_victims
 from anya_resource.core.state import ClusterState, Freed, Reservation
 from anya_resource.core.waitqueue import Waiter
 
@@ -126,6 +126,7 @@ def reserve_for_head(life: Lifecycle, head: Waiter, now: float, out: list[Decisi
         current is not None
         and current.request_id == head.request_id
         and current.tenant_limited == limited
+        and all(node_id in state.nodes for node_id in current.nodes)
         and (current.node_id is None or current.node_id in state.nodes)
     ):
         if not limited:
@@ -140,12 +141,19 @@ def reserve_for_head(life: Lifecycle, head: Waiter, now: float, out: list[Decisi
         )
         return
     node_id = request.node
-    if node_id is None and request.resources:
-        node_id = _soonest_node(state, request.resources)
+    if request.bundles:
+        # A gang holds back, on every node where its bundles will fit soonest, what
+        # they would take there: small requests backfill only around all of it.
+        held_nodes = gangs.target(state.placer, request.bundles, request.strategy)
+        node_id = next(iter(held_nodes), None)
+    else:
+        if node_id is None and request.resources:
+            node_id = _soonest_node(state, request.resources)
+        held_nodes = {node_id: request.resources} if node_id and request.resources else {}
     state.reservation = Reservation(
         head.request_id,
         node_id,
-        {node_id: request.resources} if node_id and request.resources else {},
+        held_nodes,
         dict(request.pools),
         request.tenant,
         tenant_demand(request),
@@ -172,6 +180,7 @@ def backfill_shapes(
             request = next(iter(next(iter(group.classes.values())).values())).request
             if (
                 request.resources
+                and not request.bundles  # a gang may use a little on each of several nodes
                 and request.tenant not in scope.tenants
                 and not scope.pools & request.pools.keys()
                 and any(a > most_free.get(r, 0) for r, a in request.resources.items())
@@ -228,6 +237,11 @@ def _soonest_node(state: ClusterState, demand: Amounts) -> str | None:
     return best_id
 
 
+def _held_nodes(state: ClusterState) -> set[str]:
+    held = state.reservation
+    return set(held.nodes) if held is not None else set()
+
+
 def _maybe_preempt(life: Lifecycle, head: Waiter, now: float, out: list[Decision]) -> None:
     """Revoke the fewest preemptible leases that make room for the head, if it may."""
     state, hints = life.state, life.hints
@@ -247,16 +261,27 @@ def _maybe_preempt(life: Lifecycle, head: Waiter, now: float, out: list[Decision
     if memo == hints.preempt_memo and not request.pools:
         if not hints.preempt_dirty:
             return
+        if request.bundles and not hints.preempt_dirty & _held_nodes(state):
+            return  # nothing changed on the nodes the gang holds back
         only = hints.preempt_dirty
     hints.preempt_dirty = set()
-    plan = choose_victims(state, request, effective, only, fits_nowhere=True)
-    if plan is None:
-        hints.preempt_memo = memo  # nothing changed since: nothing to find
-        return
-    node_id, victims = plan
-    if node_id is not None and state.reservation is not None and request.resources:
-        state.reservation.node_id = node_id
-        state.reservation.nodes = {node_id: request.resources}
+    if request.bundles:
+        held = state.reservation
+        target = held.nodes if held is not None and held.request_id == head.request_id else {}
+        gang_victims = choose_gang_victims(state, request, effective, target) if target else None
+        if gang_victims is None:
+            hints.preempt_memo = memo
+            return
+        victims = gang_victims
+    else:
+        plan = choose_victims(state, request, effective, only, fits_nowhere=True)
+        if plan is None:
+            hints.preempt_memo = memo  # nothing changed since: nothing to find
+            return
+        node_id, victims = plan
+        if node_id is not None and state.reservation is not None and request.resources:
+            state.reservation.node_id = node_id
+            state.reservation.nodes = {node_id: request.resources}
     reason = f"preempted for {head.request_id} ({request.priority_name})"
     for lease in victims:
         life.revoke(lease, RevokeCause.PREEMPTED, reason, now, out)

@@ -104,30 +104,37 @@ class ClusterState:
         if lease.within is not None:
             self.budgets.by_lease[lease.within].charge(lease)
             return
-        self.nodes[lease.node_id].take(lease.resources)
+        if lease.bundles is None:
+            self.nodes[lease.node_id].take(lease.resources)
+        else:
+            for node_id, amounts in lease.bundles:
+                self.nodes[node_id].take(amounts)
         pools = lease.pools
         for pool, slots in pools.items():
             self.pools[pool].in_use += slots
         self.quota(lease.tenant).charge(charged(lease.resources, pools))
 
-    def refund(self, lease: LeaseRecord) -> NodeLedger | None:
-        """Undo ``charge``; the node it was on, if that is still here."""
+    def refund(self, lease: LeaseRecord) -> list[NodeLedger]:
+        """Undo ``charge``; the nodes it was on that are still here."""
         if lease.within is not None:
             budget = self.budgets.by_lease.get(lease.within)
             if budget is not None:
                 budget.refund(lease)
-            return None
-        node = self.nodes.get(lease.node_id)
-        if node is not None:
-            node.give_back(lease.resources)
-            self.placer.note_freed(node, lease.resources)
+            return []
+        back: list[NodeLedger] = []
+        for node_id, amounts in lease.placed():
+            node = self.nodes.get(node_id)
+            if node is not None:
+                node.give_back(amounts)
+                self.placer.note_freed(node, amounts)
+                back.append(node)
         pools = lease.pools
         for pool, slots in pools.items():
             self.pools[pool].in_use -= slots
         self.quota(lease.tenant).refund(charged(lease.resources, pools))
         if lease.tenant not in self.policy.tenants:
             self.maybe_idle.add(lease.tenant)
-        return node
+        return back
 
     def quota(self, tenant: str) -> TenantQuota:
         """``tenant``'s record, made on first use (a tenant the policy does not name)."""

@@ -26,6 +26,8 @@ from typing import Any
 
 from anya_resource.core.model import Request
 
+GANG_BUNDLES = 5  # where a gang's shape keeps its bundles (``Request.shape``)
+
 
 @dataclass(slots=True)
 class Waiter:
@@ -79,7 +81,7 @@ class Floor:
         self._heaps: dict[str, list[int]] = {}
 
     def add(self, shape: tuple[Any, ...]) -> None:
-        resources, pools, tenant = shape[0], shape[1], shape[2]
+        resources, pools, tenant = _per_node(shape), shape[1], shape[2]
         for resource, amount in resources:
             self.asking[resource] = self.asking.get(resource, 0) + 1
             key = (resource, amount)
@@ -92,7 +94,7 @@ class Floor:
         self.tenants[tenant] = self.tenants.get(tenant, 0) + 1
 
     def remove(self, shape: tuple[Any, ...]) -> None:
-        resources, pools, tenant = shape[0], shape[1], shape[2]
+        resources, pools, tenant = _per_node(shape), shape[1], shape[2]
         for resource, amount in resources:
             _decrement(self.asking, resource)
             _decrement(self._counts, (resource, amount))
@@ -107,6 +109,18 @@ class Floor:
                 return heap[0]
             heapq.heappop(heap)
         return 0
+
+
+def _per_node(shape: tuple[Any, ...]) -> tuple[tuple[str, int], ...]:
+    """The least a shape needs free on one node to use it, per resource it always asks
+    for: its resources, or for a gang (``Request.shape``'s bundles) the smallest amount
+    of each resource that every bundle asks for."""
+    if len(shape) <= GANG_BUNDLES:
+        resources: tuple[tuple[str, int], ...] = shape[0]
+        return resources
+    bundles = [dict(bundle) for bundle in shape[GANG_BUNDLES]]
+    common = set(bundles[0]).intersection(*bundles[1:])
+    return tuple(sorted((r, min(b[r] for b in bundles)) for r in common))
 
 
 def _decrement(counts: dict[Any, int], key: Any) -> None:

@@ -12,10 +12,13 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any
 
+from anya_resource.core import gangs
 from anya_resource.core.admission import Block, never_fits, place, why_not
 from anya_resource.core.budgets import Budget, demand_of
+from anya_resource.core.gangs import GangPlacement
+from anya_resource.core.ledger import NodeLedger
 from anya_resource.core.model import LeaseRecord, Request
-from anya_resource.core.preemption import choose_victims
+from anya_resource.core.preemption import choose_gang_victims, choose_victims
 from anya_resource.core.state import ClusterState
 from anya_resource.core.waitqueue import Waiter
 from anya_resource.messages import WhatIfAnswer
@@ -66,24 +69,25 @@ def what_if(
     victims: list[LeaseRecord] = []
     granted = 0
     for _ in range(count):
-        node = place(trial, request, held, None)
-        if node is None:
-            taken = {lease.lease_id for lease in victims}
-            plan = choose_victims(trial, request, float(request.priority), excluded=taken)
-            if plan is None:
+        where = place(trial, request, held, None)
+        if where is None:
+            chosen = _victims(trial, request, {lease.lease_id for lease in victims})
+            if chosen is None:
                 break
-            for lease in plan[1]:
+            for lease in chosen:
                 trial.refund(lease)
                 victims.append(lease)
-            node = place(trial, request, held, None)
-            if node is None:
+            where = place(trial, request, held, None)
+            if where is None:
                 break
             result.granted_after_preemption += 1
         else:
             result.granted_now += 1
-        trial.charge(_would_be(request, node.node_id, now))
+        lease = _would_be(request, where, now)
+        trial.charge(lease)
         granted += 1
-        result.nodes[node.node_id] = result.nodes.get(node.node_id, 0) + 1
+        for node_id, _ in lease.placed():  # a gang counts each bundle on its node
+            result.nodes[node_id] = result.nodes.get(node_id, 0) + 1
     if granted < count:
         result.blocked_by = str(why_not(trial, request, held))
     result.would_wait = count - granted
@@ -91,14 +95,26 @@ def what_if(
     return result
 
 
-def _would_be(request: Request, node_id: str, now: float) -> LeaseRecord:
-    """The lease a grant of ``request`` on ``node_id`` would be, for the trial to count."""
-    return LeaseRecord(
+def _victims(trial: ClusterState, request: Request, taken: set[str]) -> list[LeaseRecord] | None:
+    """What ``submit`` would preempt for ``request`` (not already ``taken``), or None."""
+    priority = float(request.priority)
+    if request.bundles:
+        target = gangs.target(trial.placer, request.bundles, request.strategy)
+        if not target:
+            return None
+        return choose_gang_victims(trial, request, priority, target, excluded=taken)
+    plan = choose_victims(trial, request, priority, excluded=taken)
+    return None if plan is None else plan[1]
+
+
+def _would_be(request: Request, where: NodeLedger | GangPlacement, now: float) -> LeaseRecord:
+    """The lease a grant of ``request`` on ``where`` would be, for the trial to count."""
+    lease = LeaseRecord(
         "",
         "",
         "",
         0,
-        node_id,
+        where.node_id,
         request.resources,
         request.pools,
         request.priority,
@@ -110,6 +126,9 @@ def _would_be(request: Request, node_id: str, now: float) -> LeaseRecord:
         request.preemptible,
         request.holder,
     )
+    if isinstance(where, GangPlacement):
+        lease.bundles = where.bundles(request.bundles)
+    return lease
 
 
 def what_if_within(budget: Budget, request: Request, count: int) -> WhatIf:
