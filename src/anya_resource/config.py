@@ -149,6 +149,11 @@ class LeasePolicy(_Strict):
     # How long a manager keeps a warm lease (acquired with warm=True) idle for its next
     # acquire of the same kind, unless waiting requests want it back first; 0: never.
     warm_idle_s: float = Field(default=2.0, ge=0, le=3600)
+    # When a one-node lease of node resources is reserved in Ray (a placement group):
+    # "first_use" when its holder first needs it (``lease.placement_group``, a ``@leased``
+    # task), "grant" before the grant is told. Gangs, queued jobs and acquires with
+    # ``reserve=True`` are always reserved at grant (docs/architecture.md, "Reserved in Ray").
+    reserve_at: Literal["grant", "first_use"] = "first_use"
 
     @model_validator(mode="after")
     def _renew_before_expiry(self) -> LeasePolicy:

@@ -96,7 +96,7 @@ def test_strict_spread_needs_a_node_per_bundle() -> None:
     request_id, decisions = gang(h, 4, "STRICT_SPREAD")
     lease = grant_for(decisions, request_id).lease  # type: ignore[union-attr]
     assert sorted(nodes_of(lease)) == ["n1", "n2", "n3", "n4"]
-    with pytest.raises(Infeasible, match="STRICT_SPREAD needs 5 nodes.*has 4"):
+    with pytest.raises(Infeasible, match=r"STRICT_SPREAD needs 5 nodes.*has 4"):
         gang(h, 5, "STRICT_SPREAD")
 
 
@@ -347,15 +347,65 @@ def test_a_gang_record_survives_the_journal_and_older_layouts_still_read() -> No
     recovered.apply([["g", json.loads(json.dumps(fields))]])
     back = recovered.leases[lease.lease_id]
     assert back.bundles == lease.bundles and back.nodes() == lease.nodes()
-    older = LeaseRecord.from_fields(fields[:-2])  # before budgets and gangs
+    older = LeaseRecord.from_fields(fields[:-4])  # before budgets, gangs and reservations
     assert older.within is None and older.bundles is None
+    assert older.reserve is False and older.placement_group is None
     with pytest.raises(ValueError, match="fields"):
-        LeaseRecord.from_fields(fields[:-3])
+        LeaseRecord.from_fields(fields[:-5])
+
+
+def test_a_placement_group_is_journaled_and_restored_with_its_lease() -> None:
+    from tests.unit.core_support import Durable, Store
+
+    store = Store()
+    nodes = {f"n{i}": {"cpu": 2 * CORE, "memory": 8 * GIB, "gpu": 0, "disk": 0} for i in (1, 2)}
+    policy = make_policy()
+    first = Durable(policy, store, nodes, 100.0)
+    request = build_gang(policy)
+    request_id, decisions = first.s.submit(request, 100.0)
+    lease = grant_for(decisions, request_id).lease  # type: ignore[union-attr]
+    assert lease.reserve is True  # a gang is reserved at grant
+    first.s.placement_group(lease.lease_id, lease.token, "ab12", 100.0)
+    with pytest.raises(InvalidRequest, match="placement_group"):
+        first.s.placement_group(lease.lease_id, lease.token, "not hex!", 100.0)
+    first.commit()
+    second = Durable(policy, store, nodes, 101.0, epoch=1)
+    back = second.s.leases.active[lease.lease_id]
+    assert back.placement_group == "ab12" and back.bundles == lease.bundles
+
+
+def build_gang(policy: Any) -> Any:
+    from anya_resource.core import build_request
+
+    return build_request(policy, {}, bundles=[{"cpu": 1}, {"cpu": 1}], strategy="STRICT_SPREAD")
+
+
+def test_what_ray_cannot_reserve_is_never_reserved_and_plain_leases_follow_the_policy() -> None:
+    h = cluster()
+    assert h.request({"cpu": 1}).reserve is False  # first_use by default
+    assert h.request({"cpu": 1}, reserve=True).reserve is True
+    assert h.request({"disk": "1GiB"}, reserve=True).reserve is False
+    assert h.request({}, bundles=[{"cpu": 1}] * 2).reserve is True
+    assert h.request({}, bundles=[{"cpu": 1}] * 2, reserve=False).reserve is False
+    with pytest.raises(InvalidRequest, match="reserve: got 'yes'"):
+        h.request({"cpu": 1}, reserve="yes")
+    at_grant = cluster(lease={"reserve_at": "grant"})
+    assert at_grant.request({"cpu": 1}).reserve is True
+
+
+def test_plain_ray_work_outside_leases_is_not_granted_and_giving_it_back_settles() -> None:
+    h = cluster(nodes=1)
+    assert h.s.outside_use("n1", {"cpu": 1500}, h.now) == []
+    request_id = h.wait({"cpu": 1})  # only 0.5 of 2 CPUs is not taken by plain work
+    assert h.snap()["nodes"]["n1"]["resources"]["cpu"]["free"] == 500
+    decisions = h.s.outside_use("n1", {"cpu": 500}, h.now)
+    assert grant_for(decisions, request_id) is not None
+    check_invariants(h.s.state)
 
 
 def test_grants_of_gangs_are_listed_with_every_bundle() -> None:
     h = cluster()
-    request_id, decisions = gang(h, 2, "SPREAD")
+    _, decisions = gang(h, 2, "SPREAD")
     assert len(grants(decisions)) == 1
     (listed,) = h.s.lease_list()
     assert len(listed["bundles"]) == 2 and listed["node_id"] == listed["bundles"][0]["node_id"]

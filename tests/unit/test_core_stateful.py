@@ -155,6 +155,7 @@ class Ended:
 class Model:
     nodes: dict[str, dict[str, int]] = field(default_factory=dict)
     pressured: dict[str, set[str]] = field(default_factory=dict)
+    outside: dict[str, dict[str, int]] = field(default_factory=dict)  # plain Ray work's use
     waiting: dict[str, Waiting] = field(default_factory=dict)
     leases: dict[str, Held] = field(default_factory=dict)
     ended: dict[str, Ended] = field(default_factory=dict)
@@ -278,9 +279,8 @@ class SchedulerMachine(RuleBasedStateMachine):
             capacity = self.m.nodes[node]
             for resource, amount in amounts.items():
                 after = self.model_granted(node, resource) + amount
-                assert after <= limit_of(capacity, resource), (
-                    f"inv1: {resource} on {node}: {after} > {limit_of(capacity, resource)}"
-                )
+                room = limit_of(capacity, resource) - self.m.outside.get(node, {}).get(resource, 0)
+                assert after <= room, f"inv1: {resource} on {node}: {after} > {room}"
                 assert resource not in self.m.pressured.get(node, set()), (
                     f"granted {resource} on {node} while it is under pressure"
                 )
@@ -706,6 +706,7 @@ class SchedulerMachine(RuleBasedStateMachine):
         }
         del self.m.nodes[node_id]
         self.m.pressured.pop(node_id, None)
+        self.m.outside.pop(node_id, None)
         decisions = self.s.node_down(node_id, self.now)
         lost = {
             d.lease_id
@@ -752,6 +753,26 @@ class SchedulerMachine(RuleBasedStateMachine):
         ]
         assert len(by_pressure) <= 1, "pressure revokes one lease at a time per node"
         assert sorted(pressured) == self.s.snapshot(self.now)["nodes"][node_id]["pressured"]
+
+    @precondition(lambda self: self.m.nodes)
+    @rule(
+        index=picks,
+        cpu=st.sampled_from([0, 0, 0.5, 1, 3]),
+        memory=st.sampled_from([0, 0, "1GiB", "6GiB"]),
+    )
+    def outside_use(self, index: int, cpu: float, memory: Any) -> None:
+        """Ray reports plain Ray work on a node, outside every lease: it is not free for
+        leases from then on, and what is granted there already stays granted."""
+        from anya_resource.quantities import to_units
+
+        node_id = self.pick(sorted(self.m.nodes), index)
+        use = {"cpu": to_units("cpu", cpu), "memory": to_units("memory", memory)}
+        before = self.state()[1]
+        decisions = self.s.outside_use(node_id, use, self.now)
+        self.m.outside[node_id] = {r: a for r, a in use.items() if a}
+        assert not [d for d in decisions if isinstance(d, (Reclaim, Reject))], decisions
+        self.apply(decisions)
+        assert {lease["lease_id"] for lease in before} <= set(self.m.leases), "a lease ended"
 
     @rule(holder=st.sampled_from(HOLDERS[1:]))
     def holder_died(self, holder: Holder) -> None:
@@ -808,6 +829,7 @@ class SchedulerMachine(RuleBasedStateMachine):
         for ended in self.m.ended.values():
             ended.before_restart = True
         self.m.pressured.clear()
+        self.m.outside.clear()  # the new coordinator hears of it at the next heartbeat
         gone = self.pick(sorted(self.m.nodes), drop) if drop is not None else None
         if gone is not None:
             del self.m.nodes[gone]
@@ -859,6 +881,7 @@ class SchedulerMachine(RuleBasedStateMachine):
                 assert row["reserve"] == reserve_of(_full(capacity))[resource]
                 assert row["granted"] == held, f"{node_id} {resource}: {row['granted']} != {held}"
                 expected = min(limit, held) if resource in pressured else limit
+                expected -= self.m.outside.get(node_id, {}).get(resource, 0)
                 assert row["grantable"] == expected
                 # inv2: free + granted = grantable capacity, with no leak and no double count.
                 assert row["free"] + row["granted"] == row["grantable"]

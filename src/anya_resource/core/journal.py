@@ -69,6 +69,13 @@ class Extended(NamedTuple):
     expires_at: float
 
 
+class Reserved(NamedTuple):
+    """The Ray placement group (its id, hex) that reserves a lease was made."""
+
+    lease_id: str
+    placement_group: str
+
+
 class Refused(NamedTuple):
     """A cancel that came before its request: the request is refused when it arrives."""
 
@@ -76,7 +83,7 @@ class Refused(NamedTuple):
     outcome: str
 
 
-Entry = Granted | Ended | Rebound | Revoking | Extended | Refused
+Entry = Granted | Ended | Rebound | Revoking | Extended | Reserved | Refused
 
 
 @dataclass(frozen=True, slots=True, order=True)
@@ -129,6 +136,10 @@ class Recovered:
                 extended = self.leases.get(entry[1])
                 if extended is not None:
                     extended.expires_at = max(extended.expires_at, entry[2])
+            elif kind == "p":
+                reserved = self.leases.get(entry[1])
+                if reserved is not None:
+                    reserved.placement_group = entry[2]
             elif kind == "r":
                 self.refused.pop(entry[1], None)
                 self.refused[entry[1]] = entry[2]
@@ -160,6 +171,8 @@ def _encode_entry(entry: Entry) -> list[Any]:
         return ["v", entry.lease_id, entry.reason, entry.deadline]
     if isinstance(entry, Extended):
         return ["x", entry.lease_id, entry.expires_at]
+    if isinstance(entry, Reserved):
+        return ["p", entry.lease_id, entry.placement_group]
     return ["r", entry.key, entry.outcome]
 
 
@@ -179,7 +192,10 @@ def net(entries: list[Entry]) -> list[Entry]:
         for e in entries
         if not (
             (isinstance(e, Granted) and e.lease.lease_id in born)
-            or (isinstance(e, Ended | Rebound | Revoking | Extended) and e.lease_id in born)
+            or (
+                isinstance(e, Ended | Rebound | Revoking | Extended | Reserved)
+                and e.lease_id in born
+            )
         )
     ]
 

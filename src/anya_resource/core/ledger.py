@@ -29,6 +29,9 @@ class NodeLedger:
     # Resources whose capacity report fell below what was already granted.
     shrunk: set[str] = field(default_factory=set)
     limits: Amounts = field(default_factory=dict)  # capacity minus reserve
+    # What others use of the node outside any lease (plain Ray work, other placement
+    # groups), as Ray last reported it: not free for leases, whatever the ledger says.
+    outside: Amounts = field(default_factory=dict)
     # What may be granted in all, per resource: the limit, or under pressure no more than
     # is granted already. The pressure cap is applied here once; every fit, free and
     # headroom figure reads it (they run on every grant and release).
@@ -44,11 +47,19 @@ class NodeLedger:
         self._set_ceilings()
 
     def _set_ceilings(self) -> None:
-        limits, granted = self.limits, self.granted
+        limits, granted, outside = self.limits, self.granted, self.outside
         self.ceilings = {
-            r: min(limits[r], granted[r]) if r in self.pressured else limits[r]
+            r: (min(limits[r], granted[r]) if r in self.pressured else limits[r])
+            - outside.get(r, 0)
             for r in NODE_RESOURCES
         }
+
+    def set_outside(self, amounts: Mapping[str, int]) -> bool:
+        """What others use of the node now; True if that is less than before."""
+        before = self.outside
+        self.outside = {r: a for r, a in amounts.items() if a > 0}
+        self._set_ceilings()
+        return any(self.outside.get(r, 0) < a for r, a in before.items())
 
     def set_pressure(self, resource: str, on: bool) -> None:
         """Stop (``on``) or resume new grants of ``resource`` here."""
@@ -132,6 +143,7 @@ class NodeLedger:
             self.health_factor,
             self.alive,
             set(self.shrunk),
+            outside=dict(self.outside),
         )
 
 

@@ -116,6 +116,7 @@ class Lifecycle:
         borrowed = state.quota(request.tenant).would_borrow(tenant_demand(request))
         lease = self._new_lease(waiter, where.node_id, request.tenant, request.preemptible, now)
         lease.borrowed = borrowed
+        lease.reserve = request.reserve
         if isinstance(where, GangPlacement):
             lease.bundles = where.bundles(request.bundles)
         if lease.preemptible:

@@ -126,6 +126,27 @@ def _reject_infeasible(
             life.reject(waiter, RejectReason.INFEASIBLE, str(block), out)
 
 
+def outside_use(
+    life: Lifecycle, node_id: str, amounts: Mapping[str, int], now: float
+) -> list[Decision]:
+    """What others use of ``node_id`` outside every lease, as Ray last said: not free.
+
+    Less of it than before frees capacity there (the queue is settled on that node);
+    more of it only means fewer grants there from now on: nothing granted is undone.
+    """
+    node = life.state.nodes.get(node_id)
+    if node is None:
+        return []
+    use = {r: int(amounts.get(r, 0)) for r in NODE_RESOURCES}
+    if use == {r: node.outside.get(r, 0) for r in NODE_RESOURCES}:
+        return []
+    if not node.set_outside(use):
+        return []
+    life.state.placer.note_freed(node)
+    life.hints.preempt_dirty.add(node_id)
+    return settle.settle(life, now, Freed(nodes={node_id}))
+
+
 def health(life: Lifecycle, node_id: str, sample: NodeSample, now: float) -> list[Decision]:
     """A node's measured use: pressure with hysteresis, and revocations under it."""
     state = life.state

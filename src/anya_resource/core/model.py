@@ -86,6 +86,9 @@ class Request:
     # charged). Empty for a one-node request.
     bundles: tuple[Amounts, ...] = ()
     strategy: str = "PACK"
+    # Reserved in Ray (a placement group) before the grant is told, rather than at its
+    # holder's first use: gangs, queued jobs, ``reserve=True``, or the policy's choice.
+    reserve: bool = False
     shape: tuple[Any, ...] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -145,6 +148,11 @@ class LeaseRecord:
     # A gang lease: where each bundle went, in the order asked (``node_id`` is the first
     # bundle's node, ``resources`` their sum). None for a one-node lease.
     bundles: list[Bundle] | None = None
+    # Reserved in Ray before its grant was told (``Request.reserve``), and the id (hex)
+    # of the Ray placement group that reserves it once one was made (the shell makes it,
+    # the journal keeps it: ``core/journal.Reserved``).
+    reserve: bool = False
+    placement_group: str | None = None
 
     @property
     def listener(self) -> str | None:
@@ -219,6 +227,7 @@ class LeaseRecord:
             "preemptible": self.preemptible,
             "state": self.state.value,
             "within": self.within,
+            "placement_group": self.placement_group,
             "bundles": [
                 {"node_id": node_id, "resources": dict(amounts)}
                 for node_id, amounts in self.placed()
@@ -242,7 +251,8 @@ _MAPPINGS = (RECORD_FIELDS.index("resources"), RECORD_FIELDS.index("pools"))
 _BUNDLES = RECORD_FIELDS.index("bundles")
 # Fields added after the first layout, with their defaults, oldest first: a record
 # written before them is read back with these (``from_fields``).
-_TRAILING_DEFAULTS: tuple[Any, ...] = (None, None)  # within, bundles
+# within, bundles, reserve, placement_group
+_TRAILING_DEFAULTS: tuple[Any, ...] = (None, None, False, None)
 _OLDEST_LAYOUT = RECORD_FIELD_COUNT - len(_TRAILING_DEFAULTS)
 
 

@@ -33,6 +33,7 @@ def build_request(
     within: object = None,
     bundles: object = None,
     strategy: object = None,
+    reserve: object = None,
 ) -> Request:
     """Validate and normalise one request. Raises ``InvalidRequest``; changes nothing.
 
@@ -56,6 +57,7 @@ def build_request(
             holder=holder,
             detached=detached,
             within=within,
+            reserve=reserve,
         )
     if not isinstance(resources, Mapping):
         raise InvalidRequest(
@@ -105,6 +107,7 @@ def build_request(
         detached=_flag("detached", detached),
         within=budget,
         within_key=budget_key,
+        reserve=_reserve(policy, reserve, node_amounts, budget, gang=False),
     )
 
 
@@ -255,7 +258,32 @@ def _gang(
     whole = build_request(policy, first, **options)
     if len(amounts) == 1:
         return whole  # one bundle: a one-node request, whatever the strategy
-    return replace(whole, resources=summed, bundles=tuple(amounts), strategy=chosen)
+    reserved = _reserve(policy, options.get("reserve"), summed, whole.within, gang=True)
+    return replace(
+        whole, resources=summed, bundles=tuple(amounts), strategy=chosen, reserve=reserved
+    )
+
+
+# What Ray can reserve of a lease: disk is not a Ray resource, pools are ours alone.
+RAY_RESERVED = ("cpu", "gpu", "memory")
+
+
+def _reserve(
+    policy: Policy, reserve: object, amounts: Mapping[str, int], within: str | None, gang: bool
+) -> bool:
+    """Whether the lease is reserved in Ray before its grant is told.
+
+    Never for what Ray cannot reserve (pools, disk) or for a lease drawn from a budget
+    (it runs in its budget's reservation); else as asked, and by default for a gang and
+    when the policy says ``lease.reserve_at: grant``.
+    """
+    if reserve is not None and not isinstance(reserve, bool):
+        raise InvalidRequest(f"reserve: got {shown(reserve)}, expected True, False or None")
+    if within is not None or not any(amounts.get(r) for r in RAY_RESERVED):
+        return False
+    if reserve is not None:
+        return reserve
+    return gang or policy.lease.reserve_at == "grant"
 
 
 def _strategy(strategy: object) -> str:

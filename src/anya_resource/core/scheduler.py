@@ -34,6 +34,7 @@ from anya_resource.core.journal import (
     Entry,
     Rebound,
     Recovered,
+    Reserved,
     encode_snapshot,
 )
 from anya_resource.core.leases import LeaseTable, TokenMinter, new_secret
@@ -106,6 +107,10 @@ class Scheduler:
     def health(self, node_id: str, sample: NodeSample, now: float) -> list[Decision]:
         """A node's measured use: pressure with hysteresis, and revocations under it."""
         return membership.health(self.life, node_id, sample, now)
+
+    def outside_use(self, node_id: str, amounts: Mapping[str, int], now: float) -> list[Decision]:
+        """What Ray says others use of the node outside every lease (plain Ray work)."""
+        return membership.outside_use(self.life, node_id, amounts, now)
 
     # -- requests -----------------------------------------------------------------
 
@@ -242,6 +247,17 @@ class Scheduler:
             freed.everything = True  # aging changed who is first
         out.extend(settle.settle(life, now, freed))
         return out
+
+    def placement_group(self, lease_id: str, token: object, group: str, now: float) -> LeaseRecord:
+        """The Ray placement group ``group`` (its id, hex) now reserves the lease: kept
+        in the journal, so that a restart knows it and removes no other."""
+        if not isinstance(group, str) or not 0 < len(group) <= 64 or not group.isalnum():
+            raise InvalidRequest(f"placement_group: got {group!r}, expected a hex id")
+        lease = self.renew(lease_id, token, now)
+        if lease.placement_group != group:
+            lease.placement_group = group
+            self.life.journal.append(Reserved(lease_id, group))
+        return lease
 
     def rebind(self, lease_id: str, token: object, holder: Holder, now: float) -> LeaseRecord:
         """Hand ``lease`` over to another process (a ``@leased`` task's worker).
