@@ -63,12 +63,55 @@ class FakeTransport:
         self.agents: list[str] = []
         self.writes = 0
         self.hold_writes: asyncio.Event | None = None  # set: writes go through
+        # Ray's placement groups: name -> (id, bundles, selectors); the ready ones; and
+        # what plain Ray work uses per node (outside every lease).
+        self.groups: dict[str, tuple[str, list[dict[str, float]], list[dict[str, str]]]] = {}
+        self.hold_groups: asyncio.Event | None = None  # set: groups become ready
+        self.removed: list[str] = []
+        self.plain_use: dict[str, dict[str, int]] = {}
 
     def alive_nodes(self) -> dict[str, dict[str, int]]:
         return {node_id: dict(capacity) for node_id, capacity in self.nodes.items()}
 
     def ended_jobs(self) -> set[str]:
         return set(self.ended)
+
+    def available_nodes(self) -> dict[str, dict[str, int]]:
+        """Ray's available figures: capacity less plain work less the groups' bundles."""
+        ray_names = {"CPU": ("cpu", 1000), "GPU": ("gpu", 1000), "memory": ("memory", 1)}
+        free = {node_id: dict(capacity) for node_id, capacity in self.nodes.items()}
+        for node_id, use in self.plain_use.items():
+            for resource, amount in use.items():
+                free[node_id][resource] -= amount
+        for _, bundles, selectors in self.groups.values():
+            for bundle, selector in zip(bundles, selectors, strict=True):
+                node_id = selector["ray.io/node-id"]
+                for name, amount in bundle.items():
+                    resource, scale = ray_names[name]
+                    free[node_id][resource] -= round(amount * scale)
+        return free
+
+    def create_group(
+        self,
+        name: str,
+        bundles: list[dict[str, float]],
+        selectors: list[dict[str, str]],
+        strategy: str,
+    ) -> tuple[str, str]:
+        group_id = f"{len(self.groups) + len(self.removed) + 1:x}"
+        self.groups[name] = (group_id, bundles, selectors)
+        return group_id, name
+
+    async def group_ready(self, handle: str) -> None:
+        if self.hold_groups is not None:
+            await self.hold_groups.wait()
+
+    def remove_group(self, handle: str) -> None:
+        if self.groups.pop(handle, None) is not None:
+            self.removed.append(handle)
+
+    def our_groups(self) -> dict[str, tuple[str, str]]:
+        return {name: (group[0], name) for name, group in self.groups.items()}
 
     def start_agent(self, node_id: str, heartbeat_s: float) -> str:
         self.agents.append(node_id)

@@ -365,9 +365,9 @@ def test_a_placement_group_is_journaled_and_restored_with_its_lease() -> None:
     request_id, decisions = first.s.submit(request, 100.0)
     lease = grant_for(decisions, request_id).lease  # type: ignore[union-attr]
     assert lease.reserve is True  # a gang is reserved at grant
-    first.s.placement_group(lease.lease_id, lease.token, "ab12", 100.0)
+    first.s.placement_group(lease.lease_id, lease.token, "ab12")
     with pytest.raises(InvalidRequest, match="placement_group"):
-        first.s.placement_group(lease.lease_id, lease.token, "not hex!", 100.0)
+        first.s.placement_group(lease.lease_id, lease.token, "not hex!")
     first.commit()
     second = Durable(policy, store, nodes, 101.0, epoch=1)
     back = second.s.leases.active[lease.lease_id]

@@ -34,6 +34,7 @@ from typing import Any
 import ray
 
 from anya_resource.actors.naming import COORDINATOR_NAME, NAMESPACE
+from anya_resource.actors.reservations import Reservations, lease_of, needs_group
 from anya_resource.actors.transport import Clock, RayTransport, SystemClock, Transport
 from anya_resource.actors.wire import lease_to_wire
 from anya_resource.config import Policy
@@ -41,6 +42,7 @@ from anya_resource.core import (
     Decision,
     Grant,
     Holder,
+    LeaseRecord,
     NodeSample,
     Reclaim,
     Reject,
@@ -49,13 +51,13 @@ from anya_resource.core import (
     build_request,
     check_invariants,
 )
-from anya_resource.core.agents import AgentWatch, capped_capacity, stall
+from anya_resource.core.agents import AgentWatch, capped_capacity, outside_use, stall
 from anya_resource.core.giveback import GiveBack, Tell
 from anya_resource.core.history import HistoryRing, compact
 from anya_resource.core.model import channel_of
 from anya_resource.core.recovery import recovering, start
 from anya_resource.core.verdict import judge_health
-from anya_resource.errors import InvalidRequest, ResourceError, rejection_error
+from anya_resource.errors import InvalidRequest, LeaseExpired, ResourceError, rejection_error
 from anya_resource.health import NodeHealth, ResourceHealth, node_cpu_percent, node_memory_percent
 from anya_resource.messages import (
     AcquireAnswer,
@@ -156,7 +158,12 @@ class CoordinatorImpl:
         self._commit_wanted = asyncio.Event()
         self.metrics = CoordinatorMetrics()
         self.history_ring = HistoryRing(self.policy.heartbeat_s)
+        # The Ray placement groups of reserved leases (actors/reservations.py), and the
+        # grants whose telling waits for theirs to be ready (lease id -> that telling).
+        self.reservations = Reservations(self.transport)
+        self._telling: dict[str, asyncio.Task[None]] = {}
         self._apply(startup.decisions)
+        self._restore_groups()
         for node_id in self.reported_capacity:
             self._start_agent(node_id)
         # What exists now (Ray, pydantic, the policy: ~100,000 objects) lives as long as
@@ -289,6 +296,7 @@ class CoordinatorImpl:
         self._apply(self.scheduler.sync_nodes(capacities, now))
         for node_id in self.agents.keys() - capacities.keys():
             self._forget_node(node_id)
+        await self._note_outside_use(alive)
 
     def _capped(self, node_id: str) -> dict[str, int]:
         """What Ray reports for the node, never more than its agent measured."""
@@ -330,14 +338,20 @@ class CoordinatorImpl:
         for decision in decisions:
             if isinstance(decision, Grant):
                 self.metrics.grant(decision)
+                lease = decision.lease
+                if lease.reserve:  # reserved in Ray before the grant is told
+                    self._reserve(lease)
                 waited = self.queued.pop(decision.request_id, None)
                 if waited is not None:
                     granted: GrantedEvent = {
                         "kind": "granted",
                         "key": waited,
-                        "lease": lease_to_wire(decision.lease),
+                        "lease": lease_to_wire(lease),
                     }
-                    self._tell_later(channel_of(waited), granted)
+                    if lease.reserve:
+                        self._tell_when_reserved(lease.lease_id, channel_of(waited), granted)
+                    else:
+                        self._tell_later(channel_of(waited), granted)
             elif isinstance(decision, Reject):
                 waited = self.queued.pop(decision.request_id, None)
                 if waited is not None:
@@ -350,12 +364,13 @@ class CoordinatorImpl:
                     }
                     self._tell_later(channel_of(waited), rejected)
             elif isinstance(decision, Reclaim):
+                self.reservations.end(decision.lease_id)
                 ended: EndedEvent = {
                     "kind": "ended",
                     "lease_id": decision.lease_id,
                     "reason": decision.reason.value,
                 }
-                self._tell_later(decision.tell, ended)
+                self._tell_later(decision.tell, ended, decision.lease_id)
             elif isinstance(decision, Revoke):
                 revoked: RevokedEvent = {
                     "kind": "revoked",
@@ -365,12 +380,87 @@ class CoordinatorImpl:
                     "reason": decision.reason,
                     "deadline": decision.deadline,
                 }
-                self._tell(decision.tell, revoked)
+                self._tell_after_grant(decision.lease_id, decision.tell, revoked)
 
-    def _tell_later(self, channel: str | None, event: Event) -> None:
-        """Tell ``event`` once what it stands on is written."""
+    def _tell_later(self, channel: str | None, event: Event, lease_id: str | None = None) -> None:
+        """Tell ``event`` once what it stands on is written (and, for the end of a lease
+        whose grant is still being told, after that grant)."""
         if channel is not None:
-            self._later(lambda: self._tell(channel, event))
+            self._later(lambda: self._tell_after_grant(lease_id, channel, event))
+
+    def _tell_after_grant(self, lease_id: str | None, channel: str | None, event: Event) -> None:
+        telling = self._telling.get(lease_id) if lease_id is not None else None
+        if telling is None:
+            self._tell(channel, event)
+            return
+
+        async def after() -> None:
+            await asyncio.shield(telling)
+            self._tell(channel, event)
+
+        asyncio.get_running_loop().create_task(after())
+
+    # -- reservations in Ray (actors/reservations.py) -----------------------------------
+
+    def _reserve(self, lease: LeaseRecord) -> None:
+        """Ask Ray for the lease's placement group; the journal keeps which it is."""
+        if not needs_group(lease) or lease.lease_id in self.reservations:
+            return
+        group_id = self.reservations.make(lease)
+        self.scheduler.placement_group(lease.lease_id, lease.token, group_id)
+
+    def _tell_when_reserved(self, lease_id: str, channel: str | None, event: Event) -> None:
+        """Tell a grant once it is written and its placement group is ready (or gone)."""
+
+        async def tell() -> None:
+            await self.reservations.wait(lease_id)
+            self._tell(channel, event)
+
+        def start() -> None:
+            task = asyncio.get_running_loop().create_task(tell())
+            self._telling[lease_id] = task
+            task.add_done_callback(lambda _: self._telling.pop(lease_id, None))
+
+        self._later(start)
+
+    def _restore_groups(self) -> None:
+        """After a restart: Ray's groups of ours against the journal's leases. A group no
+        lease holds is removed; a lease that had one (or is reserved at grant) gets its
+        own again, a new one if Ray no longer has it."""
+        found = {lease_of(name): group for name, group in self.transport.our_groups().items()}
+        active = self.scheduler.leases.active
+        for lease_id, (_, handle) in found.items():
+            if lease_id not in active:
+                self.reservations.remove_stray(handle)
+        for lease in list(active.values()):
+            if not needs_group(lease) or not (lease.reserve or lease.placement_group):
+                continue
+            group = found.get(lease.lease_id)
+            if group is None:
+                log.warning("lease %s had lost its placement group: made anew", lease.lease_id)
+                self._reserve(lease)
+            else:
+                self.reservations.adopt(lease, *group)
+                self.scheduler.placement_group(lease.lease_id, lease.token, group[0])
+        self._stage()
+
+    async def _note_outside_use(self, alive: dict[str, dict[str, int]]) -> None:
+        """What plain Ray work uses of each node, from Ray's own figures (core/agents.py).
+
+        What our groups hold is read before and after Ray's figures, and the larger
+        counted as ours: a group made or removed meanwhile then never makes plain work
+        look larger than it is (at worst a grant waits a moment for its group)."""
+        before = self.reservations.held_on()
+        available = await asyncio.to_thread(self.transport.available_nodes)
+        after = self.reservations.held_on()
+        now = self.clock.time()
+        for node_id, total in alive.items():
+            ours = {
+                r: max(before.get(node_id, {}).get(r, 0), after.get(node_id, {}).get(r, 0))
+                for r in ("cpu", "gpu", "memory")
+            }
+            use = outside_use(total, available.get(node_id, total), ours)
+            self._apply(self.scheduler.outside_use(node_id, use, now))
 
     def _tell(self, channel: str | None, event: Event) -> None:
         """Queue ``event`` for the manager listening on ``channel`` (its next ``watch``)."""
@@ -442,6 +532,9 @@ class CoordinatorImpl:
             holder=Holder(**spec.get("holder", {})),
             detached=spec.get("detached", False),
             within=spec.get("within"),
+            bundles=spec.get("bundles"),
+            strategy=spec.get("strategy"),
+            reserve=spec.get("reserve"),
         )
 
     async def acquire_many(
@@ -462,15 +555,18 @@ class CoordinatorImpl:
         self._release_all(releases or (), by)
         now = self.clock.time()
         answers: list[AcquireAnswer] = []
+        reserving: list[str] = []
         for spec in specs:
             try:
-                answers.append(self._submit(spec, now))
+                answers.append(self._submit(spec, now, reserving))
             except ResourceError as exc:
                 answers.append(["error", type(exc).__name__, str(exc)])
         await self._durable()  # nothing is told before it is written
+        for lease_id in reserving:  # nor before what it reserves in Ray is ready
+            await self.reservations.wait(lease_id)
         return answers
 
-    def _submit(self, spec: dict[str, Any], now: float) -> AcquireAnswer:
+    def _submit(self, spec: dict[str, Any], now: float, reserving: list[str]) -> AcquireAnswer:
         request = self._request(spec)
         request_id, decisions = self.scheduler.submit(request, now)
         mine = next((d for d in decisions if getattr(d, "request_id", None) == request_id), None)
@@ -484,6 +580,8 @@ class CoordinatorImpl:
             self._ask_back_soon()
             return ["queued"]
         if isinstance(mine, Grant):
+            if mine.lease.lease_id in self.reservations:
+                reserving.append(mine.lease.lease_id)
             return ["granted", lease_to_wire(mine.lease)]
         assert isinstance(mine, Reject)
         error = rejection_error(mine.reason.value, mine.message)
@@ -514,6 +612,31 @@ class CoordinatorImpl:
                 self._apply(self.scheduler.release(lease_id, token, self.clock.time(), by=by))
             except ResourceError as exc:
                 log.warning("release of %s refused: %s", lease_id, exc)
+
+    async def reserve(self, lease_id: str, token: str) -> str:
+        """The lease's placement group (its id, hex), made now if it has none yet; once
+        Ray has reserved it. A lease drawn from a budget runs in its budget's group."""
+        leases = self.scheduler.leases
+        lease = leases.held_with(lease_id, token)
+        if lease is None:
+            leases.raise_ended(lease_id)
+        if lease.within is not None:
+            owner = leases.active.get(lease.within)
+            if owner is None:
+                raise LeaseExpired(f"lease {lease_id}: its budget {lease.within} has ended")
+            lease = owner
+        if not needs_group(lease):
+            raise InvalidRequest(
+                f"lease {lease_id} holds nothing Ray can reserve (pools and disk are "
+                "ours alone); expected a lease of cpu, gpu or memory"
+            )
+        self._reserve(lease)
+        await self._durable()
+        await self.reservations.wait(lease.lease_id)
+        group = self.reservations.ids.get(lease.lease_id)
+        if group is None or lease.lease_id not in self.reservations.is_ready:
+            raise LeaseExpired(f"lease {lease.lease_id} ended before Ray reserved it")
+        return group
 
     async def budget_key(self, lease_id: str, token: str) -> str:
         """The key that lets a job's processes draw from this lease (core/budgets.py)."""

@@ -50,6 +50,26 @@ class Transport(Protocol):
         """Start (or find) the node's agent; a handle that stands for it."""
         ...
 
+    def available_nodes(self) -> dict[str, dict[str, int]]:
+        """What Ray has available on each alive node now, in core units (blocking)."""
+        ...
+
+    # Placement groups (actors/reservations.py's ``Groups``).
+
+    def create_group(
+        self,
+        name: str,
+        bundles: list[dict[str, float]],
+        selectors: list[dict[str, str]],
+        strategy: str,
+    ) -> tuple[str, Any]: ...
+
+    async def group_ready(self, handle: Any) -> None: ...
+
+    def remove_group(self, handle: Any) -> None: ...
+
+    def our_groups(self) -> dict[str, tuple[str, Any]]: ...
+
     def stored_policy(self) -> bytes | None: ...
 
     def keep_policy(self, policy_json: bytes) -> None: ...
@@ -69,7 +89,11 @@ class Transport(Protocol):
 
 def ray_capacity(node: dict[str, Any]) -> dict[str, int]:
     """A node's capacity in core units, from what ``ray.nodes()`` reports for it."""
-    resources = node.get("Resources", {})
+    return ray_amounts(node.get("Resources", {}))
+
+
+def ray_amounts(resources: dict[str, Any]) -> dict[str, int]:
+    """Ray's figures of a node (``CPU``, ``GPU``, ``memory``) in core units."""
     return {
         "memory": int(resources.get("memory", 0)),
         "cpu": round(resources.get("CPU", 0) * MILLI),
@@ -110,6 +134,52 @@ class RayTransport:
             max_restarts=-1,
             scheduling_strategy=NodeAffinitySchedulingStrategy(node_id=node_id, soft=False),
         ).remote(node_id, heartbeat_s)
+
+    def available_nodes(self) -> dict[str, dict[str, int]]:
+        import ray._private.state
+
+        per_node = ray._private.state.available_resources_per_node()  # type: ignore[no-untyped-call]
+        return {node_id: ray_amounts(resources) for node_id, resources in per_node.items()}
+
+    def create_group(
+        self,
+        name: str,
+        bundles: list[dict[str, float]],
+        selectors: list[dict[str, str]],
+        strategy: str,
+    ) -> tuple[str, Any]:
+        from ray.util.placement_group import placement_group
+
+        group = placement_group(
+            bundles,
+            strategy=strategy,
+            name=name,
+            lifetime="detached",
+            bundle_label_selector=selectors,
+        )
+        return group.id.hex(), group
+
+    async def group_ready(self, handle: Any) -> None:
+        await handle.ready()
+
+    def remove_group(self, handle: Any) -> None:
+        from ray.util.placement_group import remove_placement_group
+
+        remove_placement_group(handle)
+
+    def our_groups(self) -> dict[str, tuple[str, Any]]:
+        from ray._raylet import PlacementGroupID
+        from ray.util.placement_group import PlacementGroup, placement_group_table
+
+        from anya_resource.actors.reservations import GROUP_PREFIX
+
+        found: dict[str, tuple[str, Any]] = {}
+        for group_id, row in placement_group_table().items():
+            name = row.get("name") or ""
+            if name.startswith(GROUP_PREFIX) and row.get("state") != "REMOVED":
+                handle = PlacementGroup(PlacementGroupID.from_hex(group_id))
+                found[name] = (group_id, handle)
+        return found
 
     def stored_policy(self) -> bytes | None:
         return store.stored_policy()

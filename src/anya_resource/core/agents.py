@@ -76,6 +76,21 @@ def stall(woke: float, now: float, interval: float) -> float:
     return late if late > STALL_S else 0.0
 
 
+def outside_use(
+    total: Mapping[str, int], available: Mapping[str, int], ours: Mapping[str, int]
+) -> dict[str, int]:
+    """What others use of a node outside every lease: what Ray counts as taken there
+    (its total less what it has available) less what our placement groups reserve.
+
+    Work placed in a group uses the group's own resources, not the node's, so it is
+    not counted; plain Ray tasks and actors, and other people's groups, are.
+    """
+    return {
+        r: max(0, total.get(r, 0) - available.get(r, 0) - ours.get(r, 0))
+        for r in ("cpu", "gpu", "memory")
+    }
+
+
 def capped_capacity(
     reported: Mapping[str, int],
     memory_total: int | None = None,

@@ -248,12 +248,15 @@ class Scheduler:
         out.extend(settle.settle(life, now, freed))
         return out
 
-    def placement_group(self, lease_id: str, token: object, group: str, now: float) -> LeaseRecord:
+    def placement_group(self, lease_id: str, token: object, group: str) -> LeaseRecord:
         """The Ray placement group ``group`` (its id, hex) now reserves the lease: kept
         in the journal, so that a restart knows it and removes no other."""
         if not isinstance(group, str) or not 0 < len(group) <= 64 or not group.isalnum():
             raise InvalidRequest(f"placement_group: got {group!r}, expected a hex id")
-        lease = self.renew(lease_id, token, now)
+        leases = self.state.leases
+        lease = leases.held_with(lease_id, token)
+        if lease is None:
+            leases.raise_ended(lease_id)
         if lease.placement_group != group:
             lease.placement_group = group
             self.life.journal.append(Reserved(lease_id, group))

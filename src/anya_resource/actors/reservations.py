@@ -1,0 +1,210 @@
+"""The Ray placement groups that reserve leases: made, awaited, removed, found again.
+
+A lease of node resources is reserved in Ray by a placement group of its own (named
+``anya-resource:<lease id>``), one bundle per bundle of the lease, each pinned to the
+node the core chose (``bundle_label_selector={"ray.io/node-id": ...}``), with a
+detached lifetime: it outlives the process that asked and the coordinator, and is
+removed when the lease ends in any way. Ray then enforces what the lease holds: plain
+Ray work cannot take it, and work placed in it runs in what it reserved.
+
+The core decides which leases are reserved and when (``Request.reserve``, the policy's
+``lease.reserve_at``), and keeps each lease's group in the journal
+(``Scheduler.placement_group``); this module only carries that out on a ``Groups``
+transport and remembers the handles, so that a grant waits for its group to be ready
+before it is told, and the group goes when the lease ends. After a restart it finds the
+groups again by name: a group whose lease the journal does not hold is removed, a
+reserved lease whose group is gone gets a new one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Coroutine, Iterable, Mapping
+from typing import Any, Protocol
+
+from anya_resource.core.model import Amounts, Bundle, LeaseRecord
+from anya_resource.quantities import MILLI
+
+log = logging.getLogger(__name__)
+
+GROUP_PREFIX = "anya-resource:"
+NODE_LABEL = "ray.io/node-id"  # Ray's label of a node's id, which a bundle may select
+# Ray's names of what a group reserves (disk is not a Ray resource; pools are ours).
+RAY_NAMES = {"cpu": "CPU", "gpu": "GPU", "memory": "memory"}
+
+
+def group_name(lease_id: str) -> str:
+    return GROUP_PREFIX + lease_id
+
+
+def lease_of(name: str) -> str | None:
+    """The lease id a group of ours is named after; None for anybody else's group."""
+    return name[len(GROUP_PREFIX) :] if name.startswith(GROUP_PREFIX) else None
+
+
+def reservable(amounts: Mapping[str, int]) -> Amounts:
+    """What Ray can reserve of ``amounts`` (core units)."""
+    return {r: a for r, a in amounts.items() if r in RAY_NAMES and a > 0}
+
+
+def ray_bundles(placed: Iterable[Bundle]) -> tuple[list[dict[str, float]], list[dict[str, str]]]:
+    """The group's bundles in Ray's units and names, and each one's node selector."""
+    bundles: list[dict[str, float]] = []
+    selectors: list[dict[str, str]] = []
+    for node_id, amounts in placed:
+        bundle: dict[str, float] = {}
+        for resource, amount in reservable(amounts).items():
+            bundle[RAY_NAMES[resource]] = (
+                amount / MILLI if resource in ("cpu", "gpu") else float(amount)
+            )
+        bundles.append(bundle)
+        selectors.append({NODE_LABEL: node_id})
+    return bundles, selectors
+
+
+def needs_group(lease: LeaseRecord) -> bool:
+    """Whether Ray can reserve anything of ``lease`` (a draw runs in its budget's)."""
+    return lease.within is None and any(reservable(a) for _, a in lease.placed())
+
+
+class Groups(Protocol):
+    """Ray's placement groups, as the coordinator uses them (``RayTransport``)."""
+
+    def create_group(
+        self,
+        name: str,
+        bundles: list[dict[str, float]],
+        selectors: list[dict[str, str]],
+        strategy: str,
+    ) -> tuple[str, Any]:
+        """Ask Ray for a placement group; its id (hex) and a handle, at once."""
+        ...
+
+    async def group_ready(self, handle: Any) -> None:
+        """Return once Ray has reserved every bundle of the group."""
+        ...
+
+    def remove_group(self, handle: Any) -> None:
+        """Remove the group (what runs in it ends with it)."""
+        ...
+
+    def our_groups(self) -> dict[str, tuple[str, Any]]:
+        """Every group of ours Ray has and has not removed: name -> (id, handle)."""
+        ...
+
+
+class Reservations:
+    """The groups the coordinator made for leases, and which are ready."""
+
+    def __init__(self, groups: Groups) -> None:
+        self.groups = groups
+        self.handles: dict[str, Any] = {}  # lease id -> the group's handle
+        self.ids: dict[str, str] = {}  # lease id -> the group's id (hex)
+        self.placed: dict[str, list[Bundle]] = {}  # lease id -> what its group holds where
+        self.ready: dict[str, asyncio.Future[None]] = {}  # done once ready, or once gone
+        self.is_ready: set[str] = set()
+        self._tasks: set[asyncio.Task[None]] = set()  # waits and removals under way
+
+    def __contains__(self, lease_id: object) -> bool:
+        return lease_id in self.handles
+
+    def make(self, lease: LeaseRecord) -> str:
+        """Ask Ray for the group of ``lease`` (pinned where the core placed it); its id."""
+        strategy = "PACK" if lease.bundles is None else _strategy_of(lease)
+        bundles, selectors = ray_bundles(lease.placed())
+        group_id, handle = self.groups.create_group(
+            group_name(lease.lease_id), bundles, selectors, strategy
+        )
+        self._track(lease, group_id, handle)
+        return group_id
+
+    def adopt(self, lease: LeaseRecord, group_id: str, handle: Any) -> None:
+        """A group found after a restart: it stands for ``lease`` again."""
+        self._track(lease, group_id, handle)
+
+    def _track(self, lease: LeaseRecord, group_id: str, handle: Any) -> None:
+        lease_id = lease.lease_id
+        self.handles[lease_id] = handle
+        self.ids[lease_id] = group_id
+        self.placed[lease_id] = [(node, reservable(a)) for node, a in lease.placed()]
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.ready[lease_id] = done
+
+        async def wait() -> None:
+            try:
+                await self.groups.group_ready(handle)
+            except Exception as exc:  # removed meanwhile, or Ray failed: it is not ready
+                log.info("placement group of %s did not become ready: %s", lease_id, exc)
+            else:
+                if lease_id in self.handles:
+                    self.is_ready.add(lease_id)
+            if not done.done():
+                done.set_result(None)
+
+        self._spawn(wait())
+
+    async def wait(self, lease_id: str) -> None:
+        """Return once the group of ``lease_id`` is ready, or the lease ended."""
+        done = self.ready.get(lease_id)
+        if done is not None:
+            await asyncio.shield(done)
+
+    def end(self, lease_id: str) -> None:
+        """The lease ended: its group goes (now, in a thread: the call blocks)."""
+        handle = self.handles.pop(lease_id, None)
+        self.ids.pop(lease_id, None)
+        self.placed.pop(lease_id, None)
+        self.is_ready.discard(lease_id)
+        done = self.ready.pop(lease_id, None)
+        if done is not None and not done.done():
+            done.set_result(None)  # a grant waiting for it is told, then its end
+        if handle is not None:
+            self._remove(handle)
+
+    def remove_stray(self, handle: Any) -> None:
+        """A group of ours that no lease holds (found after a restart)."""
+        self._remove(handle)
+
+    def _remove(self, handle: Any) -> None:
+        async def remove() -> None:
+            try:
+                await asyncio.to_thread(self.groups.remove_group, handle)
+            except Exception as exc:  # gone already: nothing is left to remove
+                log.info("removing a placement group failed: %s", exc)
+
+        self._spawn(remove())
+
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def held_on(self) -> dict[str, Amounts]:
+        """What the ready groups reserve on each node: Ray counts it as used."""
+        held: dict[str, Amounts] = {}
+        for lease_id in self.is_ready:
+            for node_id, amounts in self.placed.get(lease_id, ()):
+                into = held.setdefault(node_id, {})
+                for resource, amount in amounts.items():
+                    into[resource] = into.get(resource, 0) + amount
+        return held
+
+
+def _strategy_of(lease: LeaseRecord) -> str:
+    """Ray's strategy for a gang's group: every bundle is pinned to its node already,
+    so a soft strategy that the pinning always satisfies."""
+    nodes = lease.nodes()
+    return "PACK" if len(nodes) == 1 else "SPREAD"
+
+
+__all__ = [
+    "GROUP_PREFIX",
+    "Groups",
+    "Reservations",
+    "group_name",
+    "lease_of",
+    "needs_group",
+    "ray_bundles",
+    "reservable",
+]
