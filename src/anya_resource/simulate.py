@@ -149,7 +149,11 @@ def parse_mix(text: str | Mapping[str, float], what: str) -> dict[str, float]:
 
 
 def parse_size(text: str) -> tuple[float, dict[str, Any]]:
-    """``"30:cpu=2,memory=4GiB"`` as ``(30.0, {"cpu": 2, "memory": "4GiB"})``."""
+    """``"30:cpu=2,memory=4GiB"`` as ``(30.0, {"cpu": 2, "memory": "4GiB"})``.
+
+    ``bundles=N`` makes it a gang of N such bundles (``strategy=`` one of Ray's four,
+    PACK by default): ``"5:cpu=2,gpu=1,bundles=4,strategy=STRICT_SPREAD"``.
+    """
     weight_text, sep, spec = text.partition(":")
     if not sep:
         weight_text, spec = "1", text
@@ -280,7 +284,7 @@ def _check_sizes(scheduler: Scheduler, prepared: _Prepared) -> None:
     for resources in prepared.sizes:
         for tenant in prepared.tenants:
             try:
-                request = build_request(prepared.policy, resources, tenant=tenant)
+                request = request_of(prepared.policy, resources, tenant=tenant)
             except InvalidRequest as exc:
                 raise SimConfigError("size", f"{_show(resources)}: {exc}") from None
             reason = never_fits(scheduler.state, request)
@@ -290,6 +294,20 @@ def _check_sizes(scheduler: Scheduler, prepared: _Prepared) -> None:
                     f"{_show(resources)} can never be granted on this cluster ({reason}); "
                     "give the nodes more capacity or pass smaller sizes",
                 )
+
+
+def request_of(policy: Policy, size: Mapping[str, Any], **options: Any) -> Request:
+    """The request of one size: its resources, or a gang of ``bundles`` of them."""
+    if "bundles" not in size and "strategy" not in size:
+        return build_request(policy, size, **options)
+    count = size.get("bundles", 1)
+    if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+        raise SimConfigError("size", f"bundles={count!r}: expected a whole number of bundles >= 1")
+    bundle = {k: v for k, v in size.items() if k not in ("bundles", "strategy", "pools")}
+    resources = {"pools": size["pools"]} if "pools" in size else {}
+    return build_request(
+        policy, resources, bundles=[bundle] * count, strategy=size.get("strategy"), **options
+    )
 
 
 def _show(resources: Mapping[str, Any]) -> str:
@@ -387,7 +405,7 @@ class Simulation:
         lease_policy = prepared.policy.lease
         # The holder renews as asked; modelled by a TTL that outlives the hold.
         ttl = min(lease_policy.max_ttl, hold + lease_policy.default_ttl)
-        request: Request = build_request(
+        request: Request = request_of(
             prepared.policy,
             resources,
             priority=priority,

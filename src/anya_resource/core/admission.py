@@ -293,6 +293,15 @@ def place(
         return None
     held_nodes = held.nodes if held is not None else {}
     if request.bundles:
+        if (
+            scope is not None
+            and not scope.pools & request.pools.keys()
+            and request.tenant not in scope.tenants
+        ):
+            # It did not fit before: only room come back for one of its bundles helps.
+            freed = (state.nodes[i] for i in scope.nodes if i in state.nodes)
+            if not gangs.could_use(freed, request.bundles, held_nodes):
+                return None
         return gangs.place(state.placer, request.bundles, request.strategy, held_nodes)
     if request.node is not None:
         node = state.nodes.get(request.node)

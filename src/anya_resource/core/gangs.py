@@ -12,11 +12,17 @@ granted all together or not at all, with one of Ray's four placement-group strat
 
 Bundles are placed largest first, each by the policy's placer (spread or pack, power
 of k choices), counting what the gang's earlier bundles take on a node as held there.
-When that greedy pass fails, an exact search decides: a depth-first search over the
-nodes each bundle fits on, up to ``EXACT_STEPS`` node checks (a small gang on a small
-cluster is always settled exactly), then for ``STRICT_SPREAD`` a bipartite matching of
-bundles to the nodes each fits on (Kuhn's augmenting paths), so a gang that could be
-placed is not left waiting because of the order it was tried in.
+For bundles all alike (the usual gang) that greedy pass is exact: it fails only when
+no node the strategy allows has room for one more. For bundles that differ, when it
+fails, an exact search decides: a depth-first search over the nodes each bundle fits
+on, up to ``EXACT_STEPS`` node checks (a small gang on a small cluster is always
+settled exactly), then for ``STRICT_SPREAD`` a bipartite matching of bundles to the
+nodes each fits on (Kuhn's augmenting paths), so a gang that could be placed is not
+left waiting because of the order it was tried in.
+
+A gang that did not fit can only fit after capacity came back on a node that has room
+for one of its bundles (``could_use``): the settle pass asks that first, so a blocked
+gang costs a look at the nodes that gave something back, not a search of the cluster.
 
 ``target`` says where a blocked gang will fit soonest (the head's hold, preemption for
 it) and ``never_fits`` whether any set of nodes could ever hold it (capacity minus
@@ -33,7 +39,7 @@ from anya_resource.core.model import DISTINCT_NODES, Amounts, Bundle
 from anya_resource.core.placement import Placer
 
 # Node checks the exact search may make once the greedy pass failed (its cost bound).
-EXACT_STEPS = 5_000
+EXACT_STEPS = 1_000
 # Exact matching for STRICT_SPREAD is tried up to this many bundles (recursion depth).
 MATCH_MAX_BUNDLES = 256
 # ... and up to this many (bundle, node) pairs to look at: a bound on its cost.
@@ -87,6 +93,14 @@ def place(
             return GangPlacement([whole] * len(bundles))
         if strategy == "STRICT_PACK":
             return None
+    alike = _alike(bundles)
+    if alike and strategy != "PACK":
+        # One node each, found in one walk: what a one-node request costs, a few times.
+        nodes = placer.choose_many(bundles[0], held, len(bundles))
+        if len(nodes) == len(bundles):
+            return GangPlacement(nodes)
+        if strategy == DISTINCT_NODES:
+            return None  # exact: fewer nodes than bundles have room for one
     chosen: list[NodeLedger | None] = [None] * len(bundles)
     taken: dict[str, Amounts] = {}  # what the gang's bundles placed so far take, per node
     used: list[NodeLedger] = []
@@ -103,6 +117,8 @@ def place(
             if node is None and strategy == "SPREAD":
                 node = placer.choose(bundle, around)
         if node is None:
+            if alike:
+                return None  # the greedy pass is exact for bundles all alike
             exact = _exhaustive(placer, bundles, strategy, held)
             if exact is None and strategy == DISTINCT_NODES:
                 return _match(placer, bundles, held)
@@ -112,6 +128,14 @@ def place(
             used.append(node)
         _add(taken.setdefault(node.node_id, {}), bundle)
     return GangPlacement([node for node in chosen if node is not None])
+
+
+def could_use(
+    nodes: Iterable[NodeLedger], bundles: Sequence[Amounts], held: Mapping[str, Mapping[str, int]]
+) -> bool:
+    """Whether any of ``nodes`` has room for one of the bundles now (outside ``held``)."""
+    distinct = {tuple(sorted(b.items())): b for b in bundles}.values()
+    return any(node.fits(b, held.get(node.node_id)) for node in nodes for b in distinct)
 
 
 def target(placer: Placer, bundles: Sequence[Amounts], strategy: str) -> dict[str, Amounts]:
@@ -181,6 +205,11 @@ def never_fits(
 
 
 # -- helpers --------------------------------------------------------------------------
+
+
+def _alike(bundles: Sequence[Amounts]) -> bool:
+    first = bundles[0]
+    return all(bundle == first for bundle in bundles)
 
 
 def _largest_first(bundles: Sequence[Amounts]) -> list[int]:
@@ -341,6 +370,7 @@ def _add(into: Amounts, amounts: Mapping[str, int]) -> None:
 
 __all__ = [
     "GangPlacement",
+    "could_use",
     "never_fits",
     "per_node",
     "place",

@@ -134,10 +134,44 @@ class Placer:
                 return last
         choice = self._search(demand, held, exclude)
         if choice is None:
-            self._tighten_bound(demand)
+            if not exclude:  # with nodes left out, failing says nothing of the others
+                self._tighten_bound(demand)
         elif pack:
             self._last_packed = choice
         return choice
+
+    def choose_many(
+        self, demand: Mapping[str, int], held: Mapping[str, Mapping[str, int]], count: int
+    ) -> list[NodeLedger]:
+        """Up to ``count`` distinct nodes where ``demand`` fits (outside ``held``), the
+        best-scoring of the first ``count + choices - 1`` found from the cursor on (a
+        gang of bundles all alike, one per node): fewer only if fewer have room."""
+        bound = self.free_bound
+        for resource, amount in demand.items():
+            if amount > bound[resource]:
+                return []
+        nodes = self.candidates(demand)
+        total = len(nodes)
+        if total == 0:
+            return []
+        wanted = count + self.choices - 1
+        found: list[tuple[float, int, NodeLedger]] = []
+        start = self._cursor % total
+        examined = 0
+        for examined in range(1, total + 1):
+            index = start + examined - 1
+            node = nodes[index if index < total else index - total]
+            if node.alive:
+                score = self.score(node, demand, held)
+                if score is not None:
+                    found.append((score, -examined, node))
+                    if len(found) >= wanted:
+                        break
+            if len(found) >= count and examined >= self.max_examine:
+                break
+        self._cursor = start + examined
+        found.sort(reverse=True)
+        return [node for _, _, node in found[:count]]
 
     def score(
         self, node: NodeLedger, demand: Mapping[str, int], held: Mapping[str, Mapping[str, int]]

@@ -186,7 +186,13 @@ def _freed_on(node_id: str, already: list[LeaseRecord]) -> Amounts:
     """What the victims chosen already free on ``node_id``."""
     freed: Amounts = {}
     for lease in already:
-        for resource, amount in lease.on_node(node_id).items():
+        if lease.bundles is None:  # most leases: their resources, if on this node
+            if lease.node_id != node_id:
+                continue
+            amounts = lease.resources
+        else:
+            amounts = lease.on_node(node_id)
+        for resource, amount in amounts.items():
             freed[resource] = freed.get(resource, 0) + amount
     return freed
 
