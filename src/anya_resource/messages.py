@@ -93,6 +93,7 @@ class Ping(TypedDict):
     recovering: int
     pid: int
     warm_idle_s: float
+    max_ttl: float  # the policy's lease.max_ttl: a client refuses a longer ttl itself
 
 
 class WhatIfAnswer(TypedDict):
