@@ -99,7 +99,8 @@ class Ping(TypedDict):
 class WhatIfAnswer(TypedDict):
     """A dry run's answer (``core/whatif.py``): how many of ``requested`` would be
     granted now, after preemption, or would wait; on which nodes; what would be
-    preempted (each a lease's public fields); why it can never fit, or what blocks it."""
+    preempted (each a lease's public fields); why it can never fit, or what blocks it.
+    An ``infeasible`` request is counted nowhere else: granted and waiting are all 0."""
 
     requested: int
     granted_now: int
