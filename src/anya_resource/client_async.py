@@ -50,6 +50,7 @@ from anya_resource.core.requests import (
     check_count,
     check_fields,
     check_seconds,
+    check_timeout,
     check_timing,
     check_ttl,
 )
@@ -593,6 +594,7 @@ class ResourceManager:
         lease of ``warm``'s kind at once, in the calling thread; else wait here for one
         to come free or be granted (the loop sends the one acquire that asks for it).
         ``Overloaded`` at once if ``max_pending`` uses of this kind wait already."""
+        check_timeout(timeout)
         share = self._warm
         entry = share.use(warm)
         if entry is not None:

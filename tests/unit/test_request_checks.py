@@ -201,3 +201,39 @@ def test_the_command_line_names_bad_input_before_it_connects(args: list[str], na
     assert len(lines) == 1 and lines[0].startswith("anya-resource: error: "), result.output
     assert named in lines[0]
     assert not any(trace in result.output for trace in ("ray::", "RayTaskError", "Traceback"))
+
+
+# -- options checked where they are given ------------------------------------------------
+
+
+def test_leased_options_are_checked_when_decorated() -> None:
+    from anya_resource.integrations import leased
+
+    def task() -> None: ...
+
+    assert "max_pending: got an integer of about 5,001 digits" in refused(
+        leased(max_pending=-HUGE), task
+    )
+    assert "timeout: got '5'" in refused(leased(timeout="5"), task)
+    assert "timeout: got -1" in refused(leased(timeout=-1), task)
+
+
+@pytest.mark.parametrize(
+    ("options", "named"),
+    [
+        ({"ttl": 0}, "ttl: got 0"),
+        ({"ttl": 90_000}, "ttl: got 90000, expected seconds in (0, 86400]"),  # past max_ttl
+        ({"timeout": math.nan}, "timeout: got nan"),
+        ({"tenant": ""}, "tenant: got ''"),
+        ({"priority": True}, "priority: got True"),
+        ({"preemptible": "no"}, "preemptible: got 'no'"),
+        ({"node": 3}, "node: got 3"),
+    ],
+)
+def test_a_connections_options_are_checked_before_a_slot_is_asked_for(
+    options: dict[str, Any], named: str
+) -> None:
+    from anya_resource.config import Policy
+    from anya_resource.pools.registry import checkout_from
+
+    assert named in refused(checkout_from, options, Policy.default(), None)

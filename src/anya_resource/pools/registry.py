@@ -15,7 +15,7 @@ from typing import Any
 
 from anya_resource.actors import store
 from anya_resource.config import Policy
-from anya_resource.core.requests import check_timing
+from anya_resource.core.requests import check_fields
 from anya_resource.errors import InvalidRequest
 from anya_resource.pools.entries import Checkout
 from anya_resource.pools.handle import PooledConnection
@@ -34,9 +34,20 @@ def deployed_policy() -> Policy | None:
 def checkout_from(
     options: Mapping[str, Any], policy: Policy, stack: traceback.StackSummary | None
 ) -> Checkout:
-    """A caller's ``acquire_connection`` options (unknown ones are a ``TypeError``)."""
+    """A caller's ``acquire_connection`` options (unknown ones are a ``TypeError``),
+    checked as ``acquire`` checks them, before any slot is asked for."""
     checkout = Checkout(**options)
-    check_timing(checkout.timeout, checkout.ttl)
+    check_fields(
+        {},
+        priority=checkout.priority,
+        tenant=checkout.tenant,
+        timeout=checkout.timeout,
+        ttl=checkout.ttl,
+        preemptible=checkout.preemptible,
+        node=checkout.node,
+        detached=checkout.detached,
+        max_ttl=policy.lease.max_ttl,
+    )
     if checkout.detached:
         raise InvalidRequest(
             "detached: a pooled connection's slot lives and dies with this process; "
