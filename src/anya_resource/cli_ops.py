@@ -490,9 +490,9 @@ def what_if(
 
 
 def _stored_policy_json() -> str | None:
-    from anya_resource.actors import store
+    from anya_resource.actors import boundary, store
 
-    stored = store.stored_policy()
+    stored = boundary.send(store.stored_policy, boundary.STORE)
     return None if stored is None else stored.decode()
 
 

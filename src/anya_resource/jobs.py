@@ -61,16 +61,18 @@ def supervisor_name(job_id: str) -> str:
 
 
 def save(record: JobRecord) -> None:
-    store.keep_job(record.job_id, json.dumps(record.to_json()).encode())
+    blob = json.dumps(record.to_json()).encode()
+    boundary.send(lambda: store.keep_job(record.job_id, blob), boundary.STORE)
 
 
 def load(job_id: str) -> JobRecord | None:
-    blob = store.job(job_id)
+    blob = boundary.send(lambda: store.job(job_id), boundary.STORE)
     return JobRecord.from_json(json.loads(blob)) if blob is not None else None
 
 
 def load_all() -> list[JobRecord]:
-    return [JobRecord.from_json(json.loads(blob)) for blob in store.jobs()]
+    blobs = boundary.send(store.jobs, boundary.STORE)
+    return [JobRecord.from_json(json.loads(blob)) for blob in blobs]
 
 
 def _one_line(exc: BaseException) -> str:

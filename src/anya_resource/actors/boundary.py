@@ -18,6 +18,9 @@ comes back is the actor's answer, or one of ``anya_resource.errors``:
 * anything else an actor raised (a bug, not a refusal) is a ``ResourceError`` naming
   its class and the first line of its message.
 
+What a client reads of Ray's GCS store itself (job records, the deployed policy) is
+read through ``send`` too, so that Ray's failures there are ``ManagerUnavailable`` as well.
+
 Each is raised outside the ``except`` that caught Ray's, so no Ray exception is
 chained to it (``__cause__`` and ``__context__`` are None): ``traceback.format_exception``
 of what a caller catches shows no ``ray::`` frame and no ``RayTaskError``.
@@ -39,6 +42,7 @@ from anya_resource.errors import ManagerUnavailable, ResourceError
 T = TypeVar("T")
 
 COORDINATOR = "the coordinator"
+STORE = "Ray's GCS store"  # where job records and the deployed policy are read by clients
 # The actor is being restarted (or its node is gone): worth a retry while patience lasts.
 RETRYABLE = (
     ray.exceptions.ActorUnavailableError,
@@ -234,6 +238,7 @@ def is_ours(exc: BaseException) -> bool:
 __all__ = [
     "COORDINATOR",
     "RETRYABLE",
+    "STORE",
     "call",
     "end_this_actor",
     "find",

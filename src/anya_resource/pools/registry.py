@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from dataclasses import replace
 from typing import Any
 
-from anya_resource.actors import store
+from anya_resource.actors import boundary, store
 from anya_resource.config import Policy
 from anya_resource.core.requests import check_fields
 from anya_resource.errors import InvalidRequest
@@ -27,7 +27,7 @@ from anya_resource.pools.stats import PoolStatistics
 
 def deployed_policy() -> Policy | None:
     """The policy the coordinator runs with, or None if it cannot be read here."""
-    raw = store.stored_policy()
+    raw = boundary.send(store.stored_policy, boundary.STORE)
     return Policy.model_validate_json(raw) if raw is not None else None
 
 
