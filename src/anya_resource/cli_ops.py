@@ -212,7 +212,9 @@ def _connect(target: str | None, timeout: float) -> None:
 
     if target is None:
         late = f"a local Ray instance did not start within {timeout:g} s"
-        with _watchdog(timeout, lambda: late, 2):
+        # Ray's own log lines while it starts (a warning about token authentication)
+        # are not ours to print: the command's output, or its one error line, is all.
+        with _ray_log_captured() as (stderr, _), _watchdog(timeout, lambda: late, stderr):
             deploy.ensure_ray(None)
         return
     where = _host_port(target)
