@@ -130,8 +130,9 @@ def test_a_good_request_passes() -> None:
 def test_ttl_seconds_and_lease_ids() -> None:
     assert check_ttl(None, 10) is None and check_ttl(10, 10) == 10.0
     assert "got 11" in refused(check_ttl, 11, 10)
-    assert check_seconds("seconds", None) is None
-    assert "seconds: got 0" in refused(check_seconds, "seconds", 0)
+    assert check_seconds("seconds", None) is None and check_seconds("seconds", 0) == 0.0
+    assert "seconds: got -0.5" in refused(check_seconds, "seconds", -0.5)
+    assert "seconds: got nan" in refused(check_seconds, "seconds", math.nan)
     assert check_lease_id("lease-0001") == "lease-0001"
     for bad, named in ((HUGE, "about 5,001 digits"), ("", "got ''"), (7, "got 7")):
         assert named in refused(check_lease_id, bad)

@@ -199,10 +199,17 @@ def check_ttl(ttl: object, max_ttl: float) -> float | None:
 
 
 def check_seconds(what: str, value: object) -> float | None:
-    """None, or seconds in (0, a year] (a history's span, a job's wait)."""
+    """None (all of it), or seconds in [0, a year] (how far back a history goes)."""
     if value is None:
         return None
-    return finite_seconds(what, value, MAX_TIMEOUT)
+    if isinstance(value, int | float) and not isinstance(value, bool) and value == 0:
+        return 0.0
+    try:
+        return finite_seconds(what, value, MAX_TIMEOUT)
+    except InvalidRequest:
+        raise InvalidRequest(
+            f"{what}: got {shown(value)}, expected seconds in [0, {MAX_TIMEOUT:g}] or None"
+        ) from None
 
 
 def check_lease_id(lease_id: object) -> str:
