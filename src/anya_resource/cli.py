@@ -2,8 +2,11 @@
 
 Every error a command lets out (bad flags, bad values, ``ConfigError``,
 ``InvalidRequest`` and the rest of ``ResourceError``) is printed as one line on
-stderr, with exit status 2 for bad input, never as a traceback. Rendering lives
-in ``render``; the work itself in the modules the commands call.
+stderr, with exit status 2 for bad input, never as a traceback: ``error_line`` is the
+one place that maps an error to its line and exit status. A Ray exception never gets
+here (every call to an actor goes through ``actors/boundary.py``); were one to, it is
+translated the same way first. Rendering lives in ``render``; the work itself in the
+modules the commands call.
 """
 
 from __future__ import annotations
@@ -41,6 +44,33 @@ def _is_a(exc: BaseException, class_name: str) -> bool:
     return any(cls.__name__ == class_name for cls in type(exc).__mro__)
 
 
+def _is_rays(exc: BaseException) -> bool:
+    return any(cls.__module__.split(".")[0] == "ray" for cls in type(exc).__mro__)
+
+
+def error_line(exc: BaseException) -> tuple[str, int] | None:
+    """The one line (without the ``anya-resource: error:`` prefix) and the exit status
+    the command line shows for ``exc``: 2 for bad input (bad flags and values,
+    ``InvalidRequest``, ``ConfigError``), 1 for the rest of ``ResourceError`` (its class
+    named). None for anything else, which is a bug of ours: its traceback is the report.
+    """
+    if _is_rays(exc):  # never expected (actors/boundary.py), never shown as Ray's
+        from anya_resource.actors.boundary import translate
+
+        exc = translate(exc)
+    if isinstance(exc, InvalidRequest):  # ConfigError and SimConfigError are InvalidRequests
+        return _one_line(str(exc)), BAD_INPUT
+    if isinstance(exc, ResourceError):
+        return _one_line(f"{type(exc).__name__}: {exc}"), 1
+    if _is_a(exc, "UsageError"):  # bad flags and bad flag values
+        return _one_line(exc.format_message()), BAD_INPUT  # type: ignore[attr-defined]
+    if _is_a(exc, "ClickException") or _is_a(exc, "TyperException"):
+        return _one_line(exc.format_message()), getattr(exc, "exit_code", 1)  # type: ignore[attr-defined]
+    if _is_a(exc, "Abort"):
+        return "aborted", 1
+    return None
+
+
 class OneLineErrors(TyperGroup):
     """A command group whose errors are one line on stderr, never a traceback."""
 
@@ -63,18 +93,11 @@ class OneLineErrors(TyperGroup):
                 windows_expand_args=windows_expand_args,
                 **extra,
             )
-        except InvalidRequest as exc:  # ConfigError and SimConfigError are InvalidRequests
-            _fail(str(exc), BAD_INPUT)
-        except ResourceError as exc:
-            _fail(f"{type(exc).__name__}: {exc}", 1)
         except Exception as exc:
-            if _is_a(exc, "UsageError"):  # bad flags and bad flag values
-                _fail(exc.format_message(), BAD_INPUT)  # type: ignore[attr-defined]
-            if _is_a(exc, "ClickException") or _is_a(exc, "TyperException"):
-                _fail(exc.format_message(), getattr(exc, "exit_code", 1))  # type: ignore[attr-defined]
-            if _is_a(exc, "Abort"):
-                _fail("aborted", 1)
-            raise
+            shown = error_line(exc)
+            if shown is None:
+                raise
+            _fail(*shown)
         if not standalone_mode:
             return result
         sys.exit(result if isinstance(result, int) else 0)

@@ -19,8 +19,10 @@ from anya_resource.cli_ops import (
     _print_json,
     _run_read,
     parse_resources,
+    priority_level,
 )
-from anya_resource.core.jobs import ENDED, JobState
+from anya_resource.core.jobs import ENDED, JobState, check_entrypoint
+from anya_resource.core.requests import check_fields
 from anya_resource.errors import InvalidRequest
 
 if TYPE_CHECKING:
@@ -96,16 +98,20 @@ def submit(
 ) -> None:
     """Queue a Ray job on a lease (its budget); prints its id at once."""
     budget = _budget(cpu, memory, gpu, pool)
+    level = priority_level(priority)
+    # Checked before connecting: bad input is named at once, as typed (core/requests.py).
+    check_fields(budget, priority=level, tenant=tenant, preemptible=preemptible)
     env = _runtime_env(runtime_env)
     if what_if:
-        _what_if(budget, priority, tenant, preemptible, address, as_json, connect_timeout)
+        _what_if(budget, level, tenant, preemptible, address, as_json, connect_timeout)
         return
+    check_entrypoint(entrypoint)
 
     async def go(manager: ResourceManager) -> dict[str, Any]:
         job_id = await manager.submit_job(
             entrypoint,
             budget,
-            priority=priority,
+            priority=level,
             tenant=tenant,
             runtime_env=env,
             working_dir=working_dir,
@@ -129,7 +135,7 @@ def submit(
 
 def _what_if(
     budget: dict[str, Any],
-    priority: str,
+    priority: str | int,
     tenant: str | None,
     preemptible: bool,
     address: str | None,

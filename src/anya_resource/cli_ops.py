@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import json
+import math
 import os
 import socket
 import sys
@@ -33,6 +34,7 @@ from urllib.parse import urlsplit
 import typer
 from rich.console import Console
 
+from anya_resource.core.requests import check_count, check_fields
 from anya_resource.errors import InvalidRequest, ManagerUnavailable, ResourceError
 from anya_resource.inputs import is_integer_text, shown
 from anya_resource.messages import Snapshot, WhatIfAnswer
@@ -51,6 +53,7 @@ class DeployConflict(ResourceError):
 
 
 DEFAULT_RAY_PORT = 6379
+INT_DIGITS_MAX = 4000  # Python refuses to read ints of more than 4,300 digits
 PROBE_TIMEOUT_S = 5.0
 CALL_TIMEOUT_S = 30.0
 
@@ -209,7 +212,9 @@ def _connect(target: str | None, timeout: float) -> None:
 
     if target is None:
         late = f"a local Ray instance did not start within {timeout:g} s"
-        with _watchdog(timeout, lambda: late, 2):
+        # Ray's own log lines while it starts (a warning about token authentication)
+        # are not ours to print: the command's output, or its one error line, is all.
+        with _ray_log_captured() as (stderr, _), _watchdog(timeout, lambda: late, stderr):
             deploy.ensure_ray(None)
         return
     where = _host_port(target)
@@ -248,14 +253,10 @@ def _disconnect() -> None:
 
 def _coordinator_handle() -> Any | None:
     """The deployed coordinator, or None; never deploys."""
-    import ray
-
+    from anya_resource.actors import boundary
     from anya_resource.actors.naming import COORDINATOR_NAME, NAMESPACE
 
-    try:
-        return ray.get_actor(COORDINATOR_NAME, namespace=NAMESPACE)
-    except ValueError:
-        return None
+    return boundary.find(COORDINATOR_NAME, NAMESPACE)
 
 
 def _not_deployed(target: str) -> ManagerUnavailable:
@@ -319,6 +320,28 @@ def _no_constant(name: str) -> Any:
     raise ValueError(f"{name} is not an amount")
 
 
+def _json_float(text: str) -> float | str:
+    """A JSON number with a point or exponent; one too large for a float (``1e999``)
+    stays the text typed, so that the error names it, not the ``inf`` it became."""
+    number = float(text)
+    return number if math.isfinite(number) else text
+
+
+def _json_int(text: str) -> int:
+    if len(text.lstrip("-")) > INT_DIGITS_MAX:  # past Python's int-to-str limit: name its size
+        raise InvalidRequest(
+            f"RESOURCES: got a number of {len(text.lstrip('-')):,} digits, expected amounts "
+            "below 2**63"
+        )
+    return int(text)
+
+
+def priority_level(text: str) -> str | int:
+    """A ``--priority`` as typed: a class name, or an int (ASCII digits only:
+    ``str.isdigit()`` and ``int()`` also take Arabic-Indic and full-width digits)."""
+    return int(text) if is_integer_text(text) and len(text.strip()) <= 18 else text
+
+
 def parse_resources(text: str) -> dict[str, Any]:
     """``memory=4GiB,cpu=1,postgres=2`` or a JSON object, as ``acquire`` takes it."""
     stripped = text.strip()
@@ -328,7 +351,12 @@ def parse_resources(text: str) -> dict[str, Any]:
     )
     if stripped.startswith("{"):
         try:
-            parsed = json.loads(stripped, parse_constant=_no_constant)
+            parsed = json.loads(
+                stripped,
+                parse_constant=_no_constant,
+                parse_float=_json_float,
+                parse_int=_json_int,
+            )
         except json.JSONDecodeError as exc:
             raise InvalidRequest(f"RESOURCES: not valid JSON ({exc.msg}); {expected}") from None
         except ValueError as exc:  # an int past Python's 4,300-digit limit, NaN, Infinity
@@ -440,10 +468,10 @@ def what_if(
 ) -> None:
     """Dry run: would COUNT such requests be granted now, where, and what would they preempt?"""
     request = parse_resources(resources)
-    # ASCII digits only: str.isdigit() and int() also take Arabic-Indic and full-width digits.
-    level: str | int = (
-        int(priority) if is_integer_text(priority) and len(priority) <= 18 else priority
-    )
+    level = priority_level(priority)
+    # Checked before connecting: bad input is named at once, as typed (core/requests.py).
+    check_count(count)
+    check_fields(request, priority=level, tenant=tenant, preemptible=preemptible, node=node)
 
     async def read(manager: ResourceManager) -> WhatIfAnswer:
         return await manager.what_if(
@@ -464,30 +492,30 @@ def what_if(
 
 
 def _stored_policy_json() -> str | None:
-    from anya_resource.actors import store
+    from anya_resource.actors import boundary, store
 
-    stored = store.stored_policy()
+    stored = boundary.send(store.stored_policy, boundary.STORE)
     return None if stored is None else stored.decode()
 
 
 def _alive_nodes() -> int:
     import ray
 
-    nodes: list[dict[str, Any]] = ray.nodes()  # type: ignore[no-untyped-call]
+    from anya_resource.actors import boundary
+
+    nodes: list[dict[str, Any]] = boundary.send(ray.nodes)
     return sum(1 for node in nodes if node.get("Alive"))
 
 
 def _ping(handle: Any) -> dict[str, Any]:
-    import ray
+    from anya_resource.actors import boundary
 
-    reply: dict[str, Any] = ray.get(handle.ping.remote(), timeout=CALL_TIMEOUT_S)
+    reply: dict[str, Any] = boundary.get(lambda: handle.ping.remote(), timeout=CALL_TIMEOUT_S)
     return reply
 
 
 def _wait_ready(handle: Any, seconds: float) -> dict[str, Any]:
     """Poll until the coordinator is ready with one agent per alive node (bounded)."""
-    import ray.exceptions
-
     deadline = time.monotonic() + seconds
     last: dict[str, Any] = {}
     problem = "no answer yet"
@@ -501,8 +529,8 @@ def _wait_ready(handle: Any, seconds: float) -> dict[str, Any]:
                 return last
             else:
                 problem = f"{last.get('nodes', 0)} of {alive} agents started"
-        except (ray.exceptions.RayError, TimeoutError) as exc:
-            problem = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+        except ResourceError as exc:  # translated at the boundary, one line
+            problem = str(exc)
         if time.monotonic() >= deadline:
             raise ManagerUnavailable(
                 f"the coordinator was not ready within {seconds:g} s ({problem}); "
@@ -588,9 +616,7 @@ def down(
     connect_timeout: ConnectTimeout = CALL_TIMEOUT_S,
 ) -> None:
     """Remove the coordinator and every agent from the cluster (Ray itself keeps running)."""
-    import ray
-
-    from anya_resource.actors import deploy
+    from anya_resource.actors import boundary, deploy
 
     target = _target(address, local=False)
     _connect(target, connect_timeout)
@@ -600,10 +626,10 @@ def down(
             report: dict[str, Any] = {"status": "not-deployed", "address": target, "leases": 0}
         else:
             try:
-                held: list[dict[str, Any]] = ray.get(
-                    handle.lease_list.remote(), timeout=CALL_TIMEOUT_S
+                held: list[dict[str, Any]] = boundary.get(
+                    lambda: handle.lease_list.remote(), timeout=CALL_TIMEOUT_S
                 )
-            except (ray.exceptions.RayError, TimeoutError):
+            except ResourceError:
                 held = []  # a broken coordinator is exactly what one may want to remove
             if held and not force:
                 tenants = sorted({str(lease.get("tenant")) for lease in held})

@@ -7,13 +7,13 @@ checks that it is not stale). Import either from here, or from ``anya_resource``
 
 from __future__ import annotations
 
+from anya_resource.actors.boundary import RETRY_MAX_S
 from anya_resource.client_async import (
     ANSWER_GRACE_S,
     GROW_GRACE_S,
     MAX_WAITING_PER_MANAGER,
     RENEW_CHECK_S,
     RESTART_PATIENCE_S,
-    RETRY_MAX_S,
     SUBMIT_BATCH,
     ResourceManager,
     budget_of,

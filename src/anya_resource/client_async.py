@@ -38,15 +38,22 @@ from typing import Any, TypeVar
 import psutil
 import ray
 
-from anya_resource.actors import deploy
-from anya_resource.actors.translate import RETRYABLE, translate
+from anya_resource.actors import boundary, deploy
 from anya_resource.actors.wire import lease_from_wire
 from anya_resource.config import Policy, Priority
 from anya_resource.core import Holder, LeaseRecord
 from anya_resource.core.history import decode as decode_history
 from anya_resource.core.jobs import BUDGET_ENV
 from anya_resource.core.model import CHANNEL_SEPARATOR
-from anya_resource.core.requests import check_timing
+from anya_resource.core.requests import (
+    MAX_TIMEOUT,
+    check_count,
+    check_fields,
+    check_seconds,
+    check_timeout,
+    check_timing,
+    check_ttl,
+)
 from anya_resource.core.share import (
     SPARE_IDLE_S,
     TooManyWaiting,
@@ -68,8 +75,16 @@ from anya_resource.errors import (
     error_named,
 )
 from anya_resource.health import ResourceHealth
+from anya_resource.inputs import check_name, shown
 from anya_resource.lease import AcquireContext, Lease, ResourceConnection, lease_fields
-from anya_resource.messages import EndedEvent, Event, RevokedEvent, Snapshot, WhatIfAnswer
+from anya_resource.messages import (
+    EndedEvent,
+    Event,
+    RevokedEvent,
+    Snapshot,
+    WatchReply,
+    WhatIfAnswer,
+)
 from anya_resource.pools.entries import caller_stack
 from anya_resource.pools.kinds import Flavour
 from anya_resource.pools.registry import ProcessPools
@@ -80,9 +95,6 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 RESTART_PATIENCE_S = 60.0  # how long a call waits for a restarting coordinator
 RENEW_CHECK_S = 0.5
-# A restarting coordinator answers within a second or two; polling it every quarter
-# second at most finds it back soon after (each try fails at once while it restarts).
-RETRY_MAX_S = 0.25
 # Past its timeout the coordinator rejects a waiter itself; this much later the client
 # gives up on an answer that does not come (a coordinator that is down).
 ANSWER_GRACE_S = 5.0
@@ -130,6 +142,20 @@ class _Waiting:
 
 def _same_token(expected: str, presented: object) -> bool:
     return isinstance(presented, str) and hmac.compare_digest(expected, presented)
+
+
+def _a_lease(what: str, lease: object) -> Lease:
+    """``lease`` if it is one (of this process, or sent from another); else the
+    ``InvalidRequest`` that says what ``what`` (``renew``, ...) expected."""
+    if not isinstance(lease, Lease):
+        raise InvalidRequest(f"{what}: got {shown(lease)}, expected a Lease returned by acquire()")
+    return lease
+
+
+def _a_flag(what: str, value: object) -> bool:
+    if not isinstance(value, bool):
+        raise InvalidRequest(f"{what}: got {shown(value)}, expected True or False")
+    return value
 
 
 def budget_of(budget: str | bool) -> list[str] | None:
@@ -212,6 +238,8 @@ class ResourceManager:
         self._loop: asyncio.AbstractEventLoop | None = None  # where the manager runs
         self._warm_reported: tuple[frozenset[str], frozenset[str]] = (frozenset(), frozenset())
         self._warm_idle_s = policy.lease.warm_idle_s if policy is not None else 0.0
+        # The deployed policy's lease.max_ttl (from ping): a ttl past it is refused here.
+        self._max_ttl = policy.lease.max_ttl if policy is not None else MAX_TIMEOUT
         self._blocking = False  # made by new_in_thread, for callers of other threads
 
     @classmethod
@@ -232,18 +260,24 @@ class ResourceManager:
         detached actor).
         """
         resolved = Policy.coerce(policy) if policy is not None else None
+        if address is not None and (not isinstance(address, str) or not address.strip()):
+            raise InvalidRequest(
+                f"address: got {shown(address)}, expected HOST:PORT of a Ray cluster's head, "
+                "'auto', or None"
+            )
+        _a_flag("outlives_job", outlives_job)
+        if not isinstance(budget, str | bool):
+            raise InvalidRequest(
+                f"budget: got {shown(budget)}, expected '<lease id>:<key>', True or False"
+            )
         await asyncio.to_thread(deploy.ensure_ray, address)
-        try:
-            handle = await asyncio.to_thread(deploy.coordinator, resolved)
-        except ResourceError:
-            raise
-        except Exception as exc:  # Ray's own, untranslated: never the caller's to see
-            raise translate(exc) from None
+        handle = await asyncio.to_thread(deploy.coordinator, resolved)  # errors translated
         manager = cls(handle, resolved, budget=budget, outlives_job=outlives_job)
         manager._loop = asyncio.get_running_loop()
         info = await manager._call(lambda c: c.ping.remote())
         manager._epoch = info["epoch"]
         manager._warm_idle_s = float(info.get("warm_idle_s", 0.0))  # the deployed policy's
+        manager._max_ttl = float(info.get("max_ttl", MAX_TIMEOUT))  # ttl is checked here too
         return manager
 
     @classmethod
@@ -263,7 +297,11 @@ class ResourceManager:
         thread = threading.Thread(target=loop.run_forever, name="anya-resource", daemon=True)
         thread.start()
         made = cls.new(policy, address, budget=budget, outlives_job=outlives_job)
-        manager = asyncio.run_coroutine_threadsafe(made, loop).result()
+        try:
+            manager = asyncio.run_coroutine_threadsafe(made, loop).result()
+        except BaseException:
+            loop.call_soon_threadsafe(loop.stop)  # no manager: its thread ends
+            raise
         manager._blocking = True
         return manager
 
@@ -284,25 +322,18 @@ class ResourceManager:
 
         return asyncio.run_coroutine_threadsafe(there(), loop).result()
 
-    # -- calls, with restart handling and error translation ------------------------------
+    # -- calls: through the one boundary (actors/boundary.py) ----------------------------
 
     async def _call(
-        self, send: Callable[[Any], Awaitable[T]], patience: float = RESTART_PATIENCE_S
+        self,
+        send: Callable[[Any], Awaitable[T]],
+        patience: float = RESTART_PATIENCE_S,
+        callee: str = boundary.COORDINATOR,
     ) -> T:
-        deadline = time.monotonic() + patience
-        delay = 0.05
-        while True:
-            try:
-                return await send(self._coordinator)
-            except RETRYABLE as exc:
-                if time.monotonic() + delay > deadline:
-                    raise ManagerUnavailable(
-                        f"the coordinator did not come back within {patience:g} s: {exc}"
-                    ) from None
-            except Exception as exc:
-                raise translate(exc) from None
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, RETRY_MAX_S)
+        """The call ``send(coordinator)`` makes, retried while the coordinator restarts
+        (up to ``patience`` s); its answer, or one of ``errors``, never Ray's."""
+        coordinator = self._coordinator
+        return await boundary.call(lambda: send(coordinator), callee, patience)
 
     # -- acquiring -------------------------------------------------------------------------
 
@@ -392,7 +423,19 @@ class ResourceManager:
         node: str | None = None,
         detached: bool = False,
     ) -> dict[str, Any]:
-        check_timing(timeout, ttl)
+        # Everything that needs no policy is checked before anything is sent; the
+        # coordinator checks it all again, with its policy's names (core/requests.py).
+        check_fields(
+            resources,
+            priority=priority,
+            tenant=tenant,
+            timeout=timeout,
+            ttl=ttl,
+            preemptible=preemptible,
+            node=node,
+            detached=detached,
+            max_ttl=self._max_ttl,
+        )
         return {
             "resources": resources,
             "priority": priority.value if isinstance(priority, Priority) else priority,
@@ -551,6 +594,7 @@ class ResourceManager:
         lease of ``warm``'s kind at once, in the calling thread; else wait here for one
         to come free or be granted (the loop sends the one acquire that asks for it).
         ``Overloaded`` at once if ``max_pending`` uses of this kind wait already."""
+        check_timeout(timeout)
         share = self._warm
         entry = share.use(warm)
         if entry is not None:
@@ -734,8 +778,20 @@ class ResourceManager:
         the real lease stays held and renewed. A lease of another process (its token
         passed on) may be released from here: its holder hears of it at once.
         """
-        if not isinstance(lease, Lease):
-            raise InvalidRequest(f"release: got {lease!r}, expected a Lease returned by acquire()")
+        _a_lease("release", lease)
+        mine = self.held.get(lease.lease_id)
+        self._check_token(lease)
+        if self._end_warm(lease):
+            return
+        if mine is not None or lease._manager is self:
+            self._forget(lease)
+            await lease.closed()
+        await self._call(lambda c: c.release.remote(lease.lease_id, lease.token, self._channel))
+        lease.released = True
+
+    def _check_token(self, lease: Lease) -> None:
+        """``NotLeaseHolder`` for a copy of a lease this manager holds with another token:
+        refused here, before anything is sent or forgotten."""
         mine = self.held.get(lease.lease_id)
         warm = self._warm.get(lease.lease_id)
         token = mine.token if mine is not None else warm.record.token if warm else None
@@ -744,13 +800,6 @@ class ResourceManager:
                 f"lease {lease.lease_id}: the token presented does not match; expected the "
                 "secret token returned with the grant"
             )
-        if self._end_warm(lease):
-            return
-        if mine is not None or lease._manager is self:
-            self._forget(lease)
-            await lease.closed()
-        await self._call(lambda c: c.release.remote(lease.lease_id, lease.token, self._channel))
-        lease.released = True
 
     def holds(self, lease: Lease) -> bool:
         """Whether ``lease`` (this very object) is one this manager holds: not given back
@@ -814,7 +863,13 @@ class ResourceManager:
         task.add_done_callback(self._pending_releases.discard)
 
     async def renew(self, lease: Lease, ttl: float | None = None) -> Lease:
-        """Push the lease's expiry; raises ``LeaseRevoked``/``LeaseExpired`` if it is gone."""
+        """Push the lease's expiry; raises ``LeaseRevoked``/``LeaseExpired`` if it is gone.
+
+        ``ttl``: seconds in (0, the policy's ``lease.max_ttl``]; None keeps the lease's.
+        """
+        _a_lease("renew", lease)
+        check_ttl(ttl, self._max_ttl)
+        self._check_token(lease)
         lease.check()
         try:
             lease.expires_at = await self._call(
@@ -831,6 +886,7 @@ class ResourceManager:
         """Make this process the holder of ``lease``, handed over by its holder (the
         actor a ``@leased`` class started): it is reclaimed when this process dies.
         Keep it renewed here with ``renew``."""
+        _a_lease("adopt", lease)
         lease.expires_at = await self._call(
             lambda c: c.rebind.remote(lease.lease_id, lease.token, self._holder_fields)
         )
@@ -920,14 +976,16 @@ class ResourceManager:
         ) and ray.is_initialized():
             first = False
             try:
-                reply = await self._coordinator.watch.remote(self._channel, self._watch_cursor)
-            except RETRYABLE:
+                reply: WatchReply = await self._call(
+                    lambda c: c.watch.remote(self._channel, self._watch_cursor), patience=0.0
+                )
+            except ManagerUnavailable:  # restarting, or gone: its successor counts anew
                 if not ray.is_initialized():
                     return
                 self._watch_cursor = 0  # a new coordinator counts events afresh
                 await self._after_restart()
                 continue
-            except Exception as exc:
+            except ResourceError as exc:
                 log.warning("watch failed: %s", exc)
                 await asyncio.sleep(1.0)
                 continue
@@ -1045,7 +1103,12 @@ class ResourceManager:
     async def what_if(
         self, resources: Mapping[str, Any], count: int = 1, **options: Any
     ) -> WhatIfAnswer:
-        """Would ``count`` such requests be granted now, where, preempting what? (dry run)"""
+        """Would ``count`` such requests be granted now, where, preempting what? (dry run)
+
+        ``count``: a whole number in [1, 100,000] (``core.requests.MAX_WHAT_IF``). An
+        infeasible request says why in ``infeasible``; none of it is counted as waiting.
+        """
+        check_count(count)
         spec = self._spec(resources, **options)
         result: WhatIfAnswer = await self._call(lambda c: c.what_if.remote(spec, count))
         return result
@@ -1057,6 +1120,8 @@ class ResourceManager:
         budget=...)``) and everything it leases is drawn from ``lease``, never more. The
         key lets it draw, not release: it is not the lease's token.
         """
+        _a_lease("budget_key", lease)
+        self._check_token(lease)
         key: str = await self._call(lambda c: c.budget_key.remote(lease.lease_id, lease.token))
         return f"{lease.lease_id}:{key}"
 
@@ -1098,6 +1163,21 @@ class ResourceManager:
         from anya_resource.core.jobs import JobRecord, check_entrypoint
 
         command = check_entrypoint(entrypoint)
+        if resources is not None and not isinstance(resources, Mapping):
+            raise InvalidRequest(
+                f"resources: got {shown(resources)}, expected the job's budget as a mapping "
+                "such as {'cpu': 4, 'memory': '16GiB'}"
+            )
+        if runtime_env is not None and not isinstance(runtime_env, Mapping):
+            raise InvalidRequest(
+                f"runtime_env: got {shown(runtime_env)}, expected a mapping (Ray's runtime_env)"
+            )
+        if working_dir is not None and (not isinstance(working_dir, str) or not working_dir):
+            raise InvalidRequest(
+                f"working_dir: got {shown(working_dir)}, expected a directory path (a string)"
+            )
+        _a_flag("preemptible", preemptible)
+        _a_flag("requeue", requeue)
         budget = dict(resources or {})
         env = dict(runtime_env or {})
         if working_dir is not None:
@@ -1152,6 +1232,7 @@ class ResourceManager:
         """Take a queued job out, or stop a running one; its state when asked."""
         from anya_resource import jobs
 
+        check_name("job_id", job_id)
         record = await asyncio.to_thread(jobs.load, job_id)
         if record is None:
             raise InvalidRequest(f"job {job_id!r}: no such job; expected an id from submit_job")
@@ -1162,13 +1243,16 @@ class ResourceManager:
             raise ManagerUnavailable(
                 f"job {job_id}: its supervisor is gone (state {record.state.value})"
             )
-        state: str = await self._call(lambda c: handle.cancel.remote())
+        state: str = await self._call(
+            lambda c: handle.cancel.remote(), callee=f"the supervisor of job {job_id}"
+        )
         return state
 
     async def wait_job(self, job_id: str, timeout: float | None = None) -> dict[str, Any]:
         """Wait until the job has ended; its record then."""
         from anya_resource import jobs
 
+        check_name("job_id", job_id)
         check_timing(timeout, None)
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
@@ -1196,6 +1280,7 @@ class ResourceManager:
         One per heartbeat over the last hour by default; see ``core.history`` for the
         fields (core units, like ``snapshot()``).
         """
+        check_seconds("seconds", seconds)
         blobs: list[bytes] = await self._call(lambda c: c.history.remote(seconds))
         return decode_history(blobs)
 

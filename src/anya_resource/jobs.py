@@ -29,7 +29,7 @@ from typing import Any
 
 import ray
 
-from anya_resource.actors import store
+from anya_resource.actors import boundary, store
 from anya_resource.actors.naming import NAMESPACE
 from anya_resource.core.jobs import (
     JobRecord,
@@ -61,16 +61,18 @@ def supervisor_name(job_id: str) -> str:
 
 
 def save(record: JobRecord) -> None:
-    store.keep_job(record.job_id, json.dumps(record.to_json()).encode())
+    blob = json.dumps(record.to_json()).encode()
+    boundary.send(lambda: store.keep_job(record.job_id, blob), boundary.STORE)
 
 
 def load(job_id: str) -> JobRecord | None:
-    blob = store.job(job_id)
+    blob = boundary.send(lambda: store.job(job_id), boundary.STORE)
     return JobRecord.from_json(json.loads(blob)) if blob is not None else None
 
 
 def load_all() -> list[JobRecord]:
-    return [JobRecord.from_json(json.loads(blob)) for blob in store.jobs()]
+    blobs = boundary.send(store.jobs, boundary.STORE)
+    return [JobRecord.from_json(json.loads(blob)) for blob in blobs]
 
 
 def _one_line(exc: BaseException) -> str:
@@ -109,7 +111,7 @@ class JobSupervisorImpl:
     def _main(self) -> None:
         asyncio.run(self.run())
         # Done: the actor goes, and is not restarted (its record says how the job ended).
-        ray.kill(ray.get_runtime_context().current_actor, no_restart=True)
+        boundary.end_this_actor()
 
     async def run(self) -> None:
         from ray.job_submission import JobSubmissionClient
@@ -240,38 +242,37 @@ def _count_start(priority: str, tenant: str, waited: float) -> None:
     """The coordinator's metrics count job starts and waits (fire and forget)."""
     from anya_resource.actors import deploy
 
-    with contextlib.suppress(Exception):  # a metric is never worth failing a job for
-        deploy.coordinator().job_started.remote(priority, tenant, waited)
+    with contextlib.suppress(ResourceError):  # a metric is never worth failing a job for
+        coordinator = deploy.coordinator()
+        boundary.send(lambda: coordinator.job_started.remote(priority, tenant, waited))
 
 
 def start_supervisor(record: JobRecord, dashboard: str, manager_class: Any) -> None:
     """The job's supervisor, detached (it outlives the process that submitted the job);
     ``manager_class``: the client's ``ResourceManager``, which it holds the lease with."""
-    handle = JobSupervisor.options(  # type: ignore[attr-defined]
-        name=supervisor_name(record.job_id),
-        namespace=NAMESPACE,
-        lifetime="detached",
-        num_cpus=0,
-        max_restarts=-1,  # its process or node dies: it starts again (see the class)
-    ).remote(record.to_json(), dashboard, manager_class)
-    # Answered once the actor is up, its work started by its ``__init__``: the submitting
-    # process may exit at once (the CLI's submit does).
+    callee = f"the supervisor of job {record.job_id}"
     try:
-        ray.get(handle.state.remote(), timeout=START_WAIT_S)  # type: ignore[attr-defined]
-    except Exception as exc:  # Ray's own (a timeout, a dead worker): never the caller's
-        why = f"its supervisor did not start: {_one_line(exc)}"
+        handle: Any = boundary.send(
+            lambda: JobSupervisor.options(  # type: ignore[attr-defined]
+                name=supervisor_name(record.job_id),
+                namespace=NAMESPACE,
+                lifetime="detached",
+                num_cpus=0,
+                max_restarts=-1,  # its process or node dies: it starts again (see the class)
+            ).remote(record.to_json(), dashboard, manager_class),
+            callee,
+        )
+        # Answered once the actor is up, its work started by its ``__init__``: the
+        # submitting process may exit at once (the CLI's submit does).
+        boundary.get(lambda: handle.state.remote(), callee, timeout=START_WAIT_S)
+    except ResourceError as exc:  # translated at the boundary: a timeout, a dead worker
+        why = f"its supervisor did not start: {exc}"
         save(ended(record, JobState.FAILED, why, time.time()))
-        raise ManagerUnavailable(
-            f"job {record.job_id}: its supervisor did not start within {START_WAIT_S:g} s "
-            f"({_one_line(exc)})"
-        ) from None
+        raise ManagerUnavailable(f"job {record.job_id}: {why}") from None
 
 
 def supervisor(job_id: str) -> Any | None:
-    try:
-        return ray.get_actor(supervisor_name(job_id), namespace=NAMESPACE)
-    except ValueError:
-        return None
+    return boundary.find(supervisor_name(job_id), NAMESPACE)
 
 
 def dashboard_address() -> str:

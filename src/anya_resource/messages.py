@@ -93,12 +93,14 @@ class Ping(TypedDict):
     recovering: int
     pid: int
     warm_idle_s: float
+    max_ttl: float  # the policy's lease.max_ttl: a client refuses a longer ttl itself
 
 
 class WhatIfAnswer(TypedDict):
     """A dry run's answer (``core/whatif.py``): how many of ``requested`` would be
     granted now, after preemption, or would wait; on which nodes; what would be
-    preempted (each a lease's public fields); why it can never fit, or what blocks it."""
+    preempted (each a lease's public fields); why it can never fit, or what blocks it.
+    An ``infeasible`` request is counted nowhere else: granted and waiting are all 0."""
 
     requested: int
     granted_now: int

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Mapping
 from decimal import MAX_EMAX, MIN_EMIN, Context, Decimal, DecimalException
 from typing import Final
 
@@ -175,3 +176,29 @@ def format_amount(resource: str, amount: int) -> str:
     if resource in FRACTIONAL_RESOURCES:
         return f"{amount / MILLI:g}"
     return str(amount)
+
+
+_DEVICES: Final = {"cpu": "CPU", "gpu": "GPU"}
+
+
+def format_quantity(resource: str, amount: int) -> str:
+    """The core's integer ``amount`` of ``resource`` as people say it, for a message:
+    ``6 CPUs``, ``0.5 GPU``, ``2.0 GiB of memory``, ``512 B of disk``, ``3 slots of
+    'postgres'``. Never the core's units (thousandths of a core, bytes as a bare int)."""
+    if resource in BYTE_RESOURCES:
+        return f"{format_bytes(amount)} of {resource}"
+    if resource in FRACTIONAL_RESOURCES:
+        cores = amount / MILLI
+        return f"{cores:g} {_DEVICES[resource]}{'s' if cores > 1 else ''}"
+    return f"{amount} slot{'s' if amount != 1 else ''} of {resource!r}"
+
+
+def format_request(amounts: Mapping[str, int], pools: Mapping[str, int] | None = None) -> str:
+    """What a request asks for, as people say it: ``a request of 6 CPUs and 2.0 GiB of
+    memory`` (``format_quantity`` for each, node resources first, then pool slots)."""
+    parts = [format_quantity(r, a) for r, a in amounts.items()]
+    parts += [format_quantity(p, n) for p, n in (pools or {}).items()]
+    if not parts:
+        return "a request of nothing"
+    listed = parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
+    return f"a request of {listed}"

@@ -423,7 +423,9 @@ def render_what_if(
     )
     summary.add_column("what", style="bold")
     summary.add_column("value")
-    if result["granted_now"] == requested:
+    if result.get("infeasible"):
+        verdict = Text("none can ever be granted (infeasible)", style="red")
+    elif result["granted_now"] == requested:
         verdict = Text("all fit now", style="green")
     elif fits == requested:
         verdict = Text(
@@ -432,9 +434,10 @@ def render_what_if(
     else:
         verdict = Text(f"{fits} of {requested} fit", style="yellow" if fits else "red")
     summary.add_row("verdict", verdict)
-    summary.add_row("granted at once", str(result["granted_now"]))
-    summary.add_row("granted after preemption", str(result["granted_after_preemption"]))
-    summary.add_row("would wait", str(result["would_wait"]))
+    if not result.get("infeasible"):  # else none is granted and none waits: it says why
+        summary.add_row("granted at once", str(result["granted_now"]))
+        summary.add_row("granted after preemption", str(result["granted_after_preemption"]))
+        summary.add_row("would wait", str(result["would_wait"]))
     if result.get("nodes"):
         summary.add_row(
             "placed on",

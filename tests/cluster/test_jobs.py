@@ -251,7 +251,7 @@ def test_a_jobs_leases_are_drawn_from_its_budget_and_never_exceed_it(
     assert result["state"] == "succeeded", result
     seen = json.loads(out.read_text())
     assert seen["tasks"] == 6 and seen["most_at_once"] <= 2, seen  # 1 core / 0.5 each
-    assert "holds 1 of cpu; 2 were asked for" in seen["past_budget"]
+    assert "holds 1 CPU; 2 CPUs were asked for" in seen["past_budget"]
     assert seen["within"] == result["lease_id"] and seen["when_full"] == "waited"
     assert seen["used"] == {"cpu": 1000, "rpc": 2} and seen["job_id"] == job
     assert manager.budgets() == {}  # the job's lease went back, and its budget with it

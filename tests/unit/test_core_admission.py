@@ -119,8 +119,18 @@ def test_node_short_counts_what_is_about_to_be_freed() -> None:
             BlockKind.POOL,
             "pool 'default' has 4 slots; 5 were asked for",
         ),
-        ({"cpu": 5}, {"tenant": "tx"}, BlockKind.TENANT, "tenant 'tx' has a hard limit of 4000"),
-        ({"cpu": 5}, {}, BlockKind.CAPACITY, "larger than any node can ever grant"),
+        (
+            {"cpu": 5},
+            {"tenant": "tx"},
+            BlockKind.TENANT,
+            "tenant 'tx' has a hard limit of 4 CPUs; 5 CPUs were asked for",
+        ),
+        (
+            {"cpu": 5},
+            {},
+            BlockKind.CAPACITY,
+            "a request of 5 CPUs is larger than any node can ever grant",
+        ),
         ({"cpu": 3}, {"node": "b"}, BlockKind.CAPACITY, "larger than node b can ever grant"),
     ],
 )

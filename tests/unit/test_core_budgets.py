@@ -123,9 +123,9 @@ def test_the_first_waiter_of_a_budget_is_not_overtaken_by_smaller_ones(
 
 
 def test_what_can_never_fit_a_budget_is_refused_at_once_naming_it(h: Harness, job: Grant) -> None:
-    with pytest.raises(Infeasible, match=r"holds 2 of cpu; 3 were asked for"):
+    with pytest.raises(Infeasible, match=r"holds 2 CPUs; 3 CPUs were asked for"):
         h.submit({"cpu": 3}, within=within(job))
-    with pytest.raises(Infeasible, match=r"holds none of gpu"):
+    with pytest.raises(Infeasible, match=r"holds no gpu"):
         h.submit({"gpu": 1}, within=within(job))
     with pytest.raises(Infeasible, match=r"holds 4.0 GiB of memory; 5.0 GiB"):
         h.submit({"memory": "5GiB"}, within=within(job))
@@ -466,7 +466,9 @@ def test_what_if_within_a_budget_answers_for_the_budget(h: Harness, job: Grant) 
     assert (answer.granted_now, answer.would_wait) == (2, 1)
     assert answer.nodes == {job.lease.node_id: 2}
     assert answer.blocked_by is not None and "0 of 2 cpu drawn" in answer.blocked_by
-    assert h.s.what_if(h.request({"gpu": 1}, within=within(job)), 1, h.now).infeasible
+    never = h.s.what_if(h.request({"gpu": 1}, within=within(job)), 1, h.now)
+    assert never.infeasible and "holds no gpu" in never.infeasible
+    assert (never.granted_now, never.would_wait) == (0, 0)  # infeasible, not waiting
     h.acquire({"cpu": 2}, within=within(job))
     h.submit({"cpu": 1}, within=within(job))
     answer = h.s.what_if(h.request({"cpu": 1}, within=within(job)), 1, h.now)

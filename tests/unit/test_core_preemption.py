@@ -121,7 +121,9 @@ def test_tenant_hard_limit_makes_requests_wait_and_larger_ones_infeasible() -> N
     h.acquire({"cpu": 5}, tenant="tx")
     waiting = h.wait({"cpu": 2}, tenant="tx")  # 5 + 2 > 6, though the node has room
     assert h.acquire({"cpu": 2}, tenant="ml").lease.tenant == "ml"
-    with pytest.raises(Infeasible, match="tenant 'tx' has a hard limit of 6000 cpu"):
+    with pytest.raises(
+        Infeasible, match="tenant 'tx' has a hard limit of 6 CPUs; 7 CPUs were asked for"
+    ):
         h.submit({"cpu": 7}, tenant="tx")
     snap = h.snap()
     assert snap["tenants"]["tx"]["usage"] == {"cpu": 5000}

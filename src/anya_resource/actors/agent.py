@@ -19,7 +19,9 @@ from typing import Any
 
 import ray
 
+from anya_resource.actors import boundary
 from anya_resource.actors.naming import COORDINATOR_NAME, NAMESPACE
+from anya_resource.errors import ManagerUnavailable
 from anya_resource.health import NodeSampler, find_own_raylet_pid, holder_alive
 
 log = logging.getLogger(__name__)
@@ -41,9 +43,10 @@ class NodeAgentImpl:
     async def _coordinator_handle(self) -> Any:
         if self._coordinator is None:
             # A lookup is a blocking GCS call: never on this event loop.
-            self._coordinator = await asyncio.to_thread(
-                ray.get_actor, COORDINATOR_NAME, namespace=NAMESPACE
-            )
+            found = await asyncio.to_thread(boundary.find, COORDINATOR_NAME, NAMESPACE)
+            if found is None:
+                raise ManagerUnavailable("the coordinator is not deployed (or being removed)")
+            self._coordinator = found
         return self._coordinator
 
     async def _run(self) -> None:
@@ -69,7 +72,9 @@ class NodeAgentImpl:
         ]
         coordinator = await self._coordinator_handle()
         reply = await asyncio.wait_for(
-            coordinator.heartbeat.remote(self.node_id, health.to_dict(), dead),
+            boundary.call(
+                lambda: coordinator.heartbeat.remote(self.node_id, health.to_dict(), dead)
+            ),
             timeout=max(5.0, 5 * self.heartbeat_s),
         )
         self.watched = {

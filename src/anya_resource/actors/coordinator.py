@@ -56,6 +56,7 @@ from anya_resource.core.giveback import GiveBack, Tell
 from anya_resource.core.history import HistoryRing, compact
 from anya_resource.core.model import channel_of
 from anya_resource.core.recovery import recovering, start
+from anya_resource.core.requests import check_count, check_lease_id, check_seconds, check_ttl
 from anya_resource.core.verdict import judge_health
 from anya_resource.errors import InvalidRequest, LeaseExpired, ResourceError, rejection_error
 from anya_resource.health import NodeHealth, ResourceHealth, node_cpu_percent, node_memory_percent
@@ -509,6 +510,7 @@ class CoordinatorImpl:
             "recovering": recovering(self.scheduler),
             "pid": os.getpid(),
             "warm_idle_s": self.policy.lease.warm_idle_s,
+            "max_ttl": self.policy.lease.max_ttl,
         }
 
     def _request(self, spec: dict[str, Any]) -> Request:
@@ -598,6 +600,7 @@ class CoordinatorImpl:
 
     async def release(self, lease_id: str, token: str, by: str | None = None) -> None:
         """Give a lease back (``by``: the releasing process's holder key); once written."""
+        check_lease_id(lease_id)
         self._apply(self.scheduler.release(lease_id, token, self.clock.time(), by=by))
         await self._durable()
 
@@ -640,6 +643,7 @@ class CoordinatorImpl:
 
     async def budget_key(self, lease_id: str, token: str) -> str:
         """The key that lets a job's processes draw from this lease (core/budgets.py)."""
+        check_lease_id(lease_id)
         return self.scheduler.budget_key(lease_id, token)
 
     async def queue_positions(self, actor_ids: list[str]) -> dict[str, Any]:
@@ -651,10 +655,15 @@ class CoordinatorImpl:
         return self.scheduler.budget_list()
 
     async def renew(self, lease_id: str, token: str, ttl: float | None = None) -> float:
+        """The lease's new expiry (``ttl``: seconds up to the policy's max_ttl, or None
+        for the lease's own); checked here first: a client is never trusted."""
+        check_lease_id(lease_id)
+        check_ttl(ttl, self.policy.lease.max_ttl)
         return self.scheduler.renew(lease_id, token, self.clock.time(), ttl).expires_at
 
     async def rebind(self, lease_id: str, token: str, holder: dict[str, Any]) -> float:
         """Another process (a ``@leased`` task's worker) holds the lease from now on."""
+        check_lease_id(lease_id)
         lease = self.scheduler.rebind(lease_id, token, Holder(**holder), self.clock.time())
         await self._durable()
         return lease.expires_at
@@ -750,6 +759,7 @@ class CoordinatorImpl:
         Encoded as stored: the client decodes them, so that a long history does not
         hold up this event loop.
         """
+        check_seconds("seconds", seconds)
         return self.history_ring.since(self.clock.time(), seconds)
 
     async def job_started(self, priority: str, tenant: str, waited: float) -> None:
@@ -757,6 +767,7 @@ class CoordinatorImpl:
         self.metrics.job_started(str(priority)[:100], str(tenant)[:100], float(waited))
 
     async def what_if(self, spec: dict[str, Any], count: int) -> WhatIfAnswer:
+        check_count(count)  # before anything: an int of 5,000 digits is refused, named
         request = self._request({**spec, "idempotency_key": None, "timeout": None})
         return self.scheduler.what_if(request, count, self.clock.time()).to_dict()
 

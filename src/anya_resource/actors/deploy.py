@@ -9,7 +9,6 @@ coordinator, because the actor is named and created with ``get_if_exists=True``.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import threading
@@ -17,7 +16,7 @@ from typing import Any
 
 import ray
 
-from anya_resource.actors import store
+from anya_resource.actors import boundary, store
 from anya_resource.actors.naming import COORDINATOR_NAME, NAMESPACE, agent_name
 from anya_resource.config import Policy
 from anya_resource.errors import ManagerUnavailable
@@ -77,10 +76,14 @@ AUTH_HINT = (
 
 
 def ensure_ray(address: str | None = None) -> None:
-    """Connect to ``address`` (or ``RAY_ADDRESS``), else start a private Ray on loopback."""
+    """Connect to ``address`` (or ``RAY_ADDRESS``), else start a private Ray on loopback.
+
+    Ray's failure to connect is ``ManagerUnavailable``, in one line, with nothing of
+    Ray's chained to it."""
     if ray.is_initialized():
         return
     target = address or os.environ.get("RAY_ADDRESS")
+    why: BaseException | None = None
     try:
         if target:
             use_token_if_at_hand()
@@ -90,9 +93,17 @@ def ensure_ray(address: str | None = None) -> None:
             bind_to_loopback()
             ray.init(address="local", include_dashboard=False, logging_level=logging.WARNING)
     except (ConnectionError, RuntimeError, ValueError, ray.exceptions.RayError) as exc:
+        why = exc
+    if why is not None:
         where = target or "a new local Ray instance"
         hint = f"; if the cluster uses token authentication, {AUTH_HINT}" if target else ""
-        raise ManagerUnavailable(f"cannot reach a Ray cluster at {where}: {exc}{hint}") from exc
+        raise ManagerUnavailable(f"cannot reach a Ray cluster at {where}: {_first(why)}{hint}")
+
+
+def _first(exc: BaseException) -> str:
+    """``exc``'s first line (Ray's connection errors run to many)."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return lines[0] if lines else type(exc).__name__
 
 
 def coordinator(policy: Policy | None = None) -> Any:
@@ -102,14 +113,15 @@ def coordinator(policy: Policy | None = None) -> Any:
         handle = _handles.get(key)
         if handle is not None:
             return handle
-        try:
-            handle = ray.get_actor(COORDINATOR_NAME, namespace=NAMESPACE)
-        except ValueError:
+        handle = boundary.find(COORDINATOR_NAME, NAMESPACE)
+        if handle is None:
             from anya_resource.actors.coordinator import Coordinator, coordinator_options
 
             policy_json = (policy or Policy.default()).model_dump_json()
-            options = {**coordinator_options(), **_on_head_node()}
-            handle = Coordinator.options(**options).remote(policy_json)  # type: ignore[attr-defined]
+            options = {**coordinator_options(), **boundary.send(_on_head_node)}
+            handle = boundary.send(
+                lambda: Coordinator.options(**options).remote(policy_json)  # type: ignore[attr-defined]
+            )
         _handles[key] = handle
         return handle
 
@@ -138,10 +150,9 @@ def teardown() -> None:
     increasing even across a redeploy. The policy goes, so that ``up`` may bring a new
     one, and so does the journal: the leases go with the coordinator.
     """
-    nodes = ray.nodes()  # type: ignore[no-untyped-call]
+    nodes = boundary.send(ray.nodes)
     names = [agent_name(node["NodeID"]) for node in nodes] + [COORDINATOR_NAME]
     for name in names:
-        with contextlib.suppress(ValueError):  # not deployed there
-            ray.kill(ray.get_actor(name, namespace=NAMESPACE), no_restart=True)
+        boundary.kill(name, NAMESPACE)  # False where it was not deployed
     store.forget_deployment()
     forget_handles()

@@ -13,7 +13,7 @@ from __future__ import annotations
 import time
 from typing import Any, Protocol
 
-from anya_resource.actors import store
+from anya_resource.actors import boundary, store
 from anya_resource.actors.naming import NAMESPACE, agent_name
 from anya_resource.core.journal import Write
 from anya_resource.quantities import MILLI
@@ -125,15 +125,18 @@ class RayTransport:
 
         from anya_resource.actors.agent import NodeAgent
 
-        return NodeAgent.options(  # type: ignore[attr-defined]
-            name=agent_name(node_id),
-            namespace=NAMESPACE,
-            lifetime="detached",
-            get_if_exists=True,
-            num_cpus=0,
-            max_restarts=-1,
-            scheduling_strategy=NodeAffinitySchedulingStrategy(node_id=node_id, soft=False),
-        ).remote(node_id, heartbeat_s)
+        return boundary.send(
+            lambda: NodeAgent.options(  # type: ignore[attr-defined]
+                name=agent_name(node_id),
+                namespace=NAMESPACE,
+                lifetime="detached",
+                get_if_exists=True,
+                num_cpus=0,
+                max_restarts=-1,
+                scheduling_strategy=NodeAffinitySchedulingStrategy(node_id=node_id, soft=False),
+            ).remote(node_id, heartbeat_s),
+            f"the agent of node {node_id}",
+        )
 
     def available_nodes(self) -> dict[str, dict[str, int]]:
         import ray._private.state

@@ -26,7 +26,7 @@ from anya_resource.core.gangs import GangPlacement
 from anya_resource.core.ledger import NodeLedger
 from anya_resource.core.model import NODE_RESOURCES, Amounts, Request, tenant_demand
 from anya_resource.core.state import ClusterState, Freed, Reservation
-from anya_resource.quantities import format_amount
+from anya_resource.quantities import format_amount, format_quantity, format_request
 
 NEVER_FITS_MEMORY = 4096  # shapes whose feasibility is remembered until the nodes change
 
@@ -71,8 +71,8 @@ class Block:
             r = self.resource
             if self.ever:
                 return (
-                    f"tenant {what!r} has a hard limit of {self.total} {r}; "
-                    f"{self.need} were asked for"
+                    f"tenant {what!r} has a hard limit of {format_quantity(r, self.total)}; "
+                    f"{format_quantity(r, self.need)} were asked for"
                 )
             held = f", {format_amount(r, self.held)} held for the head" if self.held else ""
             return (
@@ -275,7 +275,7 @@ def _never_fits_a_node(state: ClusterState, request: Request) -> Block | None:
         if all(node.limit(r) >= a for r, a in resources.items()):
             return None
     where = f"node {request.node}" if request.node else "any node"
-    return Block(BlockKind.CAPACITY, str(dict(resources)), where=where, ever=True)
+    return Block(BlockKind.CAPACITY, format_request(resources), where=where, ever=True)
 
 
 def place(

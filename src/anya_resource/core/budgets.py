@@ -26,7 +26,7 @@ from anya_resource.core.leases import BUDGET_KEY_PREFIX, LeaseTable
 from anya_resource.core.model import Amounts, LeaseRecord, LeaseState, Request, charged
 from anya_resource.core.waitqueue import Waiter
 from anya_resource.errors import InvalidRequest, LeaseExpired, LeaseRevoked, NotLeaseHolder
-from anya_resource.quantities import format_amount
+from anya_resource.quantities import format_quantity
 
 
 @dataclass(slots=True)
@@ -52,10 +52,10 @@ class Budget:
         for name, amount in demand_of(request).items():
             total = self.total.get(name, 0)
             if amount > total:
-                held = format_amount(name, total) if total else "none"
+                held = format_quantity(name, total) if total else f"no {name}"
                 return (
-                    f"the job's budget ({self.lease_id}) holds {held} of {name}; "
-                    f"{format_amount(name, amount)} were asked for"
+                    f"the job's budget ({self.lease_id}) holds {held}; "
+                    f"{format_quantity(name, amount)} were asked for"
                 )
         return None
 

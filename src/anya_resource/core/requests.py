@@ -1,4 +1,12 @@
-"""Turning what a caller wrote into a ``Request``, or a clear ``InvalidRequest``."""
+"""Turning what a caller wrote into a ``Request``, or a clear ``InvalidRequest``.
+
+Two sides check the same input with the same functions: the client, before anything is
+sent (``check_fields``, ``check_count``, ``check_ttl``, ``check_seconds``: what needs no
+policy), and the coordinator, which never trusts a client (``build_request``, the same
+checks again, and what only the deployed policy knows: pool and priority names, the
+``max_ttl``). Every message names the value as the caller gave it (``shown``) and says
+what was expected.
+"""
 
 from __future__ import annotations
 
@@ -15,6 +23,8 @@ from anya_resource.quantities import MAX_AMOUNT, format_amount, to_units
 
 MAX_TIMEOUT = 365 * 86400.0
 MAX_PRIORITY = 1_000_000  # the range the policy allows its classes; aging adds floats to it
+MAX_WHAT_IF = 100_000  # requests one what-if may ask about (``count``)
+LEASE_ID_MAX = 200
 
 
 def build_request(
@@ -86,10 +96,7 @@ def build_request(
         )
     level = policy.priority_level(priority)
     if not -MAX_PRIORITY <= level <= MAX_PRIORITY:
-        raise InvalidRequest(
-            f"priority: got {shown(priority)}, expected a class name or an int in "
-            f"[{-MAX_PRIORITY}, {MAX_PRIORITY}]"
-        )
+        raise _bad_priority(priority)
     name = priority.value if isinstance(priority, Priority) else str(priority)
     budget, budget_key = _within(within)
     return Request(
@@ -124,6 +131,125 @@ def _add_pools(policy: Policy, value: object, into: dict[str, int]) -> None:
             into[pool] = into.get(pool, 0) + amount
 
 
+def _bad_priority(priority: object) -> InvalidRequest:
+    return InvalidRequest(
+        f"priority: got {shown(priority)}, expected a class name or an int in "
+        f"[{-MAX_PRIORITY}, {MAX_PRIORITY}]"
+    )
+
+
+# -- what a client checks before it sends anything (no policy needed) ---------------------
+
+
+def check_fields(
+    resources: object,
+    *,
+    priority: object = "normal",
+    tenant: object = None,
+    timeout: object = None,
+    ttl: object = None,
+    preemptible: object = False,
+    node: object = None,
+    detached: object = False,
+    max_ttl: float = MAX_TIMEOUT,
+) -> None:
+    """Everything of a request that can be checked without the policy: the amounts, the
+    priority's type and range, names, flags, ``timeout`` and ``ttl`` (up to ``max_ttl``,
+    the deployed policy's when the client knows it). The coordinator checks all of it
+    again in ``build_request``, with the pool and priority names of its policy."""
+    check_resources(resources)
+    check_priority(priority)
+    if tenant is not None:
+        check_name("tenant", tenant)
+    _node(node)
+    _flag("preemptible", preemptible)
+    _flag("detached", detached)
+    check_timeout(timeout)
+    check_ttl(ttl, max_ttl)
+
+
+def check_resources(resources: object) -> None:
+    """A mapping of amounts, each valid for its resource (``to_units``); names that are
+    not node resources are pools, whose names only the coordinator's policy knows."""
+    if not isinstance(resources, Mapping):
+        raise InvalidRequest(
+            f"resources: got {shown(resources)}, expected a mapping such as "
+            "{'memory': '2GiB', 'cpu': 1, 'pools': {'postgres': 1}}"
+        )
+    for name, value in resources.items():
+        if name == "pools":
+            if not isinstance(value, Mapping):
+                raise InvalidRequest(
+                    f"pools: got {shown(value)}, expected a mapping of pool name to slots"
+                )
+            for pool, slots in value.items():
+                to_units(check_name("pool", pool), slots)
+        elif isinstance(name, str) and name:
+            to_units(name, value)
+        else:
+            raise InvalidRequest(
+                f"unknown resource {shown(name)}; expected one of {list(NODE_RESOURCES)}, "
+                "a pool of the policy, or 'pools'"
+            )
+
+
+def check_priority(priority: object) -> None:
+    """A ``Priority``, a class name, or an int in range (the names are the policy's)."""
+    if isinstance(priority, Priority):
+        return
+    if isinstance(priority, bool):
+        raise _bad_priority(priority)
+    if isinstance(priority, int):
+        if not -MAX_PRIORITY <= priority <= MAX_PRIORITY:
+            raise _bad_priority(priority)
+        return
+    if not isinstance(priority, str):
+        raise _bad_priority(priority)
+    check_name("priority", priority)
+
+
+def check_count(count: object) -> int:
+    """How many requests a what-if asks about: a whole number in [1, ``MAX_WHAT_IF``]
+    (not a bool, however Python counts ``True``)."""
+    if isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= MAX_WHAT_IF:
+        raise InvalidRequest(
+            f"count: got {shown(count)}, expected a whole number of requests in "
+            f"[1, {MAX_WHAT_IF:,}]"
+        )
+    return count
+
+
+def check_ttl(ttl: object, max_ttl: float) -> float | None:
+    """None (the default, or the lease's own) or seconds in (0, ``max_ttl``]."""
+    if ttl is None:
+        return None
+    return finite_seconds("ttl", ttl, max_ttl)
+
+
+def check_seconds(what: str, value: object) -> float | None:
+    """None (all of it), or seconds in [0, a year] (how far back a history goes)."""
+    if value is None:
+        return None
+    if isinstance(value, int | float) and not isinstance(value, bool) and value == 0:
+        return 0.0
+    try:
+        return finite_seconds(what, value, MAX_TIMEOUT)
+    except InvalidRequest:
+        raise InvalidRequest(
+            f"{what}: got {shown(value)}, expected seconds in [0, {MAX_TIMEOUT:g}] or None"
+        ) from None
+
+
+def check_lease_id(lease_id: object) -> str:
+    """A lease id as grants give them: a string of 1 to 200 characters."""
+    if not isinstance(lease_id, str) or not 0 < len(lease_id) <= LEASE_ID_MAX:
+        raise InvalidRequest(
+            f"lease_id: got {shown(lease_id)}, expected the id of a lease (a string) as "
+            "returned with a grant"
+        )
+    return lease_id
+
+
 def finite_seconds(what: str, value: object, upper: float) -> float:
     """A number of seconds in (0, ``upper``]; else ``InvalidRequest`` naming the value."""
     if isinstance(value, bool) or not isinstance(value, int | float):
@@ -137,16 +263,15 @@ def finite_seconds(what: str, value: object, upper: float) -> float:
     return seconds
 
 
-def check_timing(timeout: object, ttl: object) -> None:
+def check_timing(timeout: object, ttl: object, max_ttl: float = MAX_TIMEOUT) -> None:
     """What a client checks of ``timeout`` and ``ttl`` before it starts its clock.
 
-    The coordinator checks them again against the policy (``ttl`` up to its max_ttl);
-    this only keeps a bad value from being turned into a deadline first (a negative
-    timeout became "try once", ``"5"`` a ``TypeError``).
+    The coordinator checks them again against its policy (``ttl`` up to its max_ttl,
+    which the client knows too once connected); this keeps a bad value from being turned
+    into a deadline first (a negative timeout became "try once", ``"5"`` a ``TypeError``).
     """
     check_timeout(timeout)
-    if ttl is not None:
-        finite_seconds("ttl", ttl, MAX_TIMEOUT)
+    check_ttl(ttl, max_ttl)
 
 
 def check_timeout(timeout: object) -> float | None:

@@ -27,6 +27,10 @@ from anya_resource.quantities import format_amount
 
 @dataclass
 class WhatIf:
+    """A dry run's answer. The counts say one thing: ``granted_now`` +
+    ``granted_after_preemption`` + ``would_wait`` == ``requested``, unless ``infeasible``
+    says why none could ever be granted (then all three are 0: none would wait)."""
+
     requested: int
     granted_now: int = 0  # fit in free capacity, no preemption needed
     granted_after_preemption: int = 0
@@ -60,8 +64,7 @@ def what_if(
     result = WhatIf(requested=count)
     infeasible = never_fits(state, request, memo)
     if infeasible is not None:
-        result.infeasible = str(infeasible)
-        result.would_wait = count
+        result.infeasible = str(infeasible)  # none would wait: none could ever be granted
         return result
     trial = state.trial()
     # Submitted now, it would come after everyone waiting of its effective priority.
@@ -135,8 +138,7 @@ def what_if_within(budget: Budget, request: Request, count: int) -> WhatIf:
     """How many of ``count`` such requests the budget would grant now (changes nothing)."""
     result = WhatIf(requested=count, infeasible=budget.never_fits(request))
     if result.infeasible is not None:
-        result.would_wait = count
-        return result
+        return result  # none would wait: none could ever be granted
     first = budget.best()
     if first is not None and request.priority <= first.request.priority:
         result.would_wait = count  # it would come after them (FIFO among equals)

@@ -45,8 +45,10 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from anya_resource.client_async import warm_kind
 from anya_resource.client_sync import SyncResourceManager
+from anya_resource.core.requests import check_timeout
 from anya_resource.core.share import WarmCounts, WarmEntry
 from anya_resource.errors import InvalidRequest, LeaseExpired, LeaseRevoked, ResourceError
+from anya_resource.inputs import shown
 from anya_resource.lease import Lease, lease_fields
 from anya_resource.quantities import from_units
 
@@ -201,9 +203,10 @@ class LeasedFunction(_Leased, Generic[F]):
             isinstance(max_pending, bool) or not isinstance(max_pending, int) or max_pending < 0
         ):
             raise InvalidRequest(
-                f"max_pending: got {max_pending!r}, expected a whole number >= 0 (how many "
-                ".remote() calls of this process may wait for a lease at once) or None"
+                f"max_pending: got {shown(max_pending)}, expected a whole number >= 0 (how "
+                "many .remote() calls of this process may wait for a lease at once) or None"
             )
+        check_timeout(options.get("timeout"))  # the rest is checked by request_spec
         self._task: Any = _remote_task(fn)
         self._on_node: dict[tuple[str, float | int], Any] = {}  # (node, gpus) -> pinned task
         self._spec: dict[str, Any] | None = None

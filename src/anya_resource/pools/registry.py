@@ -13,9 +13,9 @@ from collections.abc import Mapping
 from dataclasses import replace
 from typing import Any
 
-from anya_resource.actors import store
+from anya_resource.actors import boundary, store
 from anya_resource.config import Policy
-from anya_resource.core.requests import check_timing
+from anya_resource.core.requests import check_fields
 from anya_resource.errors import InvalidRequest
 from anya_resource.pools.entries import Checkout
 from anya_resource.pools.handle import PooledConnection
@@ -27,16 +27,27 @@ from anya_resource.pools.stats import PoolStatistics
 
 def deployed_policy() -> Policy | None:
     """The policy the coordinator runs with, or None if it cannot be read here."""
-    raw = store.stored_policy()
+    raw = boundary.send(store.stored_policy, boundary.STORE)
     return Policy.model_validate_json(raw) if raw is not None else None
 
 
 def checkout_from(
     options: Mapping[str, Any], policy: Policy, stack: traceback.StackSummary | None
 ) -> Checkout:
-    """A caller's ``acquire_connection`` options (unknown ones are a ``TypeError``)."""
+    """A caller's ``acquire_connection`` options (unknown ones are a ``TypeError``),
+    checked as ``acquire`` checks them, before any slot is asked for."""
     checkout = Checkout(**options)
-    check_timing(checkout.timeout, checkout.ttl)
+    check_fields(
+        {},
+        priority=checkout.priority,
+        tenant=checkout.tenant,
+        timeout=checkout.timeout,
+        ttl=checkout.ttl,
+        preemptible=checkout.preemptible,
+        node=checkout.node,
+        detached=checkout.detached,
+        max_ttl=policy.lease.max_ttl,
+    )
     if checkout.detached:
         raise InvalidRequest(
             "detached: a pooled connection's slot lives and dies with this process; "
