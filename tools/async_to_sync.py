@@ -56,6 +56,7 @@ RENAMES = {
     "new_in_thread": "connect",
     "use_warm_from_thread": "use_warm",
     "release_soon_from_thread": "release_quietly",
+    "placement_group_from_thread": "placement_group",
     "__aexit__": "__exit__",
 }
 # Classmethods that make a manager: the twin's wraps the one they return.

@@ -76,10 +76,17 @@ from anya_resource.errors import (
 )
 from anya_resource.health import ResourceHealth
 from anya_resource.inputs import check_name, shown
-from anya_resource.lease import AcquireContext, Lease, ResourceConnection, lease_fields
+from anya_resource.lease import (
+    AcquireContext,
+    Lease,
+    ResourceConnection,
+    lease_fields,
+    placement_group_of,
+)
 from anya_resource.messages import (
     EndedEvent,
     Event,
+    RequestMessage,
     RevokedEvent,
     Snapshot,
     WatchReply,
@@ -124,7 +131,7 @@ class _Waiting:
 
     __slots__ = ("deadline", "future", "refused", "spec")
 
-    def __init__(self, spec: dict[str, Any], deadline: float | None) -> None:
+    def __init__(self, spec: RequestMessage, deadline: float | None) -> None:
         self.spec = spec
         self.deadline = deadline
         self.future: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
@@ -339,7 +346,7 @@ class ResourceManager:
 
     def acquire(
         self,
-        resources: Mapping[str, Any],
+        resources: Mapping[str, Any] | None = None,
         *,
         priority: Priority | str | int = "normal",
         tenant: str | None = None,
@@ -350,16 +357,40 @@ class ResourceManager:
         detached: bool = False,
         on_revoked: Callable[[Lease], None] | None = None,
         warm: bool = False,
+        bundles: list[Mapping[str, Any]] | None = None,
+        strategy: str | None = None,
+        reserve: bool | None = None,
     ) -> AcquireContext[Lease]:
         """Ask for ``resources`` (``{"memory": "2GiB", "gpu": 1, "pools": {"postgres": 1}}``).
+
+        ``bundles=[{"cpu": 2, "gpu": 1}, ...]`` asks for a gang: every bundle at once or
+        none, each on a node ``strategy`` allows (Ray's PACK, the default, SPREAD,
+        STRICT_PACK or STRICT_SPREAD); ``resources`` may then name only ``pools``. The
+        lease's ``bundles`` say where each went, in the order asked.
+
+        ``reserve=True`` reserves the lease in Ray (a placement group:
+        ``lease.placement_group``) before the grant is told; gangs always are, other
+        leases at their first use unless the policy's ``lease.reserve_at`` is ``grant``.
 
         With ``warm=True`` the lease, once given back, stays with this manager (held,
         idle) for the next warm acquire of the same kind, which then takes no Ray call;
         it goes back to the coordinator after the policy's ``lease.warm_idle_s``, or at
         once when a request that it does not outrank waits for what it holds.
         """
-        spec = self._spec(resources, priority, tenant, timeout, ttl, preemptible, node, detached)
-        kind = warm_kind(spec) if warm and not detached else None
+        spec = self._spec(
+            {} if resources is None else resources,
+            priority,
+            tenant,
+            timeout,
+            ttl,
+            preemptible,
+            node,
+            detached,
+            bundles=bundles,
+            strategy=strategy,
+            reserve=reserve,
+        )
+        kind = warm_kind(spec) if warm and not detached and bundles is None else None
         return AcquireContext(lambda: self._acquire(spec, timeout, Lease, on_revoked, kind))
 
     def allocate_memory(self, nbytes: int | str, **options: Any) -> AcquireContext[Lease]:
@@ -422,7 +453,12 @@ class ResourceManager:
         preemptible: bool = False,
         node: str | None = None,
         detached: bool = False,
-    ) -> dict[str, Any]:
+        *,
+        bundles: list[Mapping[str, Any]] | None = None,
+        strategy: str | None = None,
+        reserve: bool | None = None,
+    ) -> RequestMessage:
+        """The one message a request is sent as (``messages.RequestMessage``), checked."""
         # Everything that needs no policy is checked before anything is sent; the
         # coordinator checks it all again, with its policy's names (core/requests.py).
         check_fields(
@@ -435,9 +471,12 @@ class ResourceManager:
             node=node,
             detached=detached,
             max_ttl=self._max_ttl,
+            bundles=bundles,
+            strategy=strategy,
+            reserve=reserve,
         )
-        return {
-            "resources": resources,
+        message: RequestMessage = {
+            "resources": dict(resources),
             "priority": priority.value if isinstance(priority, Priority) else priority,
             "tenant": tenant,
             "timeout": timeout,
@@ -448,6 +487,12 @@ class ResourceManager:
             "holder": self._holder_fields,
             "within": self._within,
         }
+        if bundles is not None or strategy is not None or reserve is not None:
+            # Only when asked: a plain request's message (and its warm kind) stays as it was.
+            message["bundles"] = None if bundles is None else [dict(b) for b in bundles]
+            message["strategy"] = strategy
+            message["reserve"] = reserve
+        return message
 
     def request_spec(
         self,
@@ -460,14 +505,17 @@ class ResourceManager:
         preemptible: bool = False,
         node: str | None = None,
         detached: bool = False,
-    ) -> dict[str, Any]:
+        reserve: bool | None = None,
+    ) -> RequestMessage:
         """The request ``acquire`` would send (checked), for ``use_warm_from_thread``
         (``@leased`` makes it once per function and options). Any thread may call it."""
-        return self._spec(resources, priority, tenant, timeout, ttl, preemptible, node, detached)
+        return self._spec(
+            resources, priority, tenant, timeout, ttl, preemptible, node, detached, reserve=reserve
+        )
 
     async def _acquire(
         self,
-        spec: dict[str, Any],
+        spec: RequestMessage,
         timeout: float | None,
         kind: type[Any],
         on_revoked: Callable[[Lease], None] | None,
@@ -485,7 +533,7 @@ class ResourceManager:
         self.held[lease.lease_id] = lease
         return lease
 
-    async def _request(self, spec: dict[str, Any], timeout: float | None) -> LeaseRecord:
+    async def _request(self, spec: RequestMessage, timeout: float | None) -> LeaseRecord:
         """The coordinator's grant of ``spec`` (waiting its turn), or its refusal raised."""
         if len(self._waiting) >= MAX_WAITING_PER_MANAGER:
             raise Overloaded(
@@ -536,7 +584,7 @@ class ResourceManager:
 
     async def _acquire_warm(
         self,
-        spec: dict[str, Any],
+        spec: RequestMessage,
         timeout: float | None,
         kind: type[Any],
         on_revoked: Callable[[Lease], None] | None,
@@ -547,7 +595,7 @@ class ResourceManager:
         entry.lease = lease  # its release ends this use (_end_warm)
         return lease
 
-    async def _use_warm(self, spec: dict[str, Any], timeout: float | None, warm: str) -> WarmEntry:
+    async def _use_warm(self, spec: RequestMessage, timeout: float | None, warm: str) -> WarmEntry:
         """An idle lease of ``warm``'s kind now, else the first to come free or be granted.
 
         ``timeout=0`` (try once) asks the coordinator once, as a cold acquire does.
@@ -585,7 +633,7 @@ class ResourceManager:
 
     def use_warm_from_thread(
         self,
-        spec: dict[str, Any],
+        spec: RequestMessage,
         warm: str,
         timeout: float | None,
         max_pending: int | None = None,
@@ -645,7 +693,7 @@ class ResourceManager:
         else:
             future.set_exception(error or ManagerUnavailable("no answer"))
 
-    def _grow(self, spec: dict[str, Any], warm: str) -> None:
+    def _grow(self, spec: RequestMessage, warm: str) -> None:
         """One more lease of ``warm``'s kind for the share's waiters (batched as usual).
 
         While leases of the kind are busy, it goes out only after GROW_GRACE_S, and only
@@ -761,7 +809,7 @@ class ResourceManager:
                 self._submit(key)
 
     @staticmethod
-    def _remaining(spec: dict[str, Any], deadline: float | None) -> dict[str, Any]:
+    def _remaining(spec: RequestMessage, deadline: float | None) -> RequestMessage:
         if deadline is None:
             return spec
         # A retry after a restart waits only for what is left of the timeout.
@@ -1112,6 +1160,34 @@ class ResourceManager:
         spec = self._spec(resources, **options)
         result: WhatIfAnswer = await self._call(lambda c: c.what_if.remote(spec, count))
         return result
+
+    async def reserve(self, lease: Lease) -> Any:
+        """Reserve ``lease`` in Ray now, if it is not yet (``lease.placement_group``).
+
+        A lease drawn from a job's budget runs in its budget's placement group. Returns
+        Ray's ``PlacementGroup``.
+        """
+        _a_lease("reserve", lease)
+        self._check_token(lease)
+        if lease.placement_group_id is None:
+            group = await self._reserve_id(lease.lease_id, lease.token)
+            lease.placement_group_id = group
+            if lease._record is not None:
+                lease._record.placement_group = group
+        return placement_group_of(str(lease.placement_group_id))
+
+    async def _reserve_id(self, lease_id: str, token: str) -> str:
+        group: str = await self._call(lambda c: c.reserve.remote(lease_id, token))
+        return group
+
+    def placement_group_from_thread(self, record: LeaseRecord) -> str:
+        """The placement group of the held lease ``record`` (a warm lease of ``@leased``),
+        made now if it has none: from a thread other than the loop's, which it blocks."""
+        group = record.placement_group
+        if group is None:
+            group = self.run_from_thread(self._reserve_id(record.lease_id, record.token))
+            record.placement_group = group
+        return group
 
     async def budget_key(self, lease: Lease) -> str:
         """What lets others draw from ``lease`` as their budget: ``"<lease id>:<key>"``.

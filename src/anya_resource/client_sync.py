@@ -23,10 +23,11 @@ if TYPE_CHECKING:
     from typing import Any
 
     from anya_resource.config import Policy, Priority
+    from anya_resource.core import LeaseRecord
     from anya_resource.core.share import WarmCounts, WarmEntry
     from anya_resource.health import ResourceHealth
     from anya_resource.lease import Lease, ResourceConnection
-    from anya_resource.messages import Snapshot, WhatIfAnswer
+    from anya_resource.messages import RequestMessage, Snapshot, WhatIfAnswer
     from anya_resource.pools.stats import PoolStatistics
 
 T = TypeVar("T")
@@ -65,7 +66,7 @@ class SyncResourceManager:
 
     def acquire(
         self,
-        resources: Mapping[str, Any],
+        resources: Mapping[str, Any] | None = None,
         *,
         priority: Priority | str | int = "normal",
         tenant: str | None = None,
@@ -76,6 +77,9 @@ class SyncResourceManager:
         detached: bool = False,
         on_revoked: Callable[[Lease], None] | None = None,
         warm: bool = False,
+        bundles: list[Mapping[str, Any]] | None = None,
+        strategy: str | None = None,
+        reserve: bool | None = None,
     ) -> Lease:
         """As ``ResourceManager.acquire``: Ask for ``resources`` (``{"memory": "2GiB", "gpu": 1,
         "pools": {"postgres": 1}}``).
@@ -92,6 +96,9 @@ class SyncResourceManager:
                 detached=detached,
                 on_revoked=on_revoked,
                 warm=warm,
+                bundles=bundles,
+                strategy=strategy,
+                reserve=reserve,
             )
         )
 
@@ -118,7 +125,8 @@ class SyncResourceManager:
         preemptible: bool = False,
         node: str | None = None,
         detached: bool = False,
-    ) -> dict[str, Any]:
+        reserve: bool | None = None,
+    ) -> RequestMessage:
         """As ``ResourceManager.request_spec``: The request ``acquire`` would send (checked), for
         ``use_warm_from_thread`` (``@leased`` makes it once per function and options). Any
         thread may call it.
@@ -132,10 +140,11 @@ class SyncResourceManager:
             preemptible=preemptible,
             node=node,
             detached=detached,
+            reserve=reserve,
         )
 
     def use_warm(
-        self, spec: dict[str, Any], warm: str, timeout: float | None, max_pending: int | None = None
+        self, spec: RequestMessage, warm: str, timeout: float | None, max_pending: int | None = None
     ) -> WarmEntry:
         """As ``ResourceManager.use_warm_from_thread``: ``@leased``'s blocking acquire, from a
         thread other than the loop's: an idle lease of ``warm``'s kind at once, in the calling
@@ -195,6 +204,19 @@ class SyncResourceManager:
         preempting what? (dry run)
         """
         return self._run(self._async.what_if(resources, count, **options))
+
+    def reserve(self, lease: Lease) -> Any:
+        """As ``ResourceManager.reserve``: Reserve ``lease`` in Ray now, if it is not yet
+        (``lease.placement_group``).
+        """
+        return self._run(self._async.reserve(lease))
+
+    def placement_group(self, record: LeaseRecord) -> str:
+        """As ``ResourceManager.placement_group_from_thread``: The placement group of the held
+        lease ``record`` (a warm lease of ``@leased``), made now if it has none: from a thread
+        other than the loop's, which it blocks.
+        """
+        return self._async.placement_group_from_thread(record)
 
     def budget_key(self, lease: Lease) -> str:
         """As ``ResourceManager.budget_key``: What lets others draw from ``lease`` as their budget:

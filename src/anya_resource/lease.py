@@ -24,6 +24,8 @@ class LeaseOwner(Protocol):
 
     async def release(self, lease: Lease) -> None: ...
 
+    async def reserve(self, lease: Lease) -> Any: ...
+
     def release_soon(self, lease: Lease) -> None: ...
 
     def run_from_thread(self, work: Awaitable[T]) -> T: ...
@@ -45,6 +47,10 @@ class Lease:
     tenant: str
     expires_at: float
     within: str | None = None  # the budget (a job's lease id) it was drawn from, if any
+    # Where each bundle went, in the order asked ({"node_id": ..., "resources": ...}; one
+    # for a one-node lease), and the id (hex) of the Ray placement group that reserves it.
+    bundles: list[dict[str, Any]] = field(default_factory=list)
+    placement_group_id: str | None = None
     revoked: bool = False
     expired: bool = False
     released: bool = False
@@ -68,6 +74,63 @@ class Lease:
     def ttl(self) -> float:
         """The TTL it was granted with, which a renewal gives it again (60 s if unknown)."""
         return self._record.ttl if self._record is not None else 60.0
+
+    @property
+    def reserved(self) -> bool:
+        """Whether Ray reserves it already (a placement group of its own, or its budget's)."""
+        return self.placement_group_id is not None
+
+    @property
+    def placement_group(self) -> Any:
+        """The Ray ``PlacementGroup`` that reserves this lease: one bundle per bundle of
+        the lease, pinned to its node. Put your own tasks and actors in it with
+        ``scheduling_strategy=lease.scheduling_strategy()``.
+
+        A lease not reserved yet (reserved at first use: the default for one-node
+        leases) is reserved now by a lease of ``SyncResourceManager``; with the async
+        manager, ``await lease.reserve()`` first (or acquire it with ``reserve=True``).
+        """
+        if self.placement_group_id is None:
+            manager = self._manager
+            if manager is None or not manager.blocking:
+                raise InvalidRequest(
+                    f"lease {self.lease_id} is not reserved in Ray yet: expected "
+                    "`await lease.reserve()` first, or an acquire with reserve=True"
+                )
+            manager.run_from_thread(manager.reserve(self))
+        return placement_group_of(str(self.placement_group_id))
+
+    async def reserve(self) -> Any:
+        """Reserve the lease in Ray now if it is not yet; its ``placement_group``."""
+        if self.placement_group_id is None:
+            if self._manager is None:
+                raise InvalidRequest(
+                    f"lease {self.lease_id} was sent here from another process: reserve it "
+                    "with `await manager.reserve(lease)` of a ResourceManager of this process"
+                )
+            await self._manager.reserve(self)
+        return placement_group_of(str(self.placement_group_id))
+
+    def scheduling_strategy(self, bundle: int | None = None) -> Any:
+        """Ray's ``PlacementGroupSchedulingStrategy`` for work that runs in this lease:
+        in bundle ``bundle`` (its index in ``bundles``), or in any of them (None).
+        ``my_task.options(scheduling_strategy=lease.scheduling_strategy()).remote()``."""
+        from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+        if bundle is not None and (
+            isinstance(bundle, bool)
+            or not isinstance(bundle, int)
+            or not 0 <= bundle < max(1, len(self.bundles))
+        ):
+            raise InvalidRequest(
+                f"bundle: got {bundle!r}, expected the index of one of this lease's "
+                f"{max(1, len(self.bundles))} bundle(s), or None for any"
+            )
+        return PlacementGroupSchedulingStrategy(
+            placement_group=self.placement_group,
+            placement_group_bundle_index=-1 if bundle is None else bundle,
+            placement_group_capture_child_tasks=True,
+        )
 
     async def closed(self) -> None:
         """Once given back: wait until what stood on the lease is closed (nothing here)."""
@@ -133,12 +196,26 @@ class ResourceConnection(Lease):
         return state
 
 
+def placement_group_of(group_id: str) -> Any:
+    """Ray's ``PlacementGroup`` handle for the group with this id (hex)."""
+    from ray._raylet import PlacementGroupID
+    from ray.util.placement_group import PlacementGroup
+
+    return PlacementGroup(PlacementGroupID.from_hex(group_id))
+
+
 def lease_fields(record: LeaseRecord) -> dict[str, Any]:
     """The public fields of a client lease, in human units."""
     resources: dict[str, Any] = {r: from_units(r, a) for r, a in record.resources.items()}
     if record.pools:
         resources["pools"] = dict(record.pools)
+    bundles = [
+        {"node_id": node_id, "resources": {r: from_units(r, a) for r, a in amounts.items()}}
+        for node_id, amounts in record.placed()
+    ]
     return {
+        "bundles": bundles,
+        "placement_group_id": record.placement_group,
         "lease_id": record.lease_id,
         "token": record.token,
         "fencing_token": record.fencing_token,

@@ -14,6 +14,28 @@ from __future__ import annotations
 from typing import Any, Literal, TypedDict
 
 
+class RequestMessage(TypedDict, total=False):
+    """One request as a manager sends it: built in one place (``ResourceManager._spec``,
+    checked there by ``core.requests.check_fields``), read in one place (the
+    coordinator's ``_request``, checked again by ``core.requests.build_request``)."""
+
+    resources: dict[str, Any]  # node resources and/or {"pools": {...}}; pools only for a gang
+    priority: str | int
+    tenant: str | None
+    timeout: float | None
+    ttl: float | None
+    preemptible: bool
+    node: str | None
+    detached: bool
+    holder: dict[str, Any]  # ``core.model.Holder``'s fields
+    within: list[str] | None  # the budget drawn from: [lease id, budget key]
+    bundles: list[dict[str, Any]] | None  # a gang: each bundle's node resources
+    strategy: str | None  # PACK, SPREAD, STRICT_PACK or STRICT_SPREAD
+    reserve: bool | None  # reserved in Ray before the grant is told (None: the default)
+    idempotency_key: str | None  # added as it is sent: "<channel>/<n>"
+    default_pool: bool  # a slot of the policy's default pool
+
+
 class GrantedEvent(TypedDict):
     """A request that waited was granted; ``lease`` is the record (``wire.lease_to_wire``)."""
 

@@ -318,7 +318,7 @@ def test_what_if_says_where_a_gang_would_go_and_whom_it_would_preempt() -> None:
         ({"cpu": 1}, {"bundles": [{"cpu": 1}]}, "beside bundles"),
         ({}, {"bundles": [{"cpu": 1, "pools": {"rpc": 1}}]}, "pools are cluster-wide"),
         ({}, {"bundles": [{"rpc": 1}]}, "pools are cluster-wide"),
-        ({}, {"bundles": [{"tpu": 1}]}, "unknown resource 'tpu'"),
+        ({}, {"bundles": [{"tpu": 1}]}, "'tpu' is not a node resource"),
         ({}, {"bundles": "cpu=1"}, "bundles: got 'cpu=1'"),
         ({}, {"bundles": [[("cpu", 1)]]}, "expected a mapping"),
         ({}, {"bundles": [{"cpu": 1}], "node": "n1"}, "node: got 'n1' with bundles"),

@@ -68,6 +68,7 @@ from anya_resource.messages import (
     HeartbeatReply,
     Ping,
     RejectedEvent,
+    RequestMessage,
     RevokedEvent,
     Snapshot,
     WatchReply,
@@ -513,7 +514,7 @@ class CoordinatorImpl:
             "max_ttl": self.policy.lease.max_ttl,
         }
 
-    def _request(self, spec: dict[str, Any]) -> Request:
+    def _request(self, spec: RequestMessage) -> Request:
         resources = spec.get("resources", {})
         if spec.get("default_pool"):
             if self.policy.default_pool is None:
@@ -541,7 +542,7 @@ class CoordinatorImpl:
 
     async def acquire_many(
         self,
-        specs: list[dict[str, Any]],
+        specs: list[RequestMessage],
         releases: list[list[str]] | None = None,
         by: str | None = None,
     ) -> list[AcquireAnswer]:
@@ -568,7 +569,7 @@ class CoordinatorImpl:
             await self.reservations.wait(lease_id)
         return answers
 
-    def _submit(self, spec: dict[str, Any], now: float, reserving: list[str]) -> AcquireAnswer:
+    def _submit(self, spec: RequestMessage, now: float, reserving: list[str]) -> AcquireAnswer:
         request = self._request(spec)
         request_id, decisions = self.scheduler.submit(request, now)
         mine = next((d for d in decisions if getattr(d, "request_id", None) == request_id), None)
@@ -766,7 +767,7 @@ class CoordinatorImpl:
         """A queued Ray job got its lease after ``waited`` s (for the metrics only)."""
         self.metrics.job_started(str(priority)[:100], str(tenant)[:100], float(waited))
 
-    async def what_if(self, spec: dict[str, Any], count: int) -> WhatIfAnswer:
+    async def what_if(self, spec: RequestMessage, count: int) -> WhatIfAnswer:
         check_count(count)  # before anything: an int of 5,000 digits is refused, named
         request = self._request({**spec, "idempotency_key": None, "timeout": None})
         return self.scheduler.what_if(request, count, self.clock.time()).to_dict()

@@ -152,11 +152,20 @@ def check_fields(
     node: object = None,
     detached: object = False,
     max_ttl: float = MAX_TIMEOUT,
+    bundles: object = None,
+    strategy: object = None,
+    reserve: object = None,
 ) -> None:
     """Everything of a request that can be checked without the policy: the amounts, the
     priority's type and range, names, flags, ``timeout`` and ``ttl`` (up to ``max_ttl``,
     the deployed policy's when the client knows it). The coordinator checks all of it
     again in ``build_request``, with the pool and priority names of its policy."""
+    if bundles is not None or strategy is not None:
+        check_gang(resources, bundles, strategy, node)
+        assert isinstance(resources, Mapping)
+        resources = {k: v for k, v in resources.items() if k == "pools"}
+    if reserve is not None and not isinstance(reserve, bool):
+        raise InvalidRequest(f"reserve: got {shown(reserve)}, expected True, False or None")
     check_resources(resources)
     check_priority(priority)
     if tenant is not None:
@@ -339,6 +348,37 @@ def _gang(
     **options: Any,
 ) -> Request:
     """``build_request`` for ``bundles=``: each bundle checked as a request's resources."""
+    amounts, chosen = check_gang(resources, bundles, strategy, options.get("node"))
+    summed: dict[str, int] = {}
+    for bundle in amounts:
+        for name, amount in bundle.items():
+            summed[name] = summed.get(name, 0) + amount
+    for name, amount in summed.items():
+        if amount > MAX_AMOUNT:
+            raise InvalidRequest(
+                f"bundles: {len(amounts)} bundles ask for more {name} in all than can be "
+                f"counted; expected a total below {format_amount(name, MAX_AMOUNT)}"
+            )
+    # The rest (pools, priority, tenant, ttl...) is checked as for any request, with the
+    # first bundle as its resources; the gang then takes the sum of all of them.
+    assert isinstance(bundles, list | tuple)
+    first = {**bundles[0], **({"pools": resources["pools"]} if "pools" in resources else {})}
+    whole = build_request(policy, first, **options)
+    if len(amounts) == 1:
+        return whole  # one bundle: a one-node request, whatever the strategy
+    reserved = _reserve(policy, options.get("reserve"), summed, whole.within, gang=True)
+    return replace(
+        whole, resources=summed, bundles=tuple(amounts), strategy=chosen, reserve=reserved
+    )
+
+
+def check_gang(
+    resources: object, bundles: object, strategy: object, node: object = None
+) -> tuple[list[dict[str, int]], str]:
+    """A gang's bundles in core units and its strategy, or ``InvalidRequest`` naming what
+    was wrong: no bundles or more than ``MAX_BUNDLES``, an empty bundle, a bundle naming
+    a pool or an unknown resource, a bad amount, a strategy not among Ray's four, node
+    resources beside ``bundles=``, or a ``node=`` (a gang's nodes are its strategy's)."""
     if bundles is None:
         raise InvalidRequest(
             f"strategy: got {shown(strategy)} without bundles; expected bundles=[...] with it"
@@ -361,32 +401,12 @@ def _gang(
             f"resources: got {shown(extra)} beside bundles=; expected the node resources "
             "in the bundles, and only 'pools' (cluster-wide) beside them"
         )
-    if options.get("node") is not None:
+    if node is not None:
         raise InvalidRequest(
-            f"node: got {shown(options['node'])} with bundles=; a gang's nodes are chosen "
+            f"node: got {shown(node)} with bundles=; a gang's nodes are chosen "
             "by its strategy, expected node=None"
         )
-    amounts = [_bundle(policy, index, bundle) for index, bundle in enumerate(bundles)]
-    summed: dict[str, int] = {}
-    for bundle in amounts:
-        for name, amount in bundle.items():
-            summed[name] = summed.get(name, 0) + amount
-    for name, amount in summed.items():
-        if amount > MAX_AMOUNT:
-            raise InvalidRequest(
-                f"bundles: {len(amounts)} bundles ask for more {name} in all than can be "
-                f"counted; expected a total below {format_amount(name, MAX_AMOUNT)}"
-            )
-    # The rest (pools, priority, tenant, ttl...) is checked as for any request, with the
-    # first bundle as its resources; the gang then takes the sum of all of them.
-    first = {**bundles[0], **({"pools": resources["pools"]} if "pools" in resources else {})}
-    whole = build_request(policy, first, **options)
-    if len(amounts) == 1:
-        return whole  # one bundle: a one-node request, whatever the strategy
-    reserved = _reserve(policy, options.get("reserve"), summed, whole.within, gang=True)
-    return replace(
-        whole, resources=summed, bundles=tuple(amounts), strategy=chosen, reserve=reserved
-    )
+    return [_bundle(index, bundle) for index, bundle in enumerate(bundles)], chosen
 
 
 # What Ray can reserve of a lease: disk is not a Ray resource, pools are ours alone.
@@ -419,7 +439,7 @@ def _strategy(strategy: object) -> str:
     raise InvalidRequest(f"strategy: got {shown(strategy)}, expected one of {list(STRATEGIES)}")
 
 
-def _bundle(policy: Policy, index: int, bundle: object) -> dict[str, int]:
+def _bundle(index: int, bundle: object) -> dict[str, int]:
     """One bundle's node resources in core units: not empty, no pools."""
     if not isinstance(bundle, Mapping):
         raise InvalidRequest(
@@ -427,15 +447,11 @@ def _bundle(policy: Policy, index: int, bundle: object) -> dict[str, int]:
         )
     amounts: dict[str, int] = {}
     for name, value in bundle.items():
-        if name == "pools" or (isinstance(name, str) and name in policy.pools):
-            raise InvalidRequest(
-                f"bundle {index}: names pool {shown(name)}; pools are cluster-wide, "
-                "expected them in the gang's pools= (resources={'pools': {...}})"
-            )
         if name not in NODE_RESOURCES:
             raise InvalidRequest(
-                f"bundle {index}: unknown resource {shown(name)}; expected some of "
-                f"{list(NODE_RESOURCES)}"
+                f"bundle {index}: {shown(name)} is not a node resource; expected some of "
+                f"{list(NODE_RESOURCES)} (pools are cluster-wide: expected them in the "
+                "gang's pools=, resources={'pools': {...}})"
             )
         try:
             amount = to_units(name, value)

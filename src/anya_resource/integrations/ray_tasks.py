@@ -41,15 +41,20 @@ from collections.abc import Callable
 from typing import Any, Generic, TypeVar
 
 import ray
-from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+from ray.util.scheduling_strategies import (
+    NodeAffinitySchedulingStrategy,
+    PlacementGroupSchedulingStrategy,
+)
 
+from anya_resource.actors.reservations import needs_group
 from anya_resource.client_async import warm_kind
 from anya_resource.client_sync import SyncResourceManager
 from anya_resource.core.requests import check_timeout
 from anya_resource.core.share import WarmCounts, WarmEntry
 from anya_resource.errors import InvalidRequest, LeaseExpired, LeaseRevoked, ResourceError
 from anya_resource.inputs import shown
-from anya_resource.lease import Lease, lease_fields
+from anya_resource.lease import Lease, lease_fields, placement_group_of
+from anya_resource.messages import RequestMessage
 from anya_resource.quantities import from_units
 
 log = logging.getLogger(__name__)
@@ -59,6 +64,7 @@ S = TypeVar("S", bound="_Leased")
 LEASE_OPTIONS = ("priority", "tenant", "timeout", "ttl", "preemptible", "node", "detached")
 TASK_OPTIONS = ("max_pending",)  # how a task's .remote() waits: not part of the request
 RESOURCE_OPTIONS = ("memory", "cpu", "gpu", "disk", "pools")
+PLACED_KEPT = 256  # tasks with Ray options kept per function (one per lease in use)
 
 _task_lease: contextvars.ContextVar[Lease | None] = contextvars.ContextVar("lease", default=None)
 _actor_lease: Lease | None = None
@@ -106,11 +112,18 @@ def _split(options: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any], dic
 
 
 def _pinned(lease: Lease, ray_options: dict[str, Any]) -> dict[str, Any]:
+    """An actor's options: in its lease's placement group when Ray reserves it (its GPUs
+    asked of the group), else on the lease's node."""
+    strategy: Any = (
+        lease.scheduling_strategy(0)
+        if lease.reserved
+        else NodeAffinitySchedulingStrategy(node_id=lease.node_id, soft=False)
+    )
     return {
         "num_cpus": 0,
         "num_gpus": lease.resources.get("gpu", 0),
         **ray_options,
-        "scheduling_strategy": NodeAffinitySchedulingStrategy(node_id=lease.node_id, soft=False),
+        "scheduling_strategy": strategy,
     }
 
 
@@ -208,8 +221,10 @@ class LeasedFunction(_Leased, Generic[F]):
             )
         check_timeout(options.get("timeout"))  # the rest is checked by request_spec
         self._task: Any = _remote_task(fn)
-        self._on_node: dict[tuple[str, float | int], Any] = {}  # (node, gpus) -> pinned task
-        self._spec: dict[str, Any] | None = None
+        # The task with its Ray options, per placement group (or node) and amounts: made
+        # once per lease, reused by every task of it (bounded: leases come and go).
+        self._placed: dict[tuple[str, float, float], Any] = {}
+        self._spec: RequestMessage | None = None
         self._kind = ""
         self.__name__ = getattr(fn, "__name__", "leased")
         self.__doc__ = fn.__doc__
@@ -228,34 +243,39 @@ class LeasedFunction(_Leased, Generic[F]):
         entry = manager.use_warm(self._spec, self._kind, timeout, max_pending)
         lease_id = entry.record.lease_id
         try:
-            ref = self._pinned_task(entry).remote(_shipped(entry), *args, **kwargs)
+            ref = self._placed_task(manager, entry).remote(_shipped(entry), *args, **kwargs)
         except BaseException:
             manager.end_use(lease_id)
             raise
         _when_settled(ref, lambda: manager.end_use(lease_id))
         return ref
 
-    def _pinned_task(self, entry: WarmEntry) -> Any:
-        """The task with Ray options pinned to ``entry``'s node (made once per node)."""
+    def _placed_task(self, manager: SyncResourceManager, entry: WarmEntry) -> Any:
+        """The task with Ray options that run it in ``entry``'s lease: in its placement
+        group (reserved at the lease's first task, then reused), asking the lease's own
+        CPUs and GPUs of it, so that Ray runs no more there than the lease holds. A lease
+        of pool slots only (cluster-wide, nothing Ray reserves) leaves placement to Ray."""
         record = entry.record
+        cpus = from_units("cpu", record.resources.get("cpu", 0))
         gpus = from_units("gpu", record.resources.get("gpu", 0))
-        key = (record.node_id, gpus)
-        task = self._on_node.get(key)
+        reserved = needs_group(record) or record.within is not None
+        where = manager.placement_group(record) if reserved else record.node_id
+        key = (where, float(cpus), float(gpus))
+        task = self._placed.get(key)
         if task is None:
-            options: dict[str, Any] = {
-                # Ray's own CPUs as the lease's (Ray's default of 1 when it names none):
-                # Ray then reuses a few workers, where num_cpus=0 would let it start one
-                # process per task in flight.
-                "num_cpus": from_units("cpu", record.resources.get("cpu", 1000)),
-                "num_gpus": gpus,
-                **self._ray_options,
-            }
-            if record.resources:  # node resources: run where they were granted
-                options["scheduling_strategy"] = NodeAffinitySchedulingStrategy(
-                    node_id=record.node_id, soft=False
+            if len(self._placed) >= PLACED_KEPT:
+                self._placed.clear()
+            options: dict[str, Any] = {"num_cpus": cpus, "num_gpus": gpus, **self._ray_options}
+            if reserved:
+                options["scheduling_strategy"] = PlacementGroupSchedulingStrategy(
+                    placement_group=placement_group_of(where),
+                    placement_group_bundle_index=0 if record.within is None else -1,
                 )
-            # Pool slots only: they are cluster-wide, so Ray places the task anywhere.
-            task = self._on_node[key] = self._task.options(**options)
+            else:
+                # Pool slots only: they are cluster-wide, so Ray places the task anywhere,
+                # with Ray's default of one CPU (it then reuses a few workers).
+                options["num_cpus"] = 1
+            task = self._placed[key] = self._task.options(**options)
         return task
 
 
@@ -297,7 +317,8 @@ class LeasedActorClass(_Leased):
         node; the lease goes back if the start fails. The actor's process holds and renews
         it once started; the caller renews too until then (and after, harmlessly)."""
         manager = _manager()
-        lease = manager.acquire(self._resources, **self._lease_options)
+        reserve = None if set(self._resources) <= {"pools", "disk"} else True
+        lease = manager.acquire(self._resources, reserve=reserve, **self._lease_options)
         try:
             options = _pinned(lease, self._ray_options)
             return self._actor.options(**options).remote(_portable(lease), *args, **kwargs)
