@@ -155,7 +155,7 @@ def test_a_wrong_ended_or_nested_budget_is_refused_and_changes_nothing(
     with pytest.raises(InvalidRequest, match="itself drawn from a budget"):
         h.submit({"cpu": 1}, within=within(drawn))
     other = "n2" if job.lease.node_id == "n1" else "n1"
-    with pytest.raises(InvalidRequest, match="holds its capacity on node"):
+    with pytest.raises(InvalidRequest, match="holds its capacity on"):
         h.submit({"cpu": 1}, within=within(job), node=other)
     h.release(drawn)
     h.release(job)
@@ -290,7 +290,14 @@ def test_a_drawn_lease_restored_without_its_budget_is_reclaimed() -> None:
 # -- the state machine ---------------------------------------------------------------
 
 HOLDERS = tuple(Holder(pid=p, create_time=1.0, node_id="n1", job_id="j") for p in (1, 2, 3))
-BUDGET_SHAPES = ({"cpu": 2}, {"cpu": 1, "pools": {"rpc": 2}}, {"memory": "2GiB", "cpu": "0.5"})
+BUDGET_SHAPES = (
+    {"cpu": 2},
+    {"cpu": 1, "pools": {"rpc": 2}},
+    {"memory": "2GiB", "cpu": "0.5"},
+    # Jobs across nodes: a draw goes in one bundle, on its node, never past it.
+    {"bundles": [{"cpu": 1}, {"cpu": 1}], "strategy": "STRICT_SPREAD"},
+    {"bundles": [{"cpu": 1, "memory": "1GiB"}, {"cpu": "0.5"}], "strategy": "SPREAD"},
+)
 DRAWN_SHAPES = ({"cpu": "0.5"}, {"cpu": 1}, {"pools": {"rpc": 1}}, {"memory": "1GiB"}, {"gpu": 1})
 picks = st.integers(min_value=0, max_value=1000)
 
@@ -423,7 +430,9 @@ class BudgetMachine(RuleBasedStateMachine):
     def s_request(self, shape: dict[str, Any], **kwargs: Any) -> Any:
         from anya_resource.core import build_request
 
-        return build_request(POLICY, shape, **kwargs)
+        gang = {k: shape[k] for k in ("bundles", "strategy") if k in shape}
+        resources = {k: v for k, v in shape.items() if k not in gang}
+        return build_request(POLICY, resources, **gang, **kwargs)
 
     @invariant()
     def invariants_hold(self) -> None:
@@ -442,6 +451,20 @@ class BudgetMachine(RuleBasedStateMachine):
             total = {**budget.resources, **budget.pools}
             for name, amount in drawn.items():
                 assert amount <= total.get(name, 0), f"{budget.lease_id}: {drawn} > {total}"
+            for index, (node_id, amounts) in enumerate(budget.placed()):
+                in_bundle: dict[str, int] = {}
+                for lease in active.values():
+                    if lease.within == budget.lease_id and (lease.within_bundle or 0) == index:
+                        if lease.resources:
+                            assert lease.node_id == node_id, "drawn off its bundle's node"
+                        for name, amount in lease.resources.items():
+                            in_bundle[name] = in_bundle.get(name, 0) + amount
+                for name, amount in in_bundle.items():
+                    assert amount <= amounts.get(name, 0), (
+                        f"bundle {index}: {in_bundle} > {amounts}"
+                    )
+                if budget.bundles is not None and in_bundle:
+                    event("drawn from a bundle of a gang budget")
         for lease in active.values():
             assert lease.within is None or lease.within in active, "outlived its budget"
             assert lease.within not in self.ended_budgets

@@ -347,11 +347,11 @@ def test_a_gang_record_survives_the_journal_and_older_layouts_still_read() -> No
     recovered.apply([["g", json.loads(json.dumps(fields))]])
     back = recovered.leases[lease.lease_id]
     assert back.bundles == lease.bundles and back.nodes() == lease.nodes()
-    older = LeaseRecord.from_fields(fields[:-4])  # before budgets, gangs and reservations
-    assert older.within is None and older.bundles is None
+    older = LeaseRecord.from_fields(fields[:-5])  # before budgets, gangs and reservations
+    assert older.within is None and older.bundles is None and older.within_bundle is None
     assert older.reserve is False and older.placement_group is None
     with pytest.raises(ValueError, match="fields"):
-        LeaseRecord.from_fields(fields[:-5])
+        LeaseRecord.from_fields(fields[:-6])
 
 
 def test_a_placement_group_is_journaled_and_restored_with_its_lease() -> None:

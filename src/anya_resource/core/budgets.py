@@ -6,8 +6,13 @@ drawn from that budget: the request names the budget's lease id and token
 (``Request.within``), and it is granted only while everything drawn from the budget,
 this one included, fits within the budget's amounts. That is the per-job cap.
 
+A budget that is a gang (a job across nodes) has a share of each node's resources per
+bundle: a drawn lease goes in one bundle (the one with the most room left, so a job's
+work spreads over its bundles) and is placed on that bundle's node; no bundle is ever
+drawn past its amounts. Pool slots are the budget's as a whole.
+
 A drawn lease holds nothing of the cluster: the budget's lease holds it already, on the
-budget's node, in the budget's tenant. So drawn leases are never counted on a node, a
+budget's nodes, in the budget's tenant. So drawn leases are never counted on a node, a
 pool or a tenant, never preempted for others (giving one back would free nothing for
 them), and never wait in the cluster's queue; they wait here, best priority first, FIFO
 among equals, the first blocking the ones behind it (so a large request is not starved
@@ -23,7 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from anya_resource.core.leases import BUDGET_KEY_PREFIX, LeaseTable
-from anya_resource.core.model import Amounts, LeaseRecord, LeaseState, Request, charged
+from anya_resource.core.model import Amounts, Bundle, LeaseRecord, LeaseState, Request, charged
 from anya_resource.core.waitqueue import Waiter
 from anya_resource.errors import InvalidRequest, LeaseExpired, LeaseRevoked, NotLeaseHolder
 from anya_resource.quantities import format_quantity
@@ -37,14 +42,24 @@ class Budget:
     node_id: str
     tenant: str
     total: Amounts  # the budget lease's resources and pool slots
+    # Each bundle's node and node resources (one for a one-node budget), and what is
+    # drawn of each: a drawn lease is charged to one bundle (``LeaseRecord.within_bundle``).
+    bundles: list[Bundle] = field(default_factory=list)
+    bundle_used: list[Amounts] = field(default_factory=list)
     used: Amounts = field(default_factory=dict)
     drawn: set[str] = field(default_factory=set)  # ids of the leases drawn from it
     waiting: dict[str, Waiter] = field(default_factory=dict)  # by request id, FIFO
 
     @classmethod
     def of(cls, lease: LeaseRecord) -> Budget:
+        bundles = [(node_id, dict(amounts)) for node_id, amounts in lease.placed()]
         return cls(
-            lease.lease_id, lease.node_id, lease.tenant, dict(charged(lease.resources, lease.pools))
+            lease.lease_id,
+            lease.node_id,
+            lease.tenant,
+            dict(charged(lease.resources, lease.pools)),
+            bundles,
+            [{} for _ in bundles],
         )
 
     def never_fits(self, request: Request) -> str | None:
@@ -57,29 +72,80 @@ class Budget:
                     f"the job's budget ({self.lease_id}) holds {held}; "
                     f"{format_quantity(name, amount)} were asked for"
                 )
+        if request.resources and not any(
+            _within(request.resources, amounts) for amounts in self._bundles_for(request)
+        ):
+            largest = ", ".join(
+                format_quantity(name, max((a.get(name, 0) for _, a in self.bundles), default=0))
+                for name in request.resources
+            )
+            return (
+                f"the job's budget ({self.lease_id}) holds at most {largest} in one bundle "
+                f"(of {len(self.bundles)}); a lease is drawn from one bundle"
+            )
         return None
 
     def fits(self, request: Request) -> bool:
         """Whether ``request`` fits beside everything drawn from the budget now."""
+        return self.place(request) is not None
+
+    def place(self, request: Request) -> int | None:
+        """The bundle ``request`` is drawn from now: the one with the most room left
+        among those it fits in (and its pools fit the budget); None if none."""
         used, total = self.used, self.total
-        return all(used.get(n, 0) + a <= total.get(n, 0) for n, a in demand_of(request).items())
+        if not all(used.get(p, 0) + a <= total.get(p, 0) for p, a in request.pools.items()):
+            return None
+        if not request.resources:
+            return 0
+        best, best_room = None, -1.0
+        for index, (node_id, amounts) in enumerate(self.bundles):
+            if request.node is not None and node_id != request.node:
+                continue
+            taken = self.bundle_used[index]
+            room = _room_after(request.resources, amounts, taken)
+            if room is not None and room > best_room:
+                best, best_room = index, room
+        return best
+
+    def nodes(self) -> list[str]:
+        return list(dict.fromkeys(node_id for node_id, _ in self.bundles))
+
+    def _bundles_for(self, request: Request) -> list[Amounts]:
+        return [a for node, a in self.bundles if request.node is None or node == request.node]
 
     def free(self) -> Amounts:
         return {name: total - self.used.get(name, 0) for name, total in self.total.items()}
 
     def charge(self, lease: LeaseRecord) -> None:
         self.drawn.add(lease.lease_id)
-        for name, amount in charged(lease.resources, lease.pools).items():
+        self.take(lease.resources, lease.pools, lease.within_bundle or 0)
+
+    def take(self, resources: Amounts, pools: Amounts, index: int) -> None:
+        """Count ``resources`` in bundle ``index``, and both in the budget's totals."""
+        for name, amount in charged(resources, pools).items():
             self.used[name] = self.used.get(name, 0) + amount
+        if resources:
+            taken = self.bundle_used[index]
+            for name, amount in resources.items():
+                taken[name] = taken.get(name, 0) + amount
+
+    def trial(self) -> Budget:
+        """A copy to try draws on (a what-if): its figures are its own."""
+        return Budget(
+            self.lease_id,
+            self.node_id,
+            self.tenant,
+            self.total,
+            self.bundles,
+            [dict(taken) for taken in self.bundle_used],
+            dict(self.used),
+        )
 
     def refund(self, lease: LeaseRecord) -> None:
         self.drawn.discard(lease.lease_id)
-        for name, amount in charged(lease.resources, lease.pools).items():
-            left = self.used.get(name, 0) - amount
-            if left:
-                self.used[name] = left
-            else:
-                self.used.pop(name, None)
+        _take_away(self.used, charged(lease.resources, lease.pools))
+        if lease.resources:
+            _take_away(self.bundle_used[lease.within_bundle or 0], lease.resources)
 
     def view(self) -> dict[str, Any]:
         """For listings: the budget, what is drawn of it, how many leases and waiters."""
@@ -107,6 +173,32 @@ class Budget:
 
 def demand_of(request: Request) -> Amounts:
     return charged(request.resources, request.pools)
+
+
+def _within(demand: Amounts, amounts: Amounts) -> bool:
+    return all(a <= amounts.get(name, 0) for name, a in demand.items())
+
+
+def _room_after(demand: Amounts, amounts: Amounts, taken: Amounts) -> float | None:
+    """The share of the bundle left free after ``demand`` (0..1); None if it does not fit."""
+    room = 0.0
+    for name, total in amounts.items():
+        after = total - taken.get(name, 0) - demand.get(name, 0)
+        if after < 0:
+            return None
+        room += after / total if total else 0.0
+    if any(name not in amounts for name in demand):
+        return None
+    return room / (len(amounts) or 1)
+
+
+def _take_away(into: Amounts, amounts: Amounts) -> None:
+    for name, amount in amounts.items():
+        left = into.get(name, 0) - amount
+        if left:
+            into[name] = left
+        else:
+            into.pop(name, None)
 
 
 class Budgets:
@@ -144,10 +236,15 @@ class Budgets:
                 f"within: the budget lease {lease_id} is being taken back "
                 f"({lease.revoke_reason}); nothing more can be drawn from it"
             )
-        if request.node is not None and request.node != lease.node_id:
+        if request.node is not None and request.node not in lease.nodes():
             raise InvalidRequest(
                 f"node: {request.node!r}, but the budget lease {lease_id} holds its "
-                f"capacity on node {lease.node_id}; expected that node or none"
+                f"capacity on {lease.nodes()}; expected one of those nodes or none"
+            )
+        if request.bundles:
+            raise InvalidRequest(
+                f"bundles: a gang cannot be drawn from the job's budget {lease_id} (each "
+                "draw goes in one of its bundles); expected its bundles asked one by one"
             )
         return self.open(lease)
 

@@ -6,6 +6,7 @@ coordinator calls it after a recovery. Each failure names the invariant.
 
 from __future__ import annotations
 
+from anya_resource.core.budgets import Budget
 from anya_resource.core.model import NODE_RESOURCES, LeaseRecord, LeaseState, charged
 from anya_resource.core.state import ClusterState
 
@@ -125,12 +126,41 @@ def _budget_violations(s: ClusterState, drawn: dict[str, dict[str, int]]) -> lis
         for r, a in used.items():
             if a > budget.total.get(r, 0):
                 out.append(f"inv9: budget {lease_id} {r}: {a} drawn > {budget.total.get(r, 0)}")
+        out.extend(_bundle_violations(s, lease_id, budget))
         for request_id in budget.waiting:
             if s.budgets.waiters.get(request_id, (None, None))[1] is not budget:
                 out.append(f"inv9: request {request_id} waits in {lease_id} untracked")
         best = budget.best()
         if best is not None and budget.fits(best.request):
             out.append(f"inv9: budget {lease_id}: its first waiter fits and was not granted")
+    return out
+
+
+def _bundle_violations(s: ClusterState, lease_id: str, budget: Budget) -> list[str]:
+    """inv9, per bundle of a budget: what is drawn of each fits it, counted once."""
+    out: list[str] = []
+    recount: list[dict[str, int]] = [{} for _ in budget.bundles]
+    for drawn_id in budget.drawn:
+        lease = s.leases.active.get(drawn_id)
+        if lease is None or not lease.resources:
+            continue
+        index = lease.within_bundle or 0
+        if not 0 <= index < len(budget.bundles):
+            out.append(f"inv9: lease {drawn_id} drawn from bundle {index} of {lease_id}")
+            continue
+        if lease.node_id != budget.bundles[index][0]:
+            out.append(f"inv9: lease {drawn_id} is not on the node of its bundle {index}")
+        _add(recount[index], lease.resources)
+    for index, ((_, amounts), taken) in enumerate(
+        zip(budget.bundles, budget.bundle_used, strict=True)
+    ):
+        if {r: a for r, a in taken.items() if a} != recount[index]:
+            out.append(
+                f"inv9: budget {lease_id} bundle {index} counts {taken}, not {recount[index]}"
+            )
+        for r, a in taken.items():
+            if a > amounts.get(r, 0):
+                out.append(f"inv9: budget {lease_id} bundle {index} {r}: {a} > {amounts.get(r, 0)}")
     return out
 
 

@@ -128,10 +128,17 @@ class Lifecycle:
         self._granted(waiter, lease, now, out)
 
     def grant_within(self, waiter: Waiter, budget: Budget, now: float, out: list[Decision]) -> None:
-        """Grant from a budget: on its node, in its tenant, preemptible only with it."""
+        """Grant from a budget: in the bundle with most room where it fits (on that
+        bundle's node), in its tenant, preemptible only with it, run in its placement
+        group (``Budget.place``; the caller knows it fits)."""
         self.state.budgets.unwait(waiter.request_id)
-        lease = self._new_lease(waiter, budget.node_id, budget.tenant, False, now)
+        index = budget.place(waiter.request) or 0
+        node_id = budget.bundles[index][0] if budget.bundles else budget.node_id
+        lease = self._new_lease(waiter, node_id, budget.tenant, False, now)
         lease.within = budget.lease_id
+        lease.within_bundle = index
+        owner = self.state.leases.active.get(budget.lease_id)
+        lease.placement_group = owner.placement_group if owner is not None else None
         self.state.charge(lease)
         self._granted(waiter, lease, now, out)
 

@@ -153,6 +153,9 @@ class LeaseRecord:
     # the journal keeps it: ``core/journal.Reserved``).
     reserve: bool = False
     placement_group: str | None = None
+    # Drawn from a budget that is a gang: the index of the budget's bundle it is in (its
+    # node is that bundle's). None: the budget's first, or drawn from none.
+    within_bundle: int | None = None
 
     @property
     def listener(self) -> str | None:
@@ -251,8 +254,8 @@ _MAPPINGS = (RECORD_FIELDS.index("resources"), RECORD_FIELDS.index("pools"))
 _BUNDLES = RECORD_FIELDS.index("bundles")
 # Fields added after the first layout, with their defaults, oldest first: a record
 # written before them is read back with these (``from_fields``).
-# within, bundles, reserve, placement_group
-_TRAILING_DEFAULTS: tuple[Any, ...] = (None, None, False, None)
+# within, bundles, reserve, placement_group, within_bundle
+_TRAILING_DEFAULTS: tuple[Any, ...] = (None, None, False, None, None)
 _OLDEST_LAYOUT = RECORD_FIELD_COUNT - len(_TRAILING_DEFAULTS)
 
 

@@ -144,13 +144,17 @@ def what_if_within(budget: Budget, request: Request, count: int) -> WhatIf:
         result.would_wait = count  # it would come after them (FIFO among equals)
         result.blocked_by = f"{len(budget.waiting)} request(s) wait before it in the job's budget"
         return result
-    free = budget.free()
     demand = demand_of(request)
-    fit = min((free.get(name, 0) // amount for name, amount in demand.items()), default=count)
-    result.granted_now = min(count, fit)
+    trial = budget.trial()
+    while result.granted_now < count:
+        index = trial.place(request)
+        if index is None:
+            break
+        trial.take(request.resources, request.pools, index)
+        node_id = trial.bundles[index][0] if trial.bundles else budget.node_id
+        result.nodes[node_id] = result.nodes.get(node_id, 0) + 1
+        result.granted_now += 1
     result.would_wait = count - result.granted_now
-    if result.granted_now:
-        result.nodes[budget.node_id] = result.granted_now
     if result.would_wait:
         drawn = ", ".join(
             f"{format_amount(n, budget.used.get(n, 0))} of {format_amount(n, budget.total[n])} {n}"
