@@ -14,10 +14,15 @@ from rich.console import Console
 from anya_resource.cli_ops import (
     CALL_TIMEOUT_S,
     AddressOption,
+    BundleOption,
+    BundlesOption,
     ConnectTimeout,
     JsonOption,
+    StrategyOption,
+    _gang_request,
     _print_json,
     _run_read,
+    gang,
     parse_resources,
     priority_level,
 )
@@ -54,10 +59,6 @@ def _budget(
             budget.update(parse_resources(f"{name}={value}"))
     for pool in pools or []:
         budget.update(parse_resources(pool))  # NAME=N: a pool, by name
-    if not budget:
-        raise InvalidRequest(
-            "submit: no budget given; expected --cpu, --memory, --gpu or --pool NAME=N"
-        )
     return budget
 
 
@@ -73,6 +74,9 @@ def submit(
     pool: Annotated[
         list[str] | None, typer.Option(help="Pool slots of its budget, NAME=N (repeatable).")
     ] = None,
+    bundle: BundleOption = None,
+    bundles: BundlesOption = None,
+    strategy: StrategyOption = None,
     working_dir: Annotated[
         str | None, typer.Option(help="Ray's working_dir for the job (uploaded).")
     ] = None,
@@ -96,14 +100,42 @@ def submit(
     as_json: JsonOption = False,
     connect_timeout: ConnectTimeout = CALL_TIMEOUT_S,
 ) -> None:
-    """Queue a Ray job on a lease (its budget); prints its id at once."""
-    budget = _budget(cpu, memory, gpu, pool)
+    """Queue a Ray job on a lease (its budget); prints its id at once.
+
+    Across nodes: --bundle cpu=2,gpu=1 per bundle (or --cpu 2 --gpu 1 --bundles 4), with
+    --strategy: the budget is a gang, granted whole, and the job's leases are drawn from
+    its bundles."""
+    budget, gang_bundles = gang(_budget(cpu, memory, gpu, pool), bundle, bundles)
+    if gang_bundles is not None:
+        budget = _gang_request(budget)
+    elif not budget:
+        raise InvalidRequest(
+            "submit: no budget given; expected --cpu, --memory, --gpu, --pool NAME=N, or "
+            "a gang's --bundle options"
+        )
     level = priority_level(priority)
     # Checked before connecting: bad input is named at once, as typed (core/requests.py).
-    check_fields(budget, priority=level, tenant=tenant, preemptible=preemptible)
+    check_fields(
+        budget,
+        priority=level,
+        tenant=tenant,
+        preemptible=preemptible,
+        bundles=gang_bundles,
+        strategy=strategy,
+    )
     env = _runtime_env(runtime_env)
     if what_if:
-        _what_if(budget, level, tenant, preemptible, address, as_json, connect_timeout)
+        _what_if(
+            budget,
+            level,
+            tenant,
+            preemptible,
+            address,
+            as_json,
+            connect_timeout,
+            gang_bundles,
+            strategy,
+        )
         return
     check_entrypoint(entrypoint)
 
@@ -117,6 +149,8 @@ def submit(
             working_dir=working_dir,
             preemptible=preemptible,
             requeue=requeue,
+            bundles=gang_bundles,
+            strategy=strategy,
         )
         if not wait:
             return {"job_id": job_id}
@@ -141,12 +175,20 @@ def _what_if(
     address: str | None,
     as_json: bool,
     connect_timeout: float,
+    bundles: list[dict[str, Any]] | None = None,
+    strategy: str | None = None,
 ) -> None:
     """The dry run of a job: its budget as one request, and the jobs it would stop."""
 
     async def read(manager: ResourceManager) -> dict[str, Any]:
         answer = await manager.what_if(
-            budget, 1, priority=priority, tenant=tenant, preemptible=preemptible
+            budget,
+            1,
+            priority=priority,
+            tenant=tenant,
+            preemptible=preemptible,
+            bundles=bundles,
+            strategy=strategy,
         )
         rows = await manager.jobs()
         running = {r["lease_id"]: r["job_id"] for r in rows if JobState(r["state"]) not in ENDED}
@@ -161,6 +203,8 @@ def _what_if(
 
     console = Console()
     label = ", ".join(f"{name}={value}" for name, value in budget.items())
+    if bundles:
+        label = f"{len(bundles)} bundles, {strategy or 'PACK'}" + (f", {label}" if label else "")
     console.print(render_what_if(result, f"job of {label}", time.time(), width=console.width))
     if result["jobs_stopped"]:
         console.print("jobs it would stop: " + ", ".join(result["jobs_stopped"]))

@@ -34,6 +34,7 @@ from urllib.parse import urlsplit
 import typer
 from rich.console import Console
 
+from anya_resource.core.model import NODE_RESOURCES
 from anya_resource.core.requests import check_count, check_fields
 from anya_resource.errors import InvalidRequest, ManagerUnavailable, ResourceError
 from anya_resource.inputs import is_integer_text, shown
@@ -375,6 +376,67 @@ def parse_resources(text: str) -> dict[str, Any]:
     return resources
 
 
+BundleOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--bundle",
+        help="A gang: one bundle's node resources, NAME=AMOUNT,... (repeat per bundle).",
+    ),
+]
+BundlesOption = Annotated[
+    int | None,
+    typer.Option(
+        "--bundles",
+        min=1,
+        max=1000,
+        help="A gang of N bundles alike, each of the node resources given.",
+    ),
+]
+StrategyOption = Annotated[
+    str | None,
+    typer.Option(
+        help="How a gang's bundles go on nodes: PACK, SPREAD, STRICT_PACK, STRICT_SPREAD."
+    ),
+]
+
+
+def gang(
+    resources: dict[str, Any], bundle: list[str] | None, count: int | None
+) -> tuple[dict[str, Any], list[dict[str, Any]] | None]:
+    """``(resources, bundles)`` from a command line's amounts and its gang options:
+    ``--bundle`` gives each bundle; ``--bundles N`` makes N bundles of the node resources
+    given. Pools stay the gang's own (they are cluster-wide)."""
+    if bundle and count is not None:
+        raise InvalidRequest(
+            "--bundle and --bundles: got both; expected each bundle with --bundle, or N "
+            "bundles alike with --bundles N"
+        )
+    pools = {name: value for name, value in resources.items() if name not in NODE_RESOURCES}
+    on_nodes = {name: value for name, value in resources.items() if name in NODE_RESOURCES}
+    if bundle:
+        if on_nodes:
+            raise InvalidRequest(
+                f"--bundle with {', '.join(on_nodes)} beside it; expected every node "
+                "resource of a gang in its --bundle options (pools may stay beside them)"
+            )
+        return pools, [parse_resources(text) for text in bundle]
+    if count is not None:
+        if not on_nodes:
+            raise InvalidRequest(
+                f"--bundles {count}: no node resources given; expected the amounts of one "
+                "bundle (cpu, gpu, memory, disk) beside it"
+            )
+        return pools, [dict(on_nodes) for _ in range(count)]
+    return resources, None
+
+
+def _gang_request(resources: dict[str, Any]) -> dict[str, Any]:
+    """Pools named beside a gang's bundles, as a request takes them: {'pools': {...}}."""
+    pools = dict(resources.pop("pools", None) or {})
+    pools.update(resources)
+    return {"pools": pools} if pools else {}
+
+
 # -- the commands ------------------------------------------------------------------------------
 
 
@@ -446,13 +508,14 @@ def leases(
 
 def what_if(
     resources: Annotated[
-        str,
+        str | None,
         typer.Argument(
             help="What one request asks for: 'memory=4GiB,cpu=1' (pools by name: "
-            '\'postgres=1\') or JSON: \'{"memory": "4GiB", "pools": {"postgres": 1}}\'.',
+            '\'postgres=1\') or JSON: \'{"memory": "4GiB", "pools": {"postgres": 1}}\'. '
+            "Omit it for a gang given by --bundle.",
             show_default=False,
         ),
-    ],
+    ] = None,
     count: Annotated[int, typer.Option(min=1, max=100_000, help="How many such requests.")] = 1,
     priority: Annotated[str, typer.Option(help="Their priority class, or an int.")] = "normal",
     tenant: Annotated[str | None, typer.Option(help="The tenant charged.")] = None,
@@ -460,6 +523,9 @@ def what_if(
         bool, typer.Option("--preemptible", help="They could be preempted themselves.")
     ] = False,
     node: Annotated[str | None, typer.Option(help="Only on this node (hex id).")] = None,
+    bundle: BundleOption = None,
+    bundles: BundlesOption = None,
+    strategy: StrategyOption = None,
     address: AddressOption = None,
     local: LocalOption = False,
     policy: PolicyForLocal = None,
@@ -467,15 +533,37 @@ def what_if(
     connect_timeout: ConnectTimeout = CALL_TIMEOUT_S,
 ) -> None:
     """Dry run: would COUNT such requests be granted now, where, and what would they preempt?"""
-    request = parse_resources(resources)
+    if resources is None and not bundle:
+        raise InvalidRequest(
+            "what-if: nothing asked for; expected RESOURCES such as 'cpu=1,memory=4GiB', "
+            "or a gang's --bundle options"
+        )
+    request, gang_bundles = gang(parse_resources(resources) if resources else {}, bundle, bundles)
+    if gang_bundles is not None:
+        request = _gang_request(request)
     level = priority_level(priority)
     # Checked before connecting: bad input is named at once, as typed (core/requests.py).
     check_count(count)
-    check_fields(request, priority=level, tenant=tenant, preemptible=preemptible, node=node)
+    check_fields(
+        request,
+        priority=level,
+        tenant=tenant,
+        preemptible=preemptible,
+        node=node,
+        bundles=gang_bundles,
+        strategy=strategy,
+    )
 
     async def read(manager: ResourceManager) -> WhatIfAnswer:
         return await manager.what_if(
-            request, count, priority=level, tenant=tenant, preemptible=preemptible, node=node
+            request,
+            count,
+            priority=level,
+            tenant=tenant,
+            preemptible=preemptible,
+            node=node,
+            bundles=gang_bundles,
+            strategy=strategy,
         )
 
     result = _run_read(address, local, policy, connect_timeout, read)
@@ -485,7 +573,8 @@ def what_if(
     from anya_resource.render import render_what_if
 
     console = Console()
-    console.print(render_what_if(result, resources, time.time(), width=console.width))
+    label = resources or f"{len(gang_bundles or [])} bundles, {strategy or 'PACK'}"
+    console.print(render_what_if(result, label, time.time(), width=console.width))
 
 
 # -- deploying ---------------------------------------------------------------------------------

@@ -31,7 +31,7 @@ import threading
 import time
 import traceback
 import uuid
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import asdict, replace
 from typing import Any, TypeVar
 
@@ -357,7 +357,7 @@ class ResourceManager:
         detached: bool = False,
         on_revoked: Callable[[Lease], None] | None = None,
         warm: bool = False,
-        bundles: list[Mapping[str, Any]] | None = None,
+        bundles: Sequence[Mapping[str, Any]] | None = None,
         strategy: str | None = None,
         reserve: bool | None = None,
     ) -> AcquireContext[Lease]:
@@ -454,7 +454,7 @@ class ResourceManager:
         node: str | None = None,
         detached: bool = False,
         *,
-        bundles: list[Mapping[str, Any]] | None = None,
+        bundles: Sequence[Mapping[str, Any]] | None = None,
         strategy: str | None = None,
         reserve: bool | None = None,
     ) -> RequestMessage:
@@ -1189,6 +1189,34 @@ class ResourceManager:
             record.placement_group = group
         return group
 
+    async def budget_placement_group(self) -> Any:
+        """The Ray placement group of the job's budget this manager draws from (in a job
+        the queue started): what the job's own plain Ray tasks and actors may run in."""
+        if self._within is None:
+            raise InvalidRequest(
+                "this manager draws from no job's budget; expected a process of a job the "
+                "queue started (ANYA_RESOURCE_BUDGET set), or ResourceManager.new(budget=...)"
+            )
+        lease_id, key = self._within
+        group: str = await self._call(lambda c: c.budget_group.remote(lease_id, key))
+        return placement_group_of(group)
+
+    async def budget_scheduling_strategy(self, bundle: int | None = None) -> Any:
+        """Ray's scheduling strategy that runs plain Ray work in the job's budget: in its
+        bundle ``bundle``, or any (None). ``task.options(scheduling_strategy=...)``.
+        Ray runs no more there than the budget holds; what the job draws with leases
+        runs there too."""
+        from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+        if bundle is not None and (isinstance(bundle, bool) or not isinstance(bundle, int)):
+            raise InvalidRequest(f"bundle: got {shown(bundle)}, expected a bundle's index or None")
+        group = await self.budget_placement_group()
+        return PlacementGroupSchedulingStrategy(
+            placement_group=group,
+            placement_group_bundle_index=-1 if bundle is None else bundle,
+            placement_group_capture_child_tasks=True,
+        )
+
     async def budget_key(self, lease: Lease) -> str:
         """What lets others draw from ``lease`` as their budget: ``"<lease id>:<key>"``.
 
@@ -1228,12 +1256,21 @@ class ResourceManager:
         working_dir: str | None = None,
         preemptible: bool = False,
         requeue: bool = False,
+        bundles: Sequence[Mapping[str, Any]] | None = None,
+        strategy: str | None = None,
     ) -> str:
         """Queue a Ray job on a lease of ``resources`` (its budget); its id, at once.
 
         It waits in the coordinator's queue like any lease, is submitted to Ray's job
         server once granted, and gives its lease back when it ends. A budget that can
         never fit is refused now (``Infeasible``).
+
+        ``bundles=[{"cpu": 2, "gpu": 1}, ...]`` (with ``strategy``, Ray's PACK by default)
+        makes the budget a gang, granted whole across nodes: everything the job leases is
+        drawn from it and placed in its bundles, never past any bundle's amounts;
+        ``resources`` then names only its pools. The budget is reserved in Ray before the
+        job starts; the job puts its own plain Ray work in it with
+        ``manager.budget_scheduling_strategy()``.
         """
         from anya_resource import jobs
         from anya_resource.core.jobs import JobRecord, check_entrypoint
@@ -1259,7 +1296,13 @@ class ResourceManager:
         if working_dir is not None:
             env["working_dir"] = working_dir
         answer = await self.what_if(
-            budget, priority=priority, tenant=tenant, preemptible=preemptible
+            budget,
+            1,
+            priority=priority,
+            tenant=tenant,
+            preemptible=preemptible,
+            bundles=bundles,
+            strategy=strategy,
         )
         if answer.get("infeasible"):
             raise Infeasible(f"this job can never start: {answer['infeasible']}")
@@ -1274,6 +1317,8 @@ class ResourceManager:
             preemptible=preemptible,
             requeue=requeue,
             runtime_env=env or None,
+            bundles=None if bundles is None else [dict(b) for b in bundles],
+            strategy=strategy,
         )
         await asyncio.to_thread(jobs.save, record)
         await asyncio.to_thread(jobs.start_supervisor, record, dashboard, ResourceManager)

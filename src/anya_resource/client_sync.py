@@ -19,7 +19,7 @@ from anya_resource.client_async import ResourceManager
 
 if TYPE_CHECKING:
     import os
-    from collections.abc import Mapping
+    from collections.abc import Mapping, Sequence
     from typing import Any
 
     from anya_resource.config import Policy, Priority
@@ -77,7 +77,7 @@ class SyncResourceManager:
         detached: bool = False,
         on_revoked: Callable[[Lease], None] | None = None,
         warm: bool = False,
-        bundles: list[Mapping[str, Any]] | None = None,
+        bundles: Sequence[Mapping[str, Any]] | None = None,
         strategy: str | None = None,
         reserve: bool | None = None,
     ) -> Lease:
@@ -218,6 +218,21 @@ class SyncResourceManager:
         """
         return self._async.placement_group_from_thread(record)
 
+    def budget_placement_group(self) -> Any:
+        """As ``ResourceManager.budget_placement_group``: The Ray placement group of the job's
+        budget this manager draws from (in a job the queue started): what the job's own plain
+        Ray tasks and actors may run in.
+        """
+        return self._run(self._async.budget_placement_group())
+
+    def budget_scheduling_strategy(self, bundle: int | None = None) -> Any:
+        """As ``ResourceManager.budget_scheduling_strategy``: Ray's scheduling strategy that runs
+        plain Ray work in the job's budget: in its bundle ``bundle``, or any (None).
+        ``task.options(scheduling_strategy=...)``. Ray runs no more there than the budget holds;
+        what the job draws with leases runs there too.
+        """
+        return self._run(self._async.budget_scheduling_strategy(bundle))
+
     def budget_key(self, lease: Lease) -> str:
         """As ``ResourceManager.budget_key``: What lets others draw from ``lease`` as their budget:
         ``"<lease id>:<key>"``.
@@ -253,6 +268,8 @@ class SyncResourceManager:
         working_dir: str | None = None,
         preemptible: bool = False,
         requeue: bool = False,
+        bundles: Sequence[Mapping[str, Any]] | None = None,
+        strategy: str | None = None,
     ) -> str:
         """As ``ResourceManager.submit_job``: Queue a Ray job on a lease of ``resources`` (its
         budget); its id, at once.
@@ -267,6 +284,8 @@ class SyncResourceManager:
                 working_dir=working_dir,
                 preemptible=preemptible,
                 requeue=requeue,
+                bundles=bundles,
+                strategy=strategy,
             )
         )
 

@@ -154,6 +154,11 @@ class JobSupervisorImpl:
                 tenant=record.tenant,
                 preemptible=record.preemptible,
                 on_revoked=self._on_revoked,
+                bundles=record.bundles,
+                strategy=record.strategy,
+                # Reserved in Ray before the job starts: its processes run in what its
+                # budget holds (its draws in their bundles), and nothing else takes it.
+                reserve=True,
             )
         )
         try:
@@ -164,7 +169,8 @@ class JobSupervisorImpl:
         except ResourceError as exc:
             ended(record, JobState.FAILED, f"{type(exc).__name__}: {exc}", time.time())
             return False
-        granted(record, lease.lease_id, lease.node_id, time.time())
+        nodes = [bundle["node_id"] for bundle in lease.bundles] if record.bundles else None
+        granted(record, lease.lease_id, lease.node_id, time.time(), nodes)
         await asyncio.to_thread(save, record)
         _count_start(lease.priority, lease.tenant, time.time() - queued_at)
         try:
@@ -172,8 +178,8 @@ class JobSupervisorImpl:
                 ended(record, JobState.CANCELLED, "cancelled before it started", time.time())
                 return False
             budget = await manager.budget_key(lease)  # all the job leases is drawn from it
-            await asyncio.to_thread(
-                client.submit_job,
+            await _submit_to_ray(
+                client,
                 entrypoint=record.entrypoint,
                 submission_id=record.ray_submission_id,
                 runtime_env=job_runtime_env(record, budget),
@@ -236,6 +242,26 @@ class JobSupervisorImpl:
 
 
 JobSupervisor = ray.remote(JobSupervisorImpl)
+
+
+# Ray's job server answers 500 "No available agent to submit job, please try again later"
+# while the head's dashboard agent is starting (a cluster that just came up): a job
+# granted then is submitted again for this long, not failed.
+SUBMIT_PATIENCE_S = 60.0
+TRY_AGAIN = "try again later"
+
+
+async def _submit_to_ray(client: Any, **submission: Any) -> None:
+    """``client.submit_job(**submission)``, tried again while Ray asks to try again later."""
+    deadline = time.monotonic() + SUBMIT_PATIENCE_S
+    while True:
+        try:
+            await asyncio.to_thread(client.submit_job, **submission)
+            return
+        except Exception as exc:
+            if TRY_AGAIN not in str(exc) or time.monotonic() > deadline:
+                raise
+        await asyncio.sleep(0.5)
 
 
 def _count_start(priority: str, tenant: str, waited: float) -> None:

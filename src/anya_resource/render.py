@@ -151,6 +151,28 @@ def _shown_resources(snapshot: Snapshot) -> list[str]:
     ]
 
 
+def _nodes_cell(lease: dict[str, Any]) -> str:
+    """Where a lease holds: its node, or a gang's nodes (one row, every node)."""
+    bundles = lease.get("bundles") or []
+    nodes = list(dict.fromkeys(b["node_id"] for b in bundles))
+    if len(bundles) <= 1:
+        return _short(lease.get("node_id"))
+    return f"{len(nodes)} nodes: " + ",".join(node[:6] for node in nodes)
+
+
+def _lease_amounts(lease: dict[str, Any]) -> str:
+    """What a lease holds: its amounts, or a gang's as N x its bundle when they are alike."""
+    bundles = lease.get("bundles") or []
+    pools = lease.get("pools", {})
+    if len(bundles) > 1:
+        first = bundles[0]["resources"]
+        if all(b["resources"] == first for b in bundles):
+            each = _amounts(first)
+            return f"{len(bundles)} x ({each})" + (f", {_amounts({}, pools)}" if pools else "")
+        return f"{len(bundles)} bundles: " + _amounts(lease.get("resources", {}), pools)
+    return _amounts(lease.get("resources", {}), pools)
+
+
 def _amounts(amounts: dict[str, Any], pools: dict[str, Any] | None = None) -> str:
     parts = [f"{r} {format_amount(r, a)}" for r, a in amounts.items() if a]
     parts += [f"{p} {n}" for p, n in (pools or {}).items() if n]
@@ -401,8 +423,8 @@ def leases_table(
             str(lease.get("priority", "-")),
         ]
         if wide:
-            cells.append(_short(lease.get("node_id")))
-        cells.append(_amounts(lease.get("resources", {}), lease.get("pools", {})))
+            cells.append(_nodes_cell(lease))
+        cells.append(_lease_amounts(lease))
         if wide:
             cells.append(_holder(lease.get("holder", {})))
         cells += [_expires(lease.get("expires_at", now), now), state]
@@ -500,7 +522,19 @@ def jobs_table(jobs: list[dict[str, Any]], now: float, width: int = WIDE) -> Ren
 
 
 def _job_budget(job: dict[str, Any]) -> str:
-    """Its budget as asked for, with what is drawn from it when it runs ("1/2")."""
+    """Its budget as asked for, with what is drawn from it when it runs ("1/2"); a job
+    across nodes as "N x (its bundle)" and where the bundles went."""
+    bundles = job.get("bundles")
+    if bundles:
+        first = bundles[0]
+        alike = all(b == first for b in bundles)
+        each = ", ".join(f"{name} {amount}" for name, amount in first.items())
+        shown = f"{len(bundles)} x ({each})" if alike else f"{len(bundles)} bundles"
+        shown += f" {job.get('strategy') or 'PACK'}"
+        nodes = job.get("nodes")
+        if nodes:
+            shown += " on " + ",".join(node[:6] for node in dict.fromkeys(nodes))
+        return shown
     asked = dict(job.get("resources", {}))
     asked.update(asked.pop("pools", None) or {})
     use = job.get("use")

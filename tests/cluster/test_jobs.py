@@ -258,6 +258,73 @@ def test_a_jobs_leases_are_drawn_from_its_budget_and_never_exceed_it(
     assert not [lease for lease in manager.leases() if lease.get("within")]
 
 
+ACROSS_NODES_JOB = """
+import json, os, sys, time
+import ray
+from anya_resource import SyncResourceManager, leased
+
+ray.init()
+
+@leased(cpu=0.5)
+def work(i):
+    start = time.time()
+    time.sleep(1.0)
+    group = ray.util.get_current_placement_group()
+    return ray.get_runtime_context().get_node_id(), start, time.time(), group.id.hex()
+
+@ray.remote(num_cpus=1)
+def plain():
+    return ray.util.get_current_placement_group().id.hex()
+
+spans = ray.get([work.remote(i) for i in range(12)])
+manager = SyncResourceManager.connect()
+strategy = manager.budget_scheduling_strategy()
+seen = {
+    "spans": spans,
+    "plain_group": ray.get(plain.options(scheduling_strategy=strategy).remote()),
+    "budget_group": manager.budget_placement_group().id.hex(),
+}
+with open(sys.argv[1], "w") as out:
+    json.dump(seen, out)
+"""
+
+
+def most_at_once(spans: list[list[Any]]) -> int:
+    edges = sorted([(s[1], 1) for s in spans] + [(s[2], -1) for s in spans])
+    running = most = 0
+    for _, step in edges:
+        running += step
+        most = max(most, running)
+    return most
+
+
+def test_a_job_across_nodes_runs_its_leased_tasks_in_every_bundle_within_each(
+    manager: SyncResourceManager, tmp_path: Path
+) -> None:
+    script = tmp_path / "across.py"
+    script.write_text(ACROSS_NODES_JOB)
+    out = tmp_path / "seen.json"
+    job = manager.submit_job(
+        [PY, str(script), str(out)], bundles=[{"cpu": 1}] * 2, strategy="STRICT_SPREAD"
+    )
+    result = manager.wait_job(job, timeout=240)
+    assert result["state"] == "succeeded", result["message"]
+    nodes = result["nodes"]
+    assert len(nodes) == 2 and len(set(nodes)) == 2
+    seen = json.loads(out.read_text())
+    spans = seen["spans"]
+    assert {span[0] for span in spans} == set(nodes)  # its tasks ran on both of its nodes
+    assert {span[3] for span in spans} == {seen["budget_group"]}  # in its budget's group
+    assert most_at_once(spans) <= 4  # 2 bundles of 1 CPU, 0.5 a task: never past it
+    for node in nodes:  # and never past any one bundle
+        assert most_at_once([span for span in spans if span[0] == node]) <= 2
+    assert seen["plain_group"] == seen["budget_group"]  # its own plain work runs in it
+    listed = {row["job_id"]: row for row in manager.jobs()}[job]
+    assert listed["bundles"] == [{"cpu": 1}] * 2 and listed["strategy"] == "STRICT_SPREAD"
+    assert manager.budgets() == {}
+    assert not [lease for lease in manager.leases() if lease.get("within")]
+
+
 def test_the_listing_shows_position_and_what_holds_a_job_back(
     manager: SyncResourceManager,
 ) -> None:
@@ -349,4 +416,18 @@ def test_the_command_line(manager: SyncResourceManager) -> None:
     assert unknown.returncode == 2 and unknown.stderr.count("\n") == 1
     no_budget = cli("submit", "--", PY, "-c", "print(1)")
     assert no_budget.returncode == 2 and "budget" in no_budget.stderr
+    across = cli(
+        "submit", "--cpu", "1", "--bundles", "3", "--strategy", "STRICT_SPREAD", "--wait",
+        "--", PY, "-c", "print(3)",
+    )  # fmt: skip
+    assert across.returncode == 0 and "succeeded" in across.stdout, across.stderr
+    too_wide = cli("submit", "--cpu", "1", "--bundles", "5", "--strategy", "STRICT_SPREAD",
+                   "--", PY, "-c", "print(5)")  # fmt: skip
+    assert too_wide.returncode == 2 and "STRICT_SPREAD needs 5 nodes" in too_wide.stderr
+    both = cli("submit", "--cpu", "1", "--bundle", "cpu=1", "--", PY, "-c", "print(1)")
+    assert both.returncode == 2 and "--bundle" in both.stderr and both.stderr.count("\n") == 1
+    jobs_table = cli("jobs")
+    assert "3 x (cpu 1) STRICT_SPREAD" in jobs_table.stdout.replace("\n", " ") or (
+        "3 x" in jobs_table.stdout
+    )
     gate_free(manager)

@@ -617,6 +617,12 @@ class CoordinatorImpl:
             except ResourceError as exc:
                 log.warning("release of %s refused: %s", lease_id, exc)
 
+    async def budget_group(self, lease_id: str, key: str) -> str:
+        """The placement group of the budget ``lease_id`` (its key proves membership),
+        made now if it has none: where a job runs its own plain Ray work."""
+        lease = self.scheduler.budget_owner(lease_id, key)
+        return await self._group_of(lease)
+
     async def reserve(self, lease_id: str, token: str) -> str:
         """The lease's placement group (its id, hex), made now if it has none yet; once
         Ray has reserved it. A lease drawn from a budget runs in its budget's group."""
@@ -629,9 +635,13 @@ class CoordinatorImpl:
             if owner is None:
                 raise LeaseExpired(f"lease {lease_id}: its budget {lease.within} has ended")
             lease = owner
+        return await self._group_of(lease)
+
+    async def _group_of(self, lease: LeaseRecord) -> str:
+        """The placement group of ``lease``, made now if it has none, once Ray has it."""
         if not needs_group(lease):
             raise InvalidRequest(
-                f"lease {lease_id} holds nothing Ray can reserve (pools and disk are "
+                f"lease {lease.lease_id} holds nothing Ray can reserve (pools and disk are "
                 "ours alone); expected a lease of cpu, gpu or memory"
             )
         self._reserve(lease)

@@ -201,6 +201,33 @@ def _take_away(into: Amounts, amounts: Amounts) -> None:
             into.pop(name, None)
 
 
+def budget_lease(leases: LeaseTable, lease_id: str, key: object) -> LeaseRecord:
+    """The lease of the budget ``lease_id``, if ``key`` is its budget key and it can be
+    drawn from now; raises saying why not."""
+    if not leases.minter.genuine(BUDGET_KEY_PREFIX + lease_id, key):
+        raise NotLeaseHolder(
+            f"within: not the key of budget {lease_id}; expected the key the budget's "
+            "holder was given (ANYA_RESOURCE_BUDGET in a queued job's environment)"
+        )
+    lease = leases.active.get(lease_id)
+    if lease is None:
+        raise LeaseExpired(
+            f"within: the budget lease {lease_id} has ended (its job ended or was "
+            "preempted); nothing more can be drawn from it"
+        )
+    if lease.within is not None:
+        raise InvalidRequest(
+            f"within: lease {lease_id} is itself drawn from a budget; expected the "
+            f"budget's own lease ({lease.within})"
+        )
+    if lease.state is LeaseState.REVOKING:
+        raise LeaseRevoked(
+            f"within: the budget lease {lease_id} is being taken back "
+            f"({lease.revoke_reason}); nothing more can be drawn from it"
+        )
+    return lease
+
+
 class Budgets:
     """Every budget in use, and the requests waiting to be drawn from one."""
 
@@ -214,28 +241,8 @@ class Budgets:
 
     def for_request(self, request: Request, leases: LeaseTable) -> Budget:
         """The budget ``request`` is to be drawn from; raises if it cannot be."""
-        lease_id = str(request.within)
-        if not leases.minter.genuine(BUDGET_KEY_PREFIX + lease_id, request.within_key):
-            raise NotLeaseHolder(
-                f"within: not the key of budget {lease_id}; expected the key the budget's "
-                "holder was given (ANYA_RESOURCE_BUDGET in a queued job's environment)"
-            )
-        lease = leases.active.get(lease_id)
-        if lease is None:
-            raise LeaseExpired(
-                f"within: the budget lease {lease_id} has ended (its job ended or was "
-                "preempted); nothing more can be drawn from it"
-            )
-        if lease.within is not None:
-            raise InvalidRequest(
-                f"within: lease {lease_id} is itself drawn from a budget; expected the "
-                f"budget's own lease ({lease.within})"
-            )
-        if lease.state is LeaseState.REVOKING:
-            raise LeaseRevoked(
-                f"within: the budget lease {lease_id} is being taken back "
-                f"({lease.revoke_reason}); nothing more can be drawn from it"
-            )
+        lease = budget_lease(leases, str(request.within), request.within_key)
+        lease_id = lease.lease_id
         if request.node is not None and request.node not in lease.nodes():
             raise InvalidRequest(
                 f"node: {request.node!r}, but the budget lease {lease_id} holds its "
@@ -285,4 +292,4 @@ class Budgets:
         return due
 
 
-__all__ = ["Budget", "Budgets", "demand_of"]
+__all__ = ["Budget", "Budgets", "budget_lease", "demand_of"]

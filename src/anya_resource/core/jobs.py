@@ -64,6 +64,11 @@ class JobRecord:
     attempts: int = 0  # submissions to Ray so far (a requeued job is submitted again)
     message: str = ""  # why it ended, or what it waits for
     supervisor_id: str | None = None  # its supervisor's actor id: who holds its request
+    # A job across nodes: its budget is a gang of these bundles (``resources`` then holds
+    # only its pools), placed by ``strategy``; ``nodes`` are where they went, in order.
+    bundles: list[dict[str, Any]] | None = None
+    strategy: str | None = None
+    nodes: list[str] | None = None
 
     @property
     def ray_submission_id(self) -> str:
@@ -153,11 +158,15 @@ def listing_row(
     return row
 
 
-def granted(record: JobRecord, lease_id: str, node_id: str, now: float) -> JobRecord:
-    """Its lease was granted: it is to be submitted (a new attempt)."""
+def granted(
+    record: JobRecord, lease_id: str, node_id: str, now: float, nodes: list[str] | None = None
+) -> JobRecord:
+    """Its lease was granted: it is to be submitted (a new attempt). ``nodes``: where
+    each bundle of a job across nodes went."""
     record.state = JobState.STARTING
     record.lease_id = lease_id
     record.node_id = node_id
+    record.nodes = nodes
     record.attempts += 1
     record.message = ""
     if record.started_at is None:
@@ -196,6 +205,7 @@ def after_supervisor_lost(record: JobRecord, now: float) -> bool:
         record.state = JobState.QUEUED
         record.lease_id = None
         record.node_id = None
+        record.nodes = None
         record.message = "its supervisor died: stopped, back in the queue"
         return True
     why = "its supervisor died (its process or node was lost): the job was stopped"
@@ -210,6 +220,7 @@ def after_preemption(record: JobRecord, now: float) -> bool:
         record.state = JobState.QUEUED
         record.lease_id = None
         record.node_id = None
+        record.nodes = None
         record.message = "preempted: back in the queue"
         return True
     ended(record, JobState.STOPPED, "preempted by a higher-priority job", now)

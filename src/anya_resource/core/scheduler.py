@@ -29,7 +29,7 @@ from typing import Any
 from anya_resource.config import Policy
 from anya_resource.core import admission, census, endings, membership, settle, views
 from anya_resource.core.bottleneck import find_bottlenecks
-from anya_resource.core.budgets import Budget
+from anya_resource.core.budgets import Budget, budget_lease
 from anya_resource.core.journal import (
     Entry,
     Rebound,
@@ -186,6 +186,11 @@ class Scheduler:
                 "lease of the cluster's own"
             )
         return self.state.leases.minter.budget_key(lease_id)
+
+    def budget_owner(self, lease_id: str, key: object) -> LeaseRecord:
+        """The lease of the budget ``lease_id`` whose budget key is ``key`` (a job's own
+        lease: where its processes run their plain Ray work)."""
+        return budget_lease(self.state.leases, lease_id, key)
 
     def cancel(self, request_id: str, now: float) -> list[Decision]:
         """The waiter gave up. If its grant crossed the cancel, the grant goes back."""

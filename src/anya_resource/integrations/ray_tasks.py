@@ -223,7 +223,7 @@ class LeasedFunction(_Leased, Generic[F]):
         self._task: Any = _remote_task(fn)
         # The task with its Ray options, per placement group (or node) and amounts: made
         # once per lease, reused by every task of it (bounded: leases come and go).
-        self._placed: dict[tuple[str, float, float], Any] = {}
+        self._placed: dict[tuple[str, int, float, float], Any] = {}
         self._spec: RequestMessage | None = None
         self._kind = ""
         self.__name__ = getattr(fn, "__name__", "leased")
@@ -260,7 +260,8 @@ class LeasedFunction(_Leased, Generic[F]):
         gpus = from_units("gpu", record.resources.get("gpu", 0))
         reserved = needs_group(record) or record.within is not None
         where = manager.placement_group(record) if reserved else record.node_id
-        key = (where, float(cpus), float(gpus))
+        bundle = record.within_bundle or 0  # a draw from a job's budget: its own bundle
+        key = (where, bundle, float(cpus), float(gpus))
         task = self._placed.get(key)
         if task is None:
             if len(self._placed) >= PLACED_KEPT:
@@ -269,7 +270,7 @@ class LeasedFunction(_Leased, Generic[F]):
             if reserved:
                 options["scheduling_strategy"] = PlacementGroupSchedulingStrategy(
                     placement_group=placement_group_of(where),
-                    placement_group_bundle_index=0 if record.within is None else -1,
+                    placement_group_bundle_index=bundle,
                 )
             else:
                 # Pool slots only: they are cluster-wide, so Ray places the task anywhere,
