@@ -423,7 +423,7 @@ def test_the_command_line(manager: SyncResourceManager) -> None:
     assert across.returncode == 0 and "succeeded" in across.stdout, across.stderr
     too_wide = cli("submit", "--cpu", "1", "--bundles", "5", "--strategy", "STRICT_SPREAD",
                    "--", PY, "-c", "print(5)")  # fmt: skip
-    assert too_wide.returncode == 2 and "STRICT_SPREAD needs 5 nodes" in too_wide.stderr
+    assert too_wide.returncode == 1 and "STRICT_SPREAD needs 5 nodes" in too_wide.stderr
     both = cli("submit", "--cpu", "1", "--bundle", "cpu=1", "--", PY, "-c", "print(1)")
     assert both.returncode == 2 and "--bundle" in both.stderr and both.stderr.count("\n") == 1
     jobs_table = cli("jobs")
