@@ -1,7 +1,8 @@
 """A churning client process for the chaos suite: acquire, hold a little, release, record.
 
 ``python tests/chaos/churn.py ADDRESS SECONDS OUT [hold]``: for SECONDS it takes leases
-(a slot of pool ``slots`` or 1 GiB of memory, at random; warm or not, at random) and
+(a slot of pool ``slots``, 1 GiB of memory, or a gang of two quarter CPUs reserved in Ray
+by a placement group, at random; warm or not, at random) and
 gives them back, writing every hold to OUT as JSON: when the acquire was sent, when the
 grant came back, when the hold ended (before the release was sent), the lease id and
 fencing token, whether it was warm, the process, whether the lease was still valid at
@@ -24,7 +25,11 @@ from typing import Any
 
 from anya_resource import AcquireTimeout, ResourceError, ResourceManager
 
-KINDS = {"slot": {"pools": {"slots": 1}}, "memory": {"memory": "1GiB"}}
+KINDS: dict[str, dict[str, Any]] = {
+    "slot": {"resources": {"pools": {"slots": 1}}},
+    "memory": {"resources": {"memory": "1GiB"}},
+    "gang": {"bundles": [{"cpu": 0.25}, {"cpu": 0.25}], "strategy": "SPREAD"},
+}
 
 
 async def churn(address: str, seconds: float, out: str) -> None:
@@ -38,7 +43,7 @@ async def churn(address: str, seconds: float, out: str) -> None:
         warm = random.random() < 0.5
         sent = time.monotonic()
         try:
-            lease = await manager.acquire(KINDS[kind], timeout=5, warm=warm)
+            lease = await manager.acquire(**KINDS[kind], timeout=5, warm=warm)
         except AcquireTimeout:
             continue
         except ResourceError as exc:

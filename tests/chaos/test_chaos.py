@@ -53,6 +53,7 @@ POLICY = {
     "aging": {"per_second": 0.0},
 }
 CHURN = Path(__file__).with_name("churn.py")
+GANGS = 4  # churn's gangs of two quarter CPUs, on the 2 CPUs of this Ray
 REPORT: dict[str, Any] = {}
 
 
@@ -143,7 +144,18 @@ async def all_free(manager: ResourceManager) -> bool:
         and all(row["in_use"] == 0 for row in snap["pools"].values())
         and memory["granted"] == 0
         and memory["free"] == memory["grantable"]
+        and snap["resources"]["cpu"]["granted"] == 0
     )
+
+
+async def no_group_left() -> bool:
+    """Ray keeps no placement group of a lease: every one went with its lease."""
+    from ray.util.placement_group import placement_group_table
+
+    from anya_resource.actors.reservations import GROUP_PREFIX
+
+    rows = placement_group_table().values()
+    return not [r for r in rows if r["name"].startswith(GROUP_PREFIX) and r["state"] != "REMOVED"]
 
 
 async def invariants(manager: ResourceManager) -> list[str]:
@@ -173,7 +185,7 @@ def check_holds(holds: list[dict[str, Any]], memory_leases: int) -> dict[str, in
     # A recorded hold lies inside the real one (its start after the grant came back, its
     # end before the release went out): if the recorded ones never overlap past the
     # limit, the real ones did not either.
-    for kind, limit in (("slot", SLOTS), ("memory", memory_leases)):
+    for kind, limit in (("slot", SLOTS), ("memory", memory_leases), ("gang", GANGS)):
         events = sorted(
             (t, step)
             for h in holds
@@ -231,9 +243,12 @@ def test_coordinator_kill_loop_under_churn(manager: ResourceManager, loop: Loop)
         assert refused == [], f"releases refused: {refused[:5]}"
         counts = check_holds(holds, MEMORY // GiB)
         assert counts["holds"] > 20 * CLIENTS, f"too little churn: {counts}"
-        # Every client closed: nothing is held, and nothing is counted twice.
+        # Every client closed: nothing is held, and nothing is counted twice; and no
+        # placement group outlives its lease, across every kill.
         loop.run(eventually(lambda: all_free(manager), timeout=30))
         assert loop.run(invariants(manager)) == []
+        assert sum(1 for h in holds if h["kind"] == "gang") > 0, "no gang in the churn"
+        loop.run(eventually(no_group_left, timeout=30))
     finally:
         sigkill(*clients)
         for out in outputs:
