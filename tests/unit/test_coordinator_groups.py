@@ -149,6 +149,8 @@ def test_plain_ray_work_outside_every_lease_is_not_granted() -> None:
             await shell.reserve(lease.lease_id, lease.token)
             transport.plain_use[NODE] = {"cpu": 1000}
             await shell._sync_nodes()
+            assert shell.scheduler.nodes[NODE].outside == {}  # seen once: maybe a ghost
+            await shell._sync_nodes()
             # A group of ours is not plain work: only the plain task's CPU is outside.
             assert shell.scheduler.nodes[NODE].outside == {"cpu": 1000}
             [answer] = await shell.acquire_many([spec("manager1", 1, 11, cpu=1)])
@@ -159,3 +161,19 @@ def test_plain_ray_work_outside_every_lease_is_not_granted() -> None:
             assert lease_from_wire(granted["lease"]).resources == {"cpu": MILLI}  # type: ignore[typeddict-item]
 
     run(scenario)
+
+
+def test_outside_use_counts_only_what_two_heartbeats_in_a_row_saw() -> None:
+    from anya_resource.core.agents import OutsideWatch, outside_use
+
+    watch = OutsideWatch()
+    # Ray still counts a group we just removed: once, then no more.
+    ghost = outside_use({"cpu": 2000}, {"cpu": 1000}, {})
+    assert ghost == {"cpu": 1000, "gpu": 0, "memory": 0}
+    assert watch.observe("n", ghost) == {"cpu": 0, "gpu": 0, "memory": 0}
+    assert watch.observe("n", outside_use({"cpu": 2000}, {"cpu": 2000}, {}))["cpu"] == 0
+    # Plain work that stays is counted from its second sighting, the lower figure.
+    watch.observe("n", {"cpu": 1500})
+    assert watch.observe("n", {"cpu": 1000})["cpu"] == 1000
+    # What our groups may hold is never counted as others'.
+    assert outside_use({"cpu": 2000}, {"cpu": 500}, {"cpu": 2000})["cpu"] == 0

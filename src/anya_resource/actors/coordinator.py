@@ -51,7 +51,13 @@ from anya_resource.core import (
     build_request,
     check_invariants,
 )
-from anya_resource.core.agents import AgentWatch, capped_capacity, outside_use, stall
+from anya_resource.core.agents import (
+    AgentWatch,
+    OutsideWatch,
+    capped_capacity,
+    outside_use,
+    stall,
+)
 from anya_resource.core.giveback import GiveBack, Tell
 from anya_resource.core.history import HistoryRing, compact
 from anya_resource.core.model import channel_of
@@ -163,6 +169,7 @@ class CoordinatorImpl:
         # The Ray placement groups of reserved leases (actors/reservations.py), and the
         # grants whose telling waits for theirs to be ready (lease id -> that telling).
         self.reservations = Reservations(self.transport)
+        self.outside = OutsideWatch()  # plain Ray work per node (core/agents.py)
         self._telling: dict[str, asyncio.Task[None]] = {}
         self._apply(startup.decisions)
         self._restore_groups()
@@ -314,6 +321,7 @@ class CoordinatorImpl:
         self.heard.forget(node_id)
         self.node_health.pop(node_id, None)
         self.reported_capacity.pop(node_id, None)
+        self.outside.forget(node_id)
 
     def _start_agent(self, node_id: str) -> None:
         self.heard.agent_started(node_id, self.clock.time())
@@ -461,7 +469,8 @@ class CoordinatorImpl:
                 r: max(before.get(node_id, {}).get(r, 0), after.get(node_id, {}).get(r, 0))
                 for r in ("cpu", "gpu", "memory")
             }
-            use = outside_use(total, available.get(node_id, total), ours)
+            reading = outside_use(total, available.get(node_id, total), ours)
+            use = self.outside.observe(node_id, reading)
             self._apply(self.scheduler.outside_use(node_id, use, now))
 
     def _tell(self, channel: str | None, event: Event) -> None:

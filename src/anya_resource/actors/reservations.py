@@ -151,29 +151,28 @@ class Reservations:
             await asyncio.shield(done)
 
     def end(self, lease_id: str) -> None:
-        """The lease ended: its group goes (now, in a thread: the call blocks)."""
+        """The lease ended: its group goes, now. The call blocks (about a millisecond),
+        and must: a group asked for right after, on the same nodes, would otherwise find
+        Ray's room still taken and wait for Ray's retry (about half a second)."""
         handle = self.handles.pop(lease_id, None)
         self.ids.pop(lease_id, None)
-        self.placed.pop(lease_id, None)
+        placed = self.placed.pop(lease_id, None)
         self.is_ready.discard(lease_id)
         done = self.ready.pop(lease_id, None)
         if done is not None and not done.done():
             done.set_result(None)  # a grant waiting for it is told, then its end
         if handle is not None:
-            self._remove(handle)
+            self._remove(handle, placed or [])
 
     def remove_stray(self, handle: Any) -> None:
         """A group of ours that no lease holds (found after a restart)."""
-        self._remove(handle)
+        self._remove(handle, [])
 
-    def _remove(self, handle: Any) -> None:
-        async def remove() -> None:
-            try:
-                await asyncio.to_thread(self.groups.remove_group, handle)
-            except Exception as exc:  # gone already: nothing is left to remove
-                log.info("removing a placement group failed: %s", exc)
-
-        self._spawn(remove())
+    def _remove(self, handle: Any, placed: list[Bundle]) -> None:
+        try:
+            self.groups.remove_group(handle)
+        except Exception as exc:  # gone already: nothing is left to remove
+            log.info("removing a placement group failed: %s", exc)
 
     def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
         task = asyncio.get_running_loop().create_task(work)
@@ -181,10 +180,12 @@ class Reservations:
         task.add_done_callback(self._tasks.discard)
 
     def held_on(self) -> dict[str, Amounts]:
-        """What the ready groups reserve on each node: Ray counts it as used."""
+        """What our groups may hold on each node, as Ray may count it: every group made
+        and not yet removed (a pending one may be placed any moment), so that nothing of
+        ours is ever taken for plain Ray work."""
         held: dict[str, Amounts] = {}
-        for lease_id in self.is_ready:
-            for node_id, amounts in self.placed.get(lease_id, ()):
+        for placed in self.placed.values():
+            for node_id, amounts in placed:
                 into = held.setdefault(node_id, {})
                 for resource, amount in amounts.items():
                     into[resource] = into.get(resource, 0) + amount

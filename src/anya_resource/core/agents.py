@@ -91,6 +91,23 @@ def outside_use(
     }
 
 
+@dataclass
+class OutsideWatch:
+    """Outside use as the core is told of it: a figure must be seen at two heartbeats in
+    a row (the lower of the two counts), since Ray's view of a node lags a moment behind
+    a group made or removed, and a lease must not wait a heartbeat for a ghost."""
+
+    last: dict[str, dict[str, int]] = field(default_factory=dict)
+
+    def observe(self, node_id: str, reading: Mapping[str, int]) -> dict[str, int]:
+        before = self.last.get(node_id, {})
+        self.last[node_id] = dict(reading)
+        return {r: min(a, before.get(r, 0)) for r, a in reading.items()}
+
+    def forget(self, node_id: str) -> None:
+        self.last.pop(node_id, None)
+
+
 def capped_capacity(
     reported: Mapping[str, int],
     memory_total: int | None = None,
