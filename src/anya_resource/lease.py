@@ -128,9 +128,17 @@ class Lease:
             )
         return PlacementGroupSchedulingStrategy(
             placement_group=self.placement_group,
-            placement_group_bundle_index=-1 if bundle is None else bundle,
+            placement_group_bundle_index=-1 if bundle is None else self._ray_bundle(bundle),
             placement_group_capture_child_tasks=True,
         )
+
+    def _ray_bundle(self, bundle: int) -> int:
+        """The bundle of the placement group that holds bundle ``bundle`` of the lease:
+        the group has one per node, in the order the lease's bundles name the nodes."""
+        if not self.bundles:
+            return 0
+        nodes = list(dict.fromkeys(b["node_id"] for b in self.bundles))
+        return nodes.index(self.bundles[bundle]["node_id"])
 
     async def closed(self) -> None:
         """Once given back: wait until what stood on the lease is closed (nothing here)."""

@@ -1,8 +1,10 @@
 """The Ray placement groups that reserve leases: made, awaited, removed, found again.
 
 A lease of node resources is reserved in Ray by a placement group of its own (named
-``anya-resource:<lease id>``), one bundle per bundle of the lease, each pinned to the
-node the core chose (``bundle_label_selector={"ray.io/node-id": ...}``), with a
+``anya-resource:<lease id>``), one Ray bundle per node the lease holds something on (its
+bundles there summed; in the order its bundles name the nodes, ``LeaseRecord.nodes``),
+each pinned to that node (``bundle_label_selector={"ray.io/node-id": ...}``) under
+``STRICT_SPREAD``, with a
 detached lifetime: it outlives the process that asked and the coordinator, and is
 removed when the lease ends in any way. Ray then enforces what the lease holds: plain
 Ray work cannot take it, and work placed in it runs in what it reserved.
@@ -49,10 +51,21 @@ def reservable(amounts: Mapping[str, int]) -> Amounts:
 
 
 def ray_bundles(placed: Iterable[Bundle]) -> tuple[list[dict[str, float]], list[dict[str, str]]]:
-    """The group's bundles in Ray's units and names, and each one's node selector."""
+    """The group's bundles in Ray's units and names, one per node (what the lease holds
+    there, summed), and each one's node selector.
+
+    One per node, pinned, under STRICT_SPREAD: Ray places such a group at once, where a
+    soft strategy over pinned bundles took it a third of a second (measured: median 368
+    ms for SPREAD, 108 ms for PACK, 14 ms for STRICT_SPREAD, 4 bundles on 4 nodes).
+    """
+    merged: dict[str, Amounts] = {}
+    for node_id, amounts in placed:
+        into = merged.setdefault(node_id, {})
+        for resource, amount in amounts.items():
+            into[resource] = into.get(resource, 0) + amount
     bundles: list[dict[str, float]] = []
     selectors: list[dict[str, str]] = []
-    for node_id, amounts in placed:
+    for node_id, amounts in merged.items():
         bundle: dict[str, float] = {}
         for resource, amount in reservable(amounts).items():
             bundle[RAY_NAMES[resource]] = (
@@ -111,7 +124,7 @@ class Reservations:
 
     def make(self, lease: LeaseRecord) -> str:
         """Ask Ray for the group of ``lease`` (pinned where the core placed it); its id."""
-        strategy = "PACK" if lease.bundles is None else _strategy_of(lease)
+        strategy = "STRICT_SPREAD" if len(lease.nodes()) > 1 else "PACK"
         bundles, selectors = ray_bundles(lease.placed())
         group_id, handle = self.groups.create_group(
             group_name(lease.lease_id), bundles, selectors, strategy
@@ -190,13 +203,6 @@ class Reservations:
                 for resource, amount in amounts.items():
                     into[resource] = into.get(resource, 0) + amount
         return held
-
-
-def _strategy_of(lease: LeaseRecord) -> str:
-    """Ray's strategy for a gang's group: every bundle is pinned to its node already,
-    so a soft strategy that the pinning always satisfies."""
-    nodes = lease.nodes()
-    return "PACK" if len(nodes) == 1 else "SPREAD"
 
 
 __all__ = [

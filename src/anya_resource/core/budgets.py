@@ -6,10 +6,11 @@ drawn from that budget: the request names the budget's lease id and token
 (``Request.within``), and it is granted only while everything drawn from the budget,
 this one included, fits within the budget's amounts. That is the per-job cap.
 
-A budget that is a gang (a job across nodes) has a share of each node's resources per
-bundle: a drawn lease goes in one bundle (the one with the most room left, so a job's
-work spreads over its bundles) and is placed on that bundle's node; no bundle is ever
-drawn past its amounts. Pool slots are the budget's as a whole.
+A budget that is a gang (a job across nodes) has a share on each of its nodes (its
+bundles there; one bundle of its placement group in Ray): a drawn lease goes in one
+share (the one with the most room left, so a job's work spreads over its nodes) and is
+placed on that node; no share is ever drawn past its amounts. Pool slots are the
+budget's as a whole.
 
 A drawn lease holds nothing of the cluster: the budget's lease holds it already, on the
 budget's nodes, in the budget's tenant. So drawn leases are never counted on a node, a
@@ -52,7 +53,9 @@ class Budget:
 
     @classmethod
     def of(cls, lease: LeaseRecord) -> Budget:
-        bundles = [(node_id, dict(amounts)) for node_id, amounts in lease.placed()]
+        # One share per node (its bundles there summed, in the order they name the
+        # nodes): what Ray reserves as one bundle of the budget's placement group.
+        bundles = [(node_id, lease.on_node(node_id)) for node_id in lease.nodes()]
         return cls(
             lease.lease_id,
             lease.node_id,

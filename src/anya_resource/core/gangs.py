@@ -101,6 +101,9 @@ def place(
             return GangPlacement(nodes)
         if strategy == DISTINCT_NODES:
             return None  # exact: fewer nodes than bundles have room for one
+        # SPREAD: these are all the nodes with room for one; the rest go on them again,
+        # in turn, while they have room (exact for bundles alike, and no further walk).
+        return _fill(nodes, bundles, held)
     chosen: list[NodeLedger | None] = [None] * len(bundles)
     taken: dict[str, Amounts] = {}  # what the gang's bundles placed so far take, per node
     used: list[NodeLedger] = []
@@ -259,6 +262,28 @@ def _soonest(
         if gap < best_gap:
             best, best_gap = node, gap
     return best
+
+
+def _fill(
+    nodes: list[NodeLedger], bundles: Sequence[Amounts], held: Mapping[str, Mapping[str, int]]
+) -> GangPlacement | None:
+    """Bundles all alike on ``nodes`` (each with room for one), one per node in turn."""
+    chosen: list[NodeLedger] = list(nodes)
+    taken: dict[str, Amounts] = {node.node_id: dict(bundles[0]) for node in nodes}
+    bundle = bundles[0]
+    while len(chosen) < len(bundles):
+        placed = False
+        for node in nodes:
+            around = _held_with({node.node_id: held.get(node.node_id, {})}, taken)
+            if node.fits(bundle, around[node.node_id]):
+                chosen.append(node)
+                _add(taken[node.node_id], bundle)
+                placed = True
+                if len(chosen) == len(bundles):
+                    break
+        if not placed:
+            return None
+    return GangPlacement(chosen)
 
 
 def _exhaustive(

@@ -153,8 +153,9 @@ class LeaseRecord:
     # the journal keeps it: ``core/journal.Reserved``).
     reserve: bool = False
     placement_group: str | None = None
-    # Drawn from a budget that is a gang: the index of the budget's bundle it is in (its
-    # node is that bundle's). None: the budget's first, or drawn from none.
+    # Drawn from a budget that is a gang: the index of the budget's node it is on (among
+    # the budget lease's ``nodes()``: the bundle of its placement group it runs in).
+    # None: the budget's first, or drawn from none.
     within_bundle: int | None = None
 
     @property
