@@ -315,7 +315,9 @@ def test_new_refuses_bad_arguments(cluster: Cluster, loop: Loop) -> None:
         assert_ours(caught.value, cls, named)
 
 
-def test_what_if_says_one_thing(manager: ResourceManager, loop: Loop) -> None:
+def test_what_if_says_one_thing(
+    manager: ResourceManager, loop: Loop, held: Lease, sync_held: Lease
+) -> None:
     answer = loop.run(manager.what_if({"cpu": 6}, 3))
     assert answer["infeasible"] == (
         "a request of 6 CPUs is larger than any node can ever grant (capacity minus reserve)"
@@ -395,6 +397,9 @@ class Doomed:
     def ping(self) -> str:
         return "pong"
 
+    def die(self) -> None:
+        os._exit(1)  # its process dies under the call: Ray's ActorDiedError
+
 
 def test_rays_own_failures_are_manager_unavailable_in_one_line(
     manager: ResourceManager, loop: Loop
@@ -408,9 +413,8 @@ def test_rays_own_failures_are_manager_unavailable_in_one_line(
 
     doomed = Doomed.remote()
     assert ray.get(doomed.ping.remote()) == "pong"
-    ray.kill(doomed, no_restart=True)
     with pytest.raises(ResourceError) as died:
-        boundary.get(lambda: doomed.ping.remote(), "the doomed actor")
+        boundary.get(lambda: doomed.die.remote(), "the doomed actor")
     assert_ours(died.value, ManagerUnavailable, "the doomed actor is unavailable: its actor died")
     with pytest.raises(ResourceError) as gave_up:
         loop.run(boundary.call(lambda: doomed.ping.remote(), "the doomed actor", patience=0.5))

@@ -245,7 +245,7 @@ def check_seconds(what: str, value: object) -> float | None:
         return finite_seconds(what, value, MAX_TIMEOUT)
     except InvalidRequest:
         raise InvalidRequest(
-            f"{what}: got {shown(value)}, expected seconds in [0, {MAX_TIMEOUT:g}] or None"
+            f"{what}: got {shown(value)}, expected seconds in [0, {MAX_TIMEOUT:.15g}] or None"
         ) from None
 
 
@@ -265,10 +265,10 @@ def finite_seconds(what: str, value: object, upper: float) -> float:
         raise InvalidRequest(f"{what}: got {shown(value)}, expected a number of seconds")
     # An int too large for a float (2**1024) is simply out of range.
     if isinstance(value, int) and not -upper <= value <= upper:
-        raise InvalidRequest(f"{what}: got {shown(value)}, expected seconds in (0, {upper:g}]")
+        raise InvalidRequest(f"{what}: got {shown(value)}, expected seconds in (0, {upper:.15g}]")
     seconds = float(value)
     if not math.isfinite(seconds) or seconds <= 0 or seconds > upper:
-        raise InvalidRequest(f"{what}: got {shown(value)}, expected seconds in (0, {upper:g}]")
+        raise InvalidRequest(f"{what}: got {shown(value)}, expected seconds in (0, {upper:.15g}]")
     return seconds
 
 
