@@ -12,6 +12,7 @@ import pytest
 
 from anya_resource.actors.reservations import GROUP_PREFIX, lease_of
 from anya_resource.actors.wire import lease_from_wire
+from anya_resource.core.spares import KEEP_S
 from anya_resource.errors import InvalidRequest
 from anya_resource.quantities import MILLI
 from tests.unit.test_coordinator_shell import (
@@ -40,7 +41,7 @@ def gang_spec(channel: str, n: int, count: int, strategy: str, cpu: float = 1) -
 def test_a_gang_is_told_only_once_ray_reserved_it_pinned_where_the_core_placed_it() -> None:
     async def scenario() -> None:
         nodes = {NODE: capacity(cpu=2), OTHER: capacity(cpu=2)}
-        async with started(nodes) as (shell, transport, _clock):
+        async with started(nodes) as (shell, transport, clock):
             transport.hold_groups = asyncio.Event()
             call = asyncio.ensure_future(
                 shell.acquire_many([gang_spec("manager1", 1, 2, "STRICT_SPREAD")])
@@ -58,7 +59,15 @@ def test_a_gang_is_told_only_once_ray_reserved_it_pinned_where_the_core_placed_i
             assert [s["ray.io/node-id"] for s in selectors] == lease.nodes()
             assert sorted(lease.nodes()) == sorted(nodes)
             await shell.release(lease.lease_id, lease.token)
-            await asyncio.sleep(0.05)
+            # Kept a moment as a spare: the same gang again takes it, with no Ray call.
+            assert list(transport.groups) == [name] and transport.removed == []
+            [again] = await shell.acquire_many([gang_spec("manager1", 2, 2, "STRICT_SPREAD")])
+            second = lease_from_wire(again[1])  # type: ignore[arg-type]
+            assert second.placement_group == group_id and list(transport.groups) == [name]
+            await shell.release(second.lease_id, second.token)
+            shell.reservations.sweep(clock.monotonic() + 0.5)
+            assert list(transport.groups) == [name]  # not yet
+            shell.reservations.sweep(clock.monotonic() + KEEP_S)
             assert transport.groups == {} and transport.removed == [name]
 
     run(scenario)
@@ -177,3 +186,31 @@ def test_outside_use_counts_only_what_two_heartbeats_in_a_row_saw() -> None:
     assert watch.observe("n", {"cpu": 1000})["cpu"] == 1000
     # What our groups may hold is never counted as others'.
     assert outside_use({"cpu": 2000}, {"cpu": 500}, {"cpu": 2000})["cpu"] == 0
+
+
+def test_a_spare_is_given_up_when_a_grant_needs_its_room() -> None:
+    async def scenario() -> None:
+        async with started({NODE: capacity(cpu=2)}) as (shell, transport, _clock):
+            [first] = await shell.acquire_many([reserved_spec("manager1", 1, cpu=2)])
+            lease = lease_from_wire(first[1])  # type: ignore[arg-type]
+            await shell.release(lease.lease_id, lease.token)
+            assert len(transport.groups) == 1  # a spare of 2 CPUs
+            # Another layout on the same node: the spare holds the room it needs.
+            [second] = await shell.acquire_many([reserved_spec("manager1", 2, cpu=1)])
+            other = lease_from_wire(second[1])  # type: ignore[arg-type]
+            assert other.placement_group != lease.placement_group
+            assert len(transport.removed) == 1 and len(transport.groups) == 1
+            # Room beside a spare: it stays.
+            await shell.release(other.lease_id, other.token)
+            [third] = await shell.acquire_many([reserved_spec("manager1", 3, cpu=0.5)])
+            assert len(transport.groups) == 2 and len(transport.removed) == 1
+            assert shell.reservations.held_on()[NODE]["cpu"] == 1500  # spares count as ours
+            assert third[0] == "granted"
+
+    run(scenario)
+
+
+def reserved_spec(channel: str, n: int, cpu: float) -> dict[str, Any]:
+    made = spec(channel, n, 11, cpu=cpu)
+    made["reserve"] = True
+    return made

@@ -34,7 +34,7 @@ from typing import Any
 import ray
 
 from anya_resource.actors.naming import COORDINATOR_NAME, NAMESPACE
-from anya_resource.actors.reservations import Reservations, lease_of, needs_group
+from anya_resource.actors.reservations import Reservations, needs_group
 from anya_resource.actors.transport import Clock, RayTransport, SystemClock, Transport
 from anya_resource.actors.wire import lease_to_wire
 from anya_resource.config import Policy
@@ -45,6 +45,7 @@ from anya_resource.core import (
     LeaseRecord,
     NodeSample,
     Reclaim,
+    ReclaimReason,
     Reject,
     Request,
     Revoke,
@@ -251,6 +252,7 @@ class CoordinatorImpl:
         while True:
             await asyncio.sleep(TICK_S)
             self._apply(self.scheduler.tick(self.clock.time()))
+            self.reservations.sweep(self.clock.monotonic())
 
     async def _node_loop(self) -> None:
         woke = self.clock.monotonic()
@@ -374,7 +376,8 @@ class CoordinatorImpl:
                     }
                     self._tell_later(channel_of(waited), rejected)
             elif isinstance(decision, Reclaim):
-                self.reservations.end(decision.lease_id)
+                given_back = decision.reason in (ReclaimReason.RELEASED, ReclaimReason.CANCELLED)
+                self.reservations.end(decision.lease_id, self.clock.monotonic(), given_back)
                 ended: EndedEvent = {
                     "kind": "ended",
                     "lease_id": decision.lease_id,
@@ -416,7 +419,8 @@ class CoordinatorImpl:
         """Ask Ray for the lease's placement group; the journal keeps which it is."""
         if not needs_group(lease) or lease.lease_id in self.reservations:
             return
-        group_id = self.reservations.make(lease)
+        free_after = {node_id: self.scheduler.free_on(node_id) for node_id in lease.nodes()}
+        group_id = self.reservations.make(lease, free_after)
         self.scheduler.placement_group(lease.lease_id, lease.token, group_id)
 
     def _tell_when_reserved(self, lease_id: str, channel: str | None, event: Event) -> None:
@@ -437,21 +441,23 @@ class CoordinatorImpl:
         """After a restart: Ray's groups of ours against the journal's leases. A group no
         lease holds is removed; a lease that had one (or is reserved at grant) gets its
         own again, a new one if Ray no longer has it."""
-        found = {lease_of(name): group for name, group in self.transport.our_groups().items()}
+        found = {group_id: handle for group_id, handle in self.transport.our_groups().values()}
         active = self.scheduler.leases.active
-        for lease_id, (_, handle) in found.items():
-            if lease_id not in active:
-                self.reservations.remove_stray(handle)
+        kept: set[str] = set()
         for lease in list(active.values()):
             if not needs_group(lease) or not (lease.reserve or lease.placement_group):
                 continue
-            group = found.get(lease.lease_id)
-            if group is None:
-                log.warning("lease %s had lost its placement group: made anew", lease.lease_id)
-                self._reserve(lease)
+            group_id = lease.placement_group
+            if group_id is not None and group_id in found and group_id not in kept:
+                self.reservations.adopt(lease, group_id, found[group_id])
+                kept.add(group_id)
             else:
-                self.reservations.adopt(lease, *group)
-                self.scheduler.placement_group(lease.lease_id, lease.token, group[0])
+                log.warning("lease %s had lost its placement group: made anew", lease.lease_id)
+                lease.placement_group = None
+                self._reserve(lease)
+        for group_id, handle in found.items():
+            if group_id not in kept:  # no lease holds it (a spare, or its lease ended)
+                self.reservations.remove_stray(handle)
         self._stage()
 
     async def _note_outside_use(self, alive: dict[str, dict[str, int]]) -> None:

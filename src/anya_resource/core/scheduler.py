@@ -295,6 +295,11 @@ class Scheduler:
         """A client manager's whole account after a restart (core/census.py)."""
         return census.claim(self.life, manager, held, waiting, now)
 
+    def free_on(self, node_id: str) -> dict[str, int]:
+        """What the node has free to grant now (nothing for a node not known)."""
+        node = self.state.nodes.get(node_id)
+        return {} if node is None else {r: node.free(r) for r in node.limits}
+
     def capacity_of(self, node_id: str) -> dict[str, int] | None:
         """The node's capacity as counted now, or None for a node not (or no longer) known."""
         node = self.state.nodes.get(node_id)
