@@ -169,7 +169,7 @@ class CoordinatorImpl:
         self.history_ring = HistoryRing(self.policy.heartbeat_s)
         # The Ray placement groups of reserved leases (actors/reservations.py), and the
         # grants whose telling waits for theirs to be ready (lease id -> that telling).
-        self.reservations = Reservations(self.transport)
+        self.reservations = Reservations(self.transport, self.clock.monotonic, self._regrouped)
         self.outside = OutsideWatch()  # plain Ray work per node (core/agents.py)
         self._telling: dict[str, asyncio.Task[None]] = {}
         self._apply(startup.decisions)
@@ -252,7 +252,7 @@ class CoordinatorImpl:
         while True:
             await asyncio.sleep(TICK_S)
             self._apply(self.scheduler.tick(self.clock.time()))
-            self.reservations.sweep(self.clock.monotonic())
+            self.reservations.sweep()
 
     async def _node_loop(self) -> None:
         woke = self.clock.monotonic()
@@ -355,15 +355,10 @@ class CoordinatorImpl:
                     self._reserve(lease)
                 waited = self.queued.pop(decision.request_id, None)
                 if waited is not None:
-                    granted: GrantedEvent = {
-                        "kind": "granted",
-                        "key": waited,
-                        "lease": lease_to_wire(lease),
-                    }
-                    if lease.reserve:
-                        self._tell_when_reserved(lease.lease_id, channel_of(waited), granted)
+                    if lease.reserve:  # told with its group's id once that is ready
+                        self._tell_when_reserved(lease, waited)
                     else:
-                        self._tell_later(channel_of(waited), granted)
+                        self._tell_later(channel_of(waited), _granted(waited, lease))
             elif isinstance(decision, Reject):
                 waited = self.queued.pop(decision.request_id, None)
                 if waited is not None:
@@ -377,7 +372,7 @@ class CoordinatorImpl:
                     self._tell_later(channel_of(waited), rejected)
             elif isinstance(decision, Reclaim):
                 given_back = decision.reason in (ReclaimReason.RELEASED, ReclaimReason.CANCELLED)
-                self.reservations.end(decision.lease_id, self.clock.monotonic(), given_back)
+                self.reservations.end(decision.lease_id, given_back)
                 ended: EndedEvent = {
                     "kind": "ended",
                     "lease_id": decision.lease_id,
@@ -423,12 +418,21 @@ class CoordinatorImpl:
         group_id = self.reservations.make(lease, free_after)
         self.scheduler.placement_group(lease.lease_id, lease.token, group_id)
 
-    def _tell_when_reserved(self, lease_id: str, channel: str | None, event: Event) -> None:
+    def _regrouped(self, lease_id: str, group_id: str) -> None:
+        """A lease's group was asked for again (``Reservations``): the journal keeps it."""
+        lease = self.scheduler.leases.active.get(lease_id)
+        if lease is not None:
+            self.scheduler.placement_group(lease_id, lease.token, group_id)
+            self._stage()
+
+    def _tell_when_reserved(self, lease: LeaseRecord, key: str) -> None:
         """Tell a grant once it is written and its placement group is ready (or gone)."""
+        lease_id = lease.lease_id
 
         async def tell() -> None:
             await self.reservations.wait(lease_id)
-            self._tell(channel, event)
+            await self._durable()  # a group asked for again: its new id is written first
+            self._tell(channel_of(key), _granted(key, lease))
 
         def start() -> None:
             task = asyncio.get_running_loop().create_task(tell())
@@ -573,18 +577,27 @@ class CoordinatorImpl:
         self._release_all(releases or (), by)
         now = self.clock.time()
         answers: list[AcquireAnswer] = []
-        reserving: list[str] = []
+        reserving: list[tuple[int, LeaseRecord]] = []
         for spec in specs:
             try:
-                answers.append(self._submit(spec, now, reserving))
+                answers.append(self._submit(spec, now, reserving, len(answers)))
             except ResourceError as exc:
                 answers.append(["error", type(exc).__name__, str(exc)])
         await self._durable()  # nothing is told before it is written
-        for lease_id in reserving:  # nor before what it reserves in Ray is ready
-            await self.reservations.wait(lease_id)
+        for index, lease in reserving:  # nor before what it reserves in Ray is ready
+            await self.reservations.wait(lease.lease_id)
+            answers[index] = ["granted", lease_to_wire(lease)]  # with its group's id
+        if reserving:
+            await self._durable()  # a group asked for again: its new id is written too
         return answers
 
-    def _submit(self, spec: RequestMessage, now: float, reserving: list[str]) -> AcquireAnswer:
+    def _submit(
+        self,
+        spec: RequestMessage,
+        now: float,
+        reserving: list[tuple[int, LeaseRecord]],
+        index: int,
+    ) -> AcquireAnswer:
         request = self._request(spec)
         request_id, decisions = self.scheduler.submit(request, now)
         mine = next((d for d in decisions if getattr(d, "request_id", None) == request_id), None)
@@ -599,7 +612,7 @@ class CoordinatorImpl:
             return ["queued"]
         if isinstance(mine, Grant):
             if mine.lease.lease_id in self.reservations:
-                reserving.append(mine.lease.lease_id)
+                reserving.append((index, mine.lease))
             return ["granted", lease_to_wire(mine.lease)]
         assert isinstance(mine, Reject)
         error = rejection_error(mine.reason.value, mine.message)
@@ -878,6 +891,11 @@ class CoordinatorImpl:
 
 
 Coordinator = ray.remote(CoordinatorImpl)
+
+
+def _granted(key: str, lease: LeaseRecord) -> GrantedEvent:
+    """The event that tells a waiter its grant (the record as it is now)."""
+    return {"kind": "granted", "key": key, "lease": lease_to_wire(lease)}
 
 
 def coordinator_options() -> dict[str, Any]:

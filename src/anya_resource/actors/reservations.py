@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Coroutine, Iterable, Mapping
+from collections.abc import Callable, Coroutine, Iterable, Mapping
 from typing import Any, Protocol
 
 from anya_resource.core.model import Amounts, Bundle, LeaseRecord
@@ -34,6 +34,12 @@ from anya_resource.quantities import MILLI
 log = logging.getLogger(__name__)
 
 GROUP_PREFIX = "anya-resource:"
+# Ray's view of a node lags a group's removal by about 0.1 s; a group asked for on that
+# node within it is placed only at Ray's retry, about a second later. Such a group not
+# ready this long after is asked for again (a new one, the first removed): Ray's view
+# has caught up by then, and it is placed at once.
+RAY_VIEW_LAG_S = 0.15
+ASK_AGAIN_AFTER_S = 0.2
 NODE_LABEL = "ray.io/node-id"  # Ray's label of a node's id, which a bundle may select
 # Ray's names of what a group reserves (disk is not a Ray resource; pools are ours).
 RAY_NAMES = {"cpu": "CPU", "gpu": "GPU", "memory": "memory"}
@@ -113,8 +119,18 @@ class Groups(Protocol):
 class Reservations:
     """The groups the coordinator made for leases, and which are ready."""
 
-    def __init__(self, groups: Groups) -> None:
+    def __init__(
+        self,
+        groups: Groups,
+        clock: Callable[[], float],
+        regrouped: Callable[[str, str], None],
+    ) -> None:
+        """``clock``: monotonic seconds; ``regrouped(lease_id, group_id)``: a lease's
+        group was asked for again, under a new id (for the journal)."""
         self.groups = groups
+        self.clock = clock
+        self.regrouped = regrouped
+        self.removed_at: dict[str, float] = {}  # node -> when a group there last went
         self.handles: dict[str, Any] = {}  # lease id -> the group's handle
         self.ids: dict[str, str] = {}  # lease id -> the group's id (hex)
         self.placed: dict[str, list[Bundle]] = {}  # lease id -> what its group holds where
@@ -140,19 +156,32 @@ class Reservations:
             return spare.group_id
         for gone in self.spares.clear_for(layout, free_after):
             self._give_up(gone)
+        now = self.clock()
+        lagging = any(
+            now - self.removed_at.get(node, -RAY_VIEW_LAG_S) < RAY_VIEW_LAG_S
+            for node in lease.nodes()
+        )
+        group_id, handle = self._create(lease)
+        self._track(lease, group_id, handle, ask_again=lagging)
+        return group_id
+
+    def _create(self, lease: LeaseRecord) -> tuple[str, Any]:
         strategy = "STRICT_SPREAD" if len(lease.nodes()) > 1 else "PACK"
         bundles, selectors = ray_bundles(lease.placed())
-        group_id, handle = self.groups.create_group(
-            group_name(lease.lease_id), bundles, selectors, strategy
-        )
-        self._track(lease, group_id, handle)
-        return group_id
+        return self.groups.create_group(group_name(lease.lease_id), bundles, selectors, strategy)
 
     def adopt(self, lease: LeaseRecord, group_id: str, handle: Any) -> None:
         """A group found after a restart: it stands for ``lease`` again."""
         self._track(lease, group_id, handle)
 
-    def _track(self, lease: LeaseRecord, group_id: str, handle: Any, ready: bool = False) -> None:
+    def _track(
+        self,
+        lease: LeaseRecord,
+        group_id: str,
+        handle: Any,
+        ready: bool = False,
+        ask_again: bool = False,
+    ) -> None:
         lease_id = lease.lease_id
         self.handles[lease_id] = handle
         self.ids[lease_id] = group_id
@@ -166,7 +195,7 @@ class Reservations:
 
         async def wait() -> None:
             try:
-                await self.groups.group_ready(handle)
+                await self._ready(lease, handle, ask_again)
             except Exception as exc:  # removed meanwhile, or Ray failed: it is not ready
                 log.info("placement group of %s did not become ready: %s", lease_id, exc)
             else:
@@ -177,13 +206,30 @@ class Reservations:
 
         self._spawn(wait())
 
+    async def _ready(self, lease: LeaseRecord, handle: Any, ask_again: bool) -> None:
+        """Until the lease's group is ready; asked for again once if it was asked for
+        while Ray's view still had a removed group's room taken (``RAY_VIEW_LAG_S``)."""
+        if ask_again:
+            try:
+                await asyncio.wait_for(self.groups.group_ready(handle), ASK_AGAIN_AFTER_S)
+                return
+            except asyncio.TimeoutError:
+                if self.handles.get(lease.lease_id) is not handle:
+                    return  # the lease ended meanwhile
+                self._remove(handle, [])
+                group_id, handle = self._create(lease)
+                self.handles[lease.lease_id] = handle
+                self.ids[lease.lease_id] = group_id
+                self.regrouped(lease.lease_id, group_id)
+        await self.groups.group_ready(handle)
+
     async def wait(self, lease_id: str) -> None:
         """Return once the group of ``lease_id`` is ready, or the lease ended."""
         done = self.ready.get(lease_id)
         if done is not None:
             await asyncio.shield(done)
 
-    def end(self, lease_id: str, now: float, given_back: bool) -> None:
+    def end(self, lease_id: str, given_back: bool) -> None:
         """The lease ended: its group is kept a moment as a spare if its holder gave it
         back (``given_back``: released, or a cancel's crossing grant) and Ray holds it;
         else it goes now, and what still runs in it with it (revoked, expired, its holder
@@ -200,14 +246,14 @@ class Reservations:
         if handle is None or group_id is None:
             return
         if was_ready and given_back:
-            self.spares.put(Spare(group_id, layout_of(placed), now))
+            self.spares.put(Spare(group_id, layout_of(placed), self.clock()))
             self.spare_handles[group_id] = (handle, placed)
         else:
             self._remove(handle, placed)
 
-    def sweep(self, now: float) -> None:
+    def sweep(self) -> None:
         """Give up the spares kept too long (``core/spares.py``)."""
-        for spare in self.spares.expired(now):
+        for spare in self.spares.expired(self.clock()):
             self._give_up(spare)
 
     def _give_up(self, spare: Spare) -> None:
@@ -220,6 +266,9 @@ class Reservations:
         self._remove(handle, [])
 
     def _remove(self, handle: Any, placed: list[Bundle]) -> None:
+        now = self.clock()
+        for node_id, _ in placed:
+            self.removed_at[node_id] = now
         try:
             self.groups.remove_group(handle)
         except Exception as exc:  # gone already: nothing is left to remove
