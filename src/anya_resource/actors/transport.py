@@ -15,6 +15,7 @@ from typing import Any, Protocol
 
 from anya_resource.actors import boundary, store
 from anya_resource.actors.naming import NAMESPACE, agent_name
+from anya_resource.actors.reservations import Groups
 from anya_resource.core.journal import Write
 from anya_resource.quantities import MILLI
 
@@ -37,7 +38,7 @@ class SystemClock:
         return time.monotonic()
 
 
-class Transport(Protocol):
+class Transport(Groups, Protocol):
     def alive_nodes(self) -> dict[str, dict[str, int]]:
         """Every alive node's capacity as Ray reports it, in core units (blocking)."""
         ...
@@ -53,22 +54,6 @@ class Transport(Protocol):
     def available_nodes(self) -> dict[str, dict[str, int]]:
         """What Ray has available on each alive node now, in core units (blocking)."""
         ...
-
-    # Placement groups (actors/reservations.py's ``Groups``).
-
-    def create_group(
-        self,
-        name: str,
-        bundles: list[dict[str, float]],
-        selectors: list[dict[str, str]],
-        strategy: str,
-    ) -> tuple[str, Any]: ...
-
-    async def group_ready(self, handle: Any) -> None: ...
-
-    def remove_group(self, handle: Any) -> None: ...
-
-    def our_groups(self) -> dict[str, tuple[str, Any]]: ...
 
     def stored_policy(self) -> bytes | None: ...
 

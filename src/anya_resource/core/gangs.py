@@ -150,7 +150,7 @@ def target(placer: Placer, bundles: Sequence[Amounts], strategy: str) -> dict[st
     """
     if strategy in ("PACK", "STRICT_PACK"):
         whole = total(bundles)
-        node = _soonest(placer.candidates(whole), whole, {}, ())
+        node = soonest(placer.candidates(whole), whole, {}, ())
         if node is not None:
             return {node.node_id: whole}
         if strategy == "STRICT_PACK":
@@ -162,11 +162,11 @@ def target(placer: Placer, bundles: Sequence[Amounts], strategy: str) -> dict[st
         node = None
         if strategy == "PACK":
             used = [n for n in nodes if n.node_id in taken]
-            node = _soonest(used, bundle, taken, ())
+            node = soonest(used, bundle, taken, ())
         if node is None:
-            node = _soonest(nodes, bundle, taken, taken.keys())
+            node = soonest(nodes, bundle, taken, taken.keys())
         if node is None and strategy != DISTINCT_NODES:
-            node = _soonest(nodes, bundle, taken, ())
+            node = soonest(nodes, bundle, taken, ())
         if node is None:
             return {}
         _add(taken.setdefault(node.node_id, {}), bundle)
@@ -237,7 +237,7 @@ def _held_with(
     return around
 
 
-def _soonest(
+def soonest(
     nodes: Iterable[NodeLedger],
     bundle: Mapping[str, int],
     taken: Mapping[str, Amounts],
@@ -399,6 +399,7 @@ __all__ = [
     "never_fits",
     "per_node",
     "place",
+    "soonest",
     "target",
     "total",
 ]

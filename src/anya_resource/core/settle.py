@@ -223,18 +223,8 @@ def _free_on(state: ClusterState, node_ids: Iterable[str]) -> Callable[[str], li
 
 def _soonest_node(state: ClusterState, demand: Amounts) -> str | None:
     """The node with the smallest shortfall: where the head will fit soonest."""
-    best_id, best_gap = None, float("inf")
-    for node in state.placer.candidates(demand):
-        gap = 0.0
-        for resource, amount in demand.items():
-            limit = node.limit(resource)
-            if amount > limit:
-                gap = float("inf")
-                break
-            gap += max(0, amount - node.free(resource)) / max(1, limit)
-        if gap < best_gap:
-            best_id, best_gap = node.node_id, gap
-    return best_id
+    node = gangs.soonest(state.placer.candidates(demand), demand, {}, ())
+    return None if node is None else node.node_id
 
 
 def _held_nodes(state: ClusterState) -> set[str]:
