@@ -174,22 +174,6 @@ def test_plain_ray_work_outside_every_lease_is_not_granted() -> None:
     run(scenario)
 
 
-def test_outside_use_counts_only_what_two_heartbeats_in_a_row_saw() -> None:
-    from anya_resource.core.agents import OutsideWatch, outside_use
-
-    watch = OutsideWatch()
-    # Ray still counts a group we just removed: once, then no more.
-    ghost = outside_use({"cpu": 2000}, {"cpu": 1000}, {})
-    assert ghost == {"cpu": 1000, "gpu": 0, "memory": 0}
-    assert watch.observe("n", ghost) == {"cpu": 0, "gpu": 0, "memory": 0}
-    assert watch.observe("n", outside_use({"cpu": 2000}, {"cpu": 2000}, {}))["cpu"] == 0
-    # Plain work that stays is counted from its second sighting, the lower figure.
-    watch.observe("n", {"cpu": 1500})
-    assert watch.observe("n", {"cpu": 1000})["cpu"] == 1000
-    # What our groups may hold is never counted as others'.
-    assert outside_use({"cpu": 2000}, {"cpu": 500}, {"cpu": 2000})["cpu"] == 0
-
-
 def test_a_spare_is_given_up_when_a_grant_needs_its_room() -> None:
     async def scenario() -> None:
         async with started({NODE: capacity(cpu=2)}) as (shell, transport, _clock):

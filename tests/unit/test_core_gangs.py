@@ -395,12 +395,27 @@ def test_what_ray_cannot_reserve_is_never_reserved_and_plain_leases_follow_the_p
 
 def test_plain_ray_work_outside_leases_is_not_granted_and_giving_it_back_settles() -> None:
     h = cluster(nodes=1)
-    assert h.s.outside_use("n1", {"cpu": 1500}, h.now) == []
-    request_id = h.wait({"cpu": 1})  # only 0.5 of 2 CPUs is not taken by plain work
+    # Ray has 0.5 of the node's 2 CPUs available and no group of ours is there: plain
+    # work takes 1.5, counted from its second reading in a row.
+    assert h.s.outside_use("n1", {"cpu": 500, "memory": 8 * GIB}, {}, h.now) == []
+    assert h.snap()["nodes"]["n1"]["resources"]["cpu"]["free"] == 2 * CORE  # once: a ghost?
+    h.s.outside_use("n1", {"cpu": 500, "memory": 8 * GIB}, {}, h.now)
+    request_id = h.wait({"cpu": 1})
     assert h.snap()["nodes"]["n1"]["resources"]["cpu"]["free"] == 500
-    decisions = h.s.outside_use("n1", {"cpu": 500}, h.now)
+    # Less plain work counts at once (the lower of the two readings).
+    decisions = h.s.outside_use("n1", {"cpu": 1500, "memory": 8 * GIB}, {}, h.now)
     assert grant_for(decisions, request_id) is not None
     check_invariants(h.s.state)
+
+
+def test_what_ray_counts_past_the_nodes_limits_takes_nothing_from_them() -> None:
+    from anya_resource.core.agents import outside_use
+
+    # Ray says 4 logical CPUs (the machine has 2: the core's limit), 2 taken by plain
+    # work: Ray can still reserve 2, all the core may grant.
+    assert outside_use({"cpu": 2000}, {"cpu": 2000}, {})["cpu"] == 0
+    assert outside_use({"cpu": 2000}, {"cpu": 500}, {"cpu": 1000})["cpu"] == 500
+    assert outside_use({"cpu": 2000}, {"cpu": 0}, {"cpu": 2000})["cpu"] == 0  # all ours
 
 
 def test_grants_of_gangs_are_listed_with_every_bundle() -> None:

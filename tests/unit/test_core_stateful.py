@@ -156,6 +156,7 @@ class Model:
     nodes: dict[str, dict[str, int]] = field(default_factory=dict)
     pressured: dict[str, set[str]] = field(default_factory=dict)
     outside: dict[str, dict[str, int]] = field(default_factory=dict)  # plain Ray work's use
+    outside_seen: dict[str, dict[str, int]] = field(default_factory=dict)  # its last reading
     waiting: dict[str, Waiting] = field(default_factory=dict)
     leases: dict[str, Held] = field(default_factory=dict)
     ended: dict[str, Ended] = field(default_factory=dict)
@@ -707,6 +708,7 @@ class SchedulerMachine(RuleBasedStateMachine):
         del self.m.nodes[node_id]
         self.m.pressured.pop(node_id, None)
         self.m.outside.pop(node_id, None)
+        self.m.outside_seen.pop(node_id, None)
         decisions = self.s.node_down(node_id, self.now)
         lost = {
             d.lease_id
@@ -766,9 +768,20 @@ class SchedulerMachine(RuleBasedStateMachine):
         from anya_resource.quantities import to_units
 
         node_id = self.pick(sorted(self.m.nodes), index)
-        use = {"cpu": to_units("cpu", cpu), "memory": to_units("memory", memory)}
+        capacity = self.m.nodes[node_id]
+        reading = {
+            "cpu": min(to_units("cpu", cpu), limit_of(capacity, "cpu")),
+            "memory": min(to_units("memory", memory), limit_of(capacity, "memory")),
+        }
+        # What Ray reports: the node's limit less what plain work takes (no group here).
+        available = {r: limit_of(capacity, r) - a for r, a in reading.items()}
+        available["gpu"] = limit_of(capacity, "gpu")
         before = self.state()[1]
-        decisions = self.s.outside_use(node_id, use, self.now)
+        decisions = self.s.outside_use(node_id, available, {}, self.now)
+        # Counted from the second reading in a row: the lower of the two.
+        seen = self.m.outside_seen.get(node_id, {})
+        self.m.outside_seen[node_id] = reading
+        use = {r: min(a, seen.get(r, 0)) for r, a in reading.items()}
         self.m.outside[node_id] = {r: a for r, a in use.items() if a}
         assert not [d for d in decisions if isinstance(d, (Reclaim, Reject))], decisions
         self.apply(decisions)
@@ -830,6 +843,7 @@ class SchedulerMachine(RuleBasedStateMachine):
             ended.before_restart = True
         self.m.pressured.clear()
         self.m.outside.clear()  # the new coordinator hears of it at the next heartbeat
+        self.m.outside_seen.clear()
         gone = self.pick(sorted(self.m.nodes), drop) if drop is not None else None
         if gone is not None:
             del self.m.nodes[gone]

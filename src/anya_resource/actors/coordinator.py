@@ -52,13 +52,7 @@ from anya_resource.core import (
     build_request,
     check_invariants,
 )
-from anya_resource.core.agents import (
-    AgentWatch,
-    OutsideWatch,
-    capped_capacity,
-    outside_use,
-    stall,
-)
+from anya_resource.core.agents import AgentWatch, capped_capacity, stall
 from anya_resource.core.giveback import GiveBack, Tell
 from anya_resource.core.history import HistoryRing, compact
 from anya_resource.core.model import channel_of
@@ -170,7 +164,6 @@ class CoordinatorImpl:
         # The Ray placement groups of reserved leases (actors/reservations.py), and the
         # grants whose telling waits for theirs to be ready (lease id -> that telling).
         self.reservations = Reservations(self.transport, self.clock.monotonic, self._regrouped)
-        self.outside = OutsideWatch()  # plain Ray work per node (core/agents.py)
         self._telling: dict[str, asyncio.Task[None]] = {}
         self._apply(startup.decisions)
         self._restore_groups()
@@ -323,7 +316,6 @@ class CoordinatorImpl:
         self.heard.forget(node_id)
         self.node_health.pop(node_id, None)
         self.reported_capacity.pop(node_id, None)
-        self.outside.forget(node_id)
 
     def _start_agent(self, node_id: str) -> None:
         self.heard.agent_started(node_id, self.clock.time())
@@ -465,23 +457,23 @@ class CoordinatorImpl:
         self._stage()
 
     async def _note_outside_use(self, alive: dict[str, dict[str, int]]) -> None:
-        """What plain Ray work uses of each node, from Ray's own figures (core/agents.py).
-
-        What our groups hold is read before and after Ray's figures, and the larger
-        counted as ours: a group made or removed meanwhile then never makes plain work
-        look larger than it is (at worst a grant waits a moment for its group)."""
+        """Ray's figures of what each node has available, for the core to count what
+        plain Ray work takes (``membership.outside_use``). What our groups hold is read
+        before and after Ray's figures, and the larger counted as ours: a group made or
+        removed meanwhile then never makes plain work look larger than it is."""
         before = self.reservations.held_on()
         available = await asyncio.to_thread(self.transport.available_nodes)
         after = self.reservations.held_on()
         now = self.clock.time()
-        for node_id, total in alive.items():
+        for node_id in alive:
+            free = available.get(node_id)
+            if free is None:
+                continue
             ours = {
                 r: max(before.get(node_id, {}).get(r, 0), after.get(node_id, {}).get(r, 0))
                 for r in ("cpu", "gpu", "memory")
             }
-            reading = outside_use(total, available.get(node_id, total), ours)
-            use = self.outside.observe(node_id, reading)
-            self._apply(self.scheduler.outside_use(node_id, use, now))
+            self._apply(self.scheduler.outside_use(node_id, free, ours, now))
 
     def _tell(self, channel: str | None, event: Event) -> None:
         """Queue ``event`` for the manager listening on ``channel`` (its next ``watch``)."""

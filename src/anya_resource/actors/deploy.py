@@ -25,7 +25,7 @@ _lock = threading.Lock()
 _handles: dict[tuple[str, str], Any] = {}  # (cluster, actor name) -> handle
 
 
-def _cluster() -> str:
+def current_cluster() -> str:
     """Which Ray cluster this process is connected to now (its cluster id)."""
     try:
         cluster, _ = ray._private.worker.global_worker.current_cluster_and_job
@@ -108,7 +108,7 @@ def _first(exc: BaseException) -> str:
 
 def coordinator(policy: Policy | None = None) -> Any:
     """The coordinator's handle: found, or deployed with ``policy``."""
-    key = (_cluster(), COORDINATOR_NAME)
+    key = (current_cluster(), COORDINATOR_NAME)
     with _lock:
         handle = _handles.get(key)
         if handle is not None:

@@ -77,35 +77,20 @@ def stall(woke: float, now: float, interval: float) -> float:
 
 
 def outside_use(
-    total: Mapping[str, int], available: Mapping[str, int], ours: Mapping[str, int]
+    limits: Mapping[str, int], available: Mapping[str, int], ours: Mapping[str, int]
 ) -> dict[str, int]:
-    """What others use of a node outside every lease: what Ray counts as taken there
-    (its total less what it has available) less what our placement groups reserve.
+    """What others take of what a node may grant (its ``limits``): the part of the
+    limits that is neither available in Ray nor held by our placement groups.
 
-    Work placed in a group uses the group's own resources, not the node's, so it is
-    not counted; plain Ray tasks and actors, and other people's groups, are.
+    Work placed in a group uses the group's own resources, not the node's, so it is not
+    counted; plain Ray tasks and actors, and other people's groups, are. What Ray counts
+    on top of our limits (Ray's logical CPUs past the machine's, the reserve) is not ours
+    to grant anyway, and takes nothing from them.
     """
     return {
-        r: max(0, total.get(r, 0) - available.get(r, 0) - ours.get(r, 0))
+        r: max(0, limits.get(r, 0) - available.get(r, 0) - ours.get(r, 0))
         for r in ("cpu", "gpu", "memory")
     }
-
-
-@dataclass
-class OutsideWatch:
-    """Outside use as the core is told of it: a figure must be seen at two heartbeats in
-    a row (the lower of the two counts), since Ray's view of a node lags a moment behind
-    a group made or removed, and a lease must not wait a heartbeat for a ghost."""
-
-    last: dict[str, dict[str, int]] = field(default_factory=dict)
-
-    def observe(self, node_id: str, reading: Mapping[str, int]) -> dict[str, int]:
-        before = self.last.get(node_id, {})
-        self.last[node_id] = dict(reading)
-        return {r: min(a, before.get(r, 0)) for r, a in reading.items()}
-
-    def forget(self, node_id: str) -> None:
-        self.last.pop(node_id, None)
 
 
 def capped_capacity(

@@ -32,6 +32,7 @@ class NodeLedger:
     # What others use of the node outside any lease (plain Ray work, other placement
     # groups), as Ray last reported it: not free for leases, whatever the ledger says.
     outside: Amounts = field(default_factory=dict)
+    outside_seen: Amounts = field(default_factory=dict)  # the last reading of it
     # What may be granted in all, per resource: the limit, or under pressure no more than
     # is granted already. The pressure cap is applied here once; every fit, free and
     # headroom figure reads it (they run on every grant and release).

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 
-from anya_resource.core import admission, settle
+from anya_resource.core import admission, agents, settle
 from anya_resource.core.ledger import NodeLedger, reserve_for
 from anya_resource.core.lifecycle import Lifecycle
 from anya_resource.core.model import (
@@ -127,17 +127,26 @@ def _reject_infeasible(
 
 
 def outside_use(
-    life: Lifecycle, node_id: str, amounts: Mapping[str, int], now: float
+    life: Lifecycle,
+    node_id: str,
+    available: Mapping[str, int],
+    ours: Mapping[str, int],
+    now: float,
 ) -> list[Decision]:
-    """What others use of ``node_id`` outside every lease, as Ray last said: not free.
+    """What Ray has ``available`` on ``node_id`` and what our placement groups hold there
+    (``ours``): what others take of the node's limits is not free (``agents.outside_use``).
 
-    Less of it than before frees capacity there (the queue is settled on that node);
-    more of it only means fewer grants there from now on: nothing granted is undone.
+    A figure counts from its second reading in a row, the lower of the two: Ray's view
+    lags a moment behind a group made or removed, and a lease must not wait a heartbeat
+    for a ghost. Less of it than before frees capacity there (the queue is settled on that
+    node); more of it only means fewer grants there from now on: nothing granted is undone.
     """
     node = life.state.nodes.get(node_id)
     if node is None:
         return []
-    use = {r: int(amounts.get(r, 0)) for r in NODE_RESOURCES}
+    reading = agents.outside_use(node.limits, available, ours)
+    seen, node.outside_seen = node.outside_seen, reading
+    use = {r: min(int(reading.get(r, 0)), seen.get(r, 0)) for r in NODE_RESOURCES}
     if use == {r: node.outside.get(r, 0) for r in NODE_RESOURCES}:
         return []
     if not node.set_outside(use):

@@ -108,9 +108,16 @@ class Scheduler:
         """A node's measured use: pressure with hysteresis, and revocations under it."""
         return membership.health(self.life, node_id, sample, now)
 
-    def outside_use(self, node_id: str, amounts: Mapping[str, int], now: float) -> list[Decision]:
-        """What Ray says others use of the node outside every lease (plain Ray work)."""
-        return membership.outside_use(self.life, node_id, amounts, now)
+    def outside_use(
+        self,
+        node_id: str,
+        available: Mapping[str, int],
+        ours: Mapping[str, int],
+        now: float,
+    ) -> list[Decision]:
+        """What Ray has available on the node, and what our placement groups hold there:
+        what plain Ray work takes of it is not granted (``membership.outside_use``)."""
+        return membership.outside_use(self.life, node_id, available, ours, now)
 
     # -- requests -----------------------------------------------------------------
 

@@ -46,6 +46,7 @@ from ray.util.scheduling_strategies import (
     PlacementGroupSchedulingStrategy,
 )
 
+from anya_resource.actors import deploy
 from anya_resource.actors.reservations import needs_group
 from anya_resource.client_async import warm_kind
 from anya_resource.client_sync import SyncResourceManager
@@ -70,6 +71,7 @@ _task_lease: contextvars.ContextVar[Lease | None] = contextvars.ContextVar("leas
 _actor_lease: Lease | None = None
 _sync_lock = threading.Lock()
 _sync_manager: SyncResourceManager | None = None
+_sync_cluster: str | None = None  # the Ray cluster _sync_manager belongs to
 
 
 def current_lease() -> Lease:
@@ -92,10 +94,16 @@ def _set_actor_lease(lease: Lease) -> None:
 
 
 def _manager() -> SyncResourceManager:
-    global _sync_manager
+    """This process's manager for ``@leased``, of the Ray cluster it is connected to now
+    (a process that shut Ray down and connected again gets one of the new cluster)."""
+    global _sync_manager, _sync_cluster
     with _sync_lock:
+        cluster = deploy.current_cluster() if ray.is_initialized() else None
+        if _sync_manager is not None and cluster is not None and cluster != _sync_cluster:
+            _sync_manager = None  # of a cluster this process has left: its actors are gone
         if _sync_manager is None:
             _sync_manager = SyncResourceManager.connect()
+            _sync_cluster = deploy.current_cluster()
         return _sync_manager
 
 
