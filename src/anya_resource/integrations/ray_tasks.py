@@ -4,10 +4,11 @@
 and each task uses one from ``.remote()`` until its ObjectRef settles. ``f.remote(...)``
 takes an idle lease of its kind from the process's share (no Ray call), or waits for
 one of its own to come free or for the coordinator to grant one more (one acquire per
-waiting call, batched with the others of the moment), then submits the Ray task pinned
-to the lease's node (``NodeAffinitySchedulingStrategy``, not soft; a lease of pool
-slots only, which are cluster-wide, leaves the placement to Ray) and returns its
-ObjectRef. When the ref settles (returned, raised, cancelled, worker died) the lease
+waiting call, batched with the others of the moment), then submits the Ray task into
+the lease's placement group (reserved at the lease's first task and reused by the
+others: Ray runs no more there than the lease holds; a draw from a job's budget runs in
+its own bundle of the budget's group; a lease of pool slots only, which are
+cluster-wide, leaves the placement to Ray) and returns its ObjectRef. When the ref settles (returned, raised, cancelled, worker died) the lease
 is free for the next task of this process, or goes back to the coordinator if a
 request it does not outrank waits for it; idle, it goes back after the policy's
 ``lease.warm_idle_s``. So a task costs no coordinator call, no thread and no call from
@@ -24,10 +25,10 @@ leases (and Ray ends the tasks it owned). Nothing leaks either way.
 
 **Actors** keep a lease for their lifetime: the actor's process holds and renews it.
 
-A task asks Ray for the lease's CPUs (Ray's default of one when the lease names none;
-``num_cpus=`` overrides it) and GPUs, so that Ray reuses its workers and sets
-``CUDA_VISIBLE_DEVICES``; an actor asks Ray for no CPU (``num_cpus=0``), as today: the
-lease is the admission control.
+A task asks its group for the lease's CPUs and GPUs (``num_cpus=`` overrides it), so
+that Ray reuses its workers and sets ``CUDA_VISIBLE_DEVICES``; an actor is reserved at
+grant and runs in its lease's group asking it for no CPU (``num_cpus=0``): the lease is
+the admission control.
 """
 
 from __future__ import annotations
