@@ -107,8 +107,8 @@ ROUND_WARM_S = 0.5  # each driver runs a priority round's contender alone this l
 ROUND_REST_S = 0.2  # then rests (short: Ray reaps idle workers after ~1 s)
 TASK_S = 0.020
 TASK_CPUS = 1  # Ray logical CPUs per task, the same for every contender
-KINDS = {"noop": 0.0, "sleep20ms": TASK_S}
-KIND_LABELS = {"noop": "no-op", "sleep20ms": "20 ms"}
+KINDS = {"noop": 0.0, "sleep2ms": 0.002, "sleep20ms": TASK_S}
+KIND_LABELS = {"noop": "no-op", "sleep2ms": "2 ms", "sleep20ms": "20 ms"}
 CONFIGURATIONS = {  # name -> (nodes, logical CPUs per node)
     "single": (1, 8),
     "cluster": (4, 2),
@@ -130,7 +130,13 @@ def pool(cap: int) -> str:
     return f"pg{cap}"
 
 
-POLICY = {"pools": {pool(cap): {"size": cap} for cap in (KILL_CAP, *CAPS)}}
+POLICY: dict[str, Any] = {"pools": {pool(cap): {"size": cap} for cap in (KILL_CAP, *CAPS)}}
+
+
+def policy(settings: dict[str, Any]) -> dict[str, Any]:
+    """The deployed policy: the caps' pools, and the submit-ahead depth if one is set."""
+    depth = settings.get("submit_ahead")
+    return POLICY if depth is None else {**POLICY, "lease": {"submit_ahead": depth}}
 
 
 # -- the tasks (the same body for every contender) ------------------------------------------
@@ -360,7 +366,11 @@ def throughput(
     name: str, subs: Submitters, settings: dict[str, Any], console: Console
 ) -> dict[str, Any]:
     points = [(kind, cap) for kind in KINDS for cap in CAPS]
-    sizes = {"noop": settings["n_noop"], "sleep20ms": settings["n_sleep"]}
+    sizes = {
+        "noop": settings["n_noop"],
+        "sleep2ms": settings.get("n_sleep2", settings["n_noop"]),
+        "sleep20ms": settings["n_sleep"],
+    }
     # Warm-up (not measured): workers started, clients connected, code shipped.
     console.print(f"[{name}] throughput warm-up ...", style="dim")
     for kind, cap in points:
@@ -668,7 +678,7 @@ def run_configuration(name: str, settings: dict[str, Any], console: Console) -> 
         result["node_resources"] = node_resources(nodes)
         setup = {"ray_s": time.perf_counter() - began}
         t0 = time.perf_counter()
-        manager = SyncResourceManager.connect(policy=POLICY)
+        manager = SyncResourceManager.connect(policy=policy(settings))
         try:
             wait_for_agents(manager, nodes)
             setup["deploy_s"] = time.perf_counter() - t0
@@ -940,7 +950,14 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="smallest settings (smoke test)")
     parser.add_argument("--rounds", type=int, default=None, help="interleaved rounds (3; quick 1)")
     parser.add_argument("--n-noop", type=int, default=None, help="no-op tasks per run (300)")
+    parser.add_argument("--n-sleep2", type=int, default=None, help="2 ms tasks per run (300)")
     parser.add_argument("--n-sleep", type=int, default=None, help="20 ms tasks per run (150)")
+    parser.add_argument(
+        "--submit-ahead",
+        type=int,
+        default=None,
+        help="@leased tasks a lease carries at once (the policy's lease.submit_ahead)",
+    )
     parser.add_argument(
         "--max-run-s", type=float, default=None, help="stop submitting after this (8 s)"
     )
@@ -975,7 +992,9 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
             "priority_rounds": pick(args.rounds, 2, 1),
             "kill_repeats": 1 if quick else 2,
             "n_noop": pick(args.n_noop, 300, 16),
+            "n_sleep2": pick(args.n_sleep2, 300, 16),
             "n_sleep": pick(args.n_sleep, 150, 16),
+            "submit_ahead": args.submit_ahead,
             "max_run_s": pick(args.max_run_s, 8.0, 5.0),
             "threads": args.threads,
             "lead_s": pick(args.lead, 1.0, 0.5),
@@ -1023,7 +1042,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 for name, (nodes, cpus) in CONFIGURATIONS.items()
                 if name in configs
             },
-            "policy": POLICY,
+            "policy": policy(settings),
         },
         "configurations": configs,
         "targets": targets(configs),

@@ -62,7 +62,7 @@ RENAMES = {
 # Classmethods that make a manager: the twin's wraps the one they return.
 CONSTRUCTORS = {"new_in_thread"}
 # Plain methods that any thread may call (documented so in the async class).
-ANY_THREAD = {"warm_statistics", "end_use", "request_spec"}
+ANY_THREAD = {"warm_statistics", "end_use", "request_spec", "submit_ahead"}
 # Plain methods that only the loop's thread may call: the twin runs them there.
 ON_LOOP = {"holds", "pool_statistics"}
 # No twin: the async constructor, the loop-only release (``release_quietly`` is its

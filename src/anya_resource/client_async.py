@@ -245,6 +245,7 @@ class ResourceManager:
         self._loop: asyncio.AbstractEventLoop | None = None  # where the manager runs
         self._warm_reported: tuple[frozenset[str], frozenset[str]] = (frozenset(), frozenset())
         self._warm_idle_s = policy.lease.warm_idle_s if policy is not None else 0.0
+        self._submit_ahead = policy.lease.submit_ahead if policy is not None else 1
         # The deployed policy's lease.max_ttl (from ping): a ttl past it is refused here.
         self._max_ttl = policy.lease.max_ttl if policy is not None else MAX_TIMEOUT
         self._blocking = False  # made by new_in_thread, for callers of other threads
@@ -284,6 +285,7 @@ class ResourceManager:
         info = await manager._call(lambda c: c.ping.remote())
         manager._epoch = info["epoch"]
         manager._warm_idle_s = float(info.get("warm_idle_s", 0.0))  # the deployed policy's
+        manager._submit_ahead = int(info.get("submit_ahead", 1))
         manager._max_ttl = float(info.get("max_ttl", MAX_TIMEOUT))  # ttl is checked here too
         return manager
 
@@ -637,15 +639,19 @@ class ResourceManager:
         warm: str,
         timeout: float | None,
         max_pending: int | None = None,
+        depth: int = 1,
     ) -> WarmEntry:
-        """``@leased``'s blocking acquire, from a thread other than the loop's: an idle
-        lease of ``warm``'s kind at once, in the calling thread; else wait here for one
-        to come free or be granted (the loop sends the one acquire that asks for it).
+        """``@leased``'s blocking acquire, from a thread other than the loop's: a lease of
+        ``warm``'s kind with room at once (idle, or carrying fewer than ``depth`` uses:
+        see ``submit_ahead``), in the calling thread; else wait here for one to have
+        room or be granted (the loop sends the one acquire that asks for it).
         ``Overloaded`` at once if ``max_pending`` uses of this kind wait already."""
         check_timeout(timeout)
         share = self._warm
-        entry = share.use(warm)
+        entry, ask = share.take(warm, depth)
         if entry is not None:
+            if ask:  # queued behind another of its lease: more capacity would run it now
+                self._loop_call(self._grow, spec, warm)
             return entry
         if timeout is not None and timeout <= 0:  # try once: the coordinator decides
             return self.run_from_thread(self._use_warm(spec, timeout, warm))
@@ -656,7 +662,7 @@ class ResourceManager:
             box.append((entry, error))
             ready.set()
 
-        waiter = Waiter(warm, deliver)
+        waiter = Waiter(warm, deliver, depth)
         try:
             entry, ask = share.use_or_wait(waiter, max_pending)
         except TooManyWaiting as exc:
@@ -664,10 +670,10 @@ class ResourceManager:
                 f"{exc.args[0]} calls of this process already wait for a lease of this kind, "
                 f"the most max_pending={max_pending} allows; expected fewer calls in flight"
             ) from None
-        if entry is not None:
-            return entry
         if ask:
             self._loop_call(self._grow, spec, warm)
+        if entry is not None:
+            return entry
         ready.wait(timeout)
         share.give_up(waiter)
         if not box:
@@ -726,6 +732,11 @@ class ResourceManager:
         for task, warm in list(self._growing.items()):
             if warm in needless:
                 task.cancel()
+
+    def submit_ahead(self) -> int:
+        """The deployed policy's ``lease.submit_ahead``: how many ``@leased`` tasks a warm
+        lease may carry at once where Ray runs them one at a time (core/share.py)."""
+        return self._submit_ahead
 
     def end_use(self, lease_id: str) -> None:
         """A use of a warm lease ended (any thread): it stays warm, or goes back."""

@@ -144,15 +144,27 @@ class SyncResourceManager:
         )
 
     def use_warm(
-        self, spec: RequestMessage, warm: str, timeout: float | None, max_pending: int | None = None
+        self,
+        spec: RequestMessage,
+        warm: str,
+        timeout: float | None,
+        max_pending: int | None = None,
+        depth: int = 1,
     ) -> WarmEntry:
         """As ``ResourceManager.use_warm_from_thread``: ``@leased``'s blocking acquire, from a
-        thread other than the loop's: an idle lease of ``warm``'s kind at once, in the calling
-        thread; else wait here for one to come free or be granted (the loop sends the one
-        acquire that asks for it). ``Overloaded`` at once if ``max_pending`` uses of this kind
-        wait already.
+        thread other than the loop's: a lease of ``warm``'s kind with room at once (idle, or
+        carrying fewer than ``depth`` uses: see ``submit_ahead``), in the calling thread; else
+        wait here for one to have room or be granted (the loop sends the one acquire that asks
+        for it). ``Overloaded`` at once if ``max_pending`` uses of this kind wait already.
         """
-        return self._async.use_warm_from_thread(spec, warm, timeout, max_pending)
+        return self._async.use_warm_from_thread(spec, warm, timeout, max_pending, depth)
+
+    def submit_ahead(self) -> int:
+        """As ``ResourceManager.submit_ahead``: The deployed policy's ``lease.submit_ahead``: how
+        many ``@leased`` tasks a warm lease may carry at once where Ray runs them one at a time
+        (core/share.py).
+        """
+        return self._async.submit_ahead()
 
     def end_use(self, lease_id: str) -> None:
         """As ``ResourceManager.end_use``: A use of a warm lease ended (any thread): it stays warm,

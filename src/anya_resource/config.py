@@ -149,6 +149,11 @@ class LeasePolicy(_Strict):
     # How long a manager keeps a warm lease (acquired with warm=True) idle for its next
     # acquire of the same kind, unless waiting requests want it back first; 0: never.
     warm_idle_s: float = Field(default=2.0, ge=0, le=3600)
+    # How many ``@leased`` tasks a warm lease carries at once: one running, the others
+    # queued in Ray in its placement-group bundle, which Ray starts the moment the one
+    # before ends (core/share.py ``queue_depth``). A lease given back takes no new task,
+    # so a waiter that outranks its holder waits for at most this many of its tasks.
+    submit_ahead: int = Field(default=2, ge=1, le=64)
     # When a one-node lease of node resources is reserved in Ray (a placement group):
     # "first_use" when its holder first needs it (``lease.placement_group``, a ``@leased``
     # task), "grant" before the grant is told. Gangs, queued jobs and acquires with

@@ -10,6 +10,16 @@ gives the lease back when the job ends in any way. The supervisor is the lease's
 holder: if it dies, its node's agent reports it and the lease is reclaimed. A
 coordinator restart is one more restart to its client (the census claims the lease).
 
+*Ready supervisors*: a supervisor's start is a new worker process (~0.7 s), which a
+job that fits at once would pay on top of Ray's own submit. So one supervisor is kept
+ready (``SPARE_SUPERVISORS``): started ahead, connected to the coordinator and to Ray's
+job server, named ``job-spare:<id>`` and listed in the GCS store. ``submit_job`` claims
+one there (the GCS deletes its key once: no two jobs get the same one) and hands it the
+job, then starts the next spare without waiting for it; with none ready, it starts one
+for the job as before. The job's record names its supervisor, so ``cancel`` and ``jobs``
+find it either way; a ready supervisor restarted by Ray after it took a job finds the
+job by its own name and goes on as that job's.
+
 A preemptible job whose lease is revoked is stopped through Ray (``stop_job``) within
 the policy's grace period, and goes back to the queue if it was submitted with
 ``requeue``, as a new attempt with a new submission id (``<id>-<attempt>``): Ray never
@@ -20,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import threading
@@ -50,6 +61,8 @@ POLL_S = 0.5  # how often a supervisor asks Ray's job server how its job is doin
 STOP_WAIT_S = 30.0  # how long a stopped job may take to end before it is let go
 START_WAIT_S = 120.0  # how long a new supervisor may take to start (a worker process)
 SUPERVISOR_PREFIX = "job:"
+SPARE_PREFIX = "job-spare:"
+SPARE_SUPERVISORS = 1  # ready supervisors kept for the next job (each a ~100 MB process)
 
 
 def new_job_id() -> str:
@@ -95,9 +108,24 @@ class JobSupervisorImpl:
     ``requeue`` (``core/jobs.after_supervisor_lost``).
     """
 
-    def __init__(self, record: dict[str, Any], dashboard: str, manager_class: Any) -> None:
-        given = JobRecord.from_json(record)
-        self.record = load(given.job_id) or given  # a restart finds it where it was
+    def __init__(
+        self,
+        record: dict[str, Any] | None,
+        dashboard: str,
+        manager_class: Any,
+        spare: str | None = None,
+    ) -> None:
+        # ``record`` None: a ready supervisor named ``spare``, given its job by ``take``.
+        self.spare = spare
+        self.taken = threading.Event()
+        self.record: JobRecord | None = None
+        if record is not None:
+            given = JobRecord.from_json(record)
+            self.record = load(given.job_id) or given  # a restart finds it where it was
+        elif spare is not None and ray.get_runtime_context().was_current_actor_reconstructed:
+            self.record = _job_taken_by(spare)  # restarted after it took a job: that one
+        if self.record is not None:
+            self.taken.set()
         self.dashboard = dashboard
         # The client's manager class, given by the submitter (Ray ships it by reference):
         # so this module, which the client imports, does not import the client back.
@@ -114,16 +142,45 @@ class JobSupervisorImpl:
         boundary.end_this_actor()
 
     async def run(self) -> None:
+        self.loop = asyncio.get_running_loop()
+        manager: Any = None
+        client: Any = None
+        failed: Exception | None = None
+        try:
+            manager, client = await self._connect()
+        except Exception as exc:  # said in the job's record, once it has one
+            failed = exc
+        if self.record is None:  # a ready one: listed, then it waits for its job
+            if failed is not None or self.spare is None:
+                log.warning("a ready job supervisor could not start: %s", failed)
+                if manager is not None:
+                    await manager.close()
+                return
+            await asyncio.to_thread(store.keep_spare, self.spare)
+            await asyncio.to_thread(self.taken.wait)
+        await self._supervise(manager, client, failed)
+
+    async def _connect(self) -> tuple[Any, Any]:
+        """Its manager and Ray's job server client. The manager's leases are the
+        cluster's (no budget of any job it was started from), and outlive the process
+        that submitted the job (that one may exit)."""
         from ray.job_submission import JobSubmissionClient
 
-        self.loop = asyncio.get_running_loop()
-        self.record.supervisor_id = ray.get_runtime_context().get_actor_id()
-        manager = None
+        manager = await self.manager_class.new(budget=False, outlives_job=True)
         try:
-            # Its own leases are the cluster's (no budget of any job it was started
-            # from), and outlive the process that submitted the job (that one may exit).
-            manager = await self.manager_class.new(budget=False, outlives_job=True)
             client = await asyncio.to_thread(JobSubmissionClient, "http://" + self.dashboard)
+        except BaseException:
+            await manager.close()
+            raise
+        return manager, client
+
+    async def _supervise(self, manager: Any, client: Any, failed: Exception | None) -> None:
+        """The job's whole life, from its record as it is now."""
+        assert self.record is not None
+        self.record.supervisor_id = ray.get_runtime_context().get_actor_id()
+        try:
+            if failed is not None:
+                raise failed
             if self.record.state in (JobState.STARTING, JobState.RUNNING):
                 await self._stop(client, self.record.ray_submission_id)
                 if not after_supervisor_lost(self.record, time.time()):
@@ -141,6 +198,7 @@ class JobSupervisorImpl:
     async def _attempt(self, manager: Any, client: Any) -> bool:
         """One attempt: wait for the lease, submit, follow; True to queue it again."""
         record = self.record
+        assert record is not None
         await asyncio.to_thread(save, record)
         self.revoked = False
         queued_at = time.time() if record.attempts else record.submitted_at
@@ -198,6 +256,7 @@ class JobSupervisorImpl:
     async def _follow(self, client: Any) -> bool:
         """Until the job ends: True if it was preempted and goes back to the queue."""
         record = self.record
+        assert record is not None
         submission = record.ray_submission_id
         while True:
             if self.cancel_asked or self.revoked:
@@ -229,16 +288,29 @@ class JobSupervisorImpl:
     def _on_revoked(self, lease: Any) -> None:
         self.revoked = True
 
+    def take(self, record: dict[str, Any]) -> bool:
+        """A ready supervisor is given its job (claimed in the GCS store first): the
+        record, naming it, is saved before the answer, so that a restart of this actor
+        finds the job. False if it has one already."""
+        if self.record is not None or self.spare is None:
+            return False
+        job = JobRecord.from_json(record)
+        job.supervisor_name = self.spare
+        save(job)
+        self.record = job
+        self.taken.set()
+        return True
+
     def cancel(self) -> str:
         """Take it out of the queue, or stop it: its state then."""
         self.cancel_asked = True
         acquiring, loop = self.acquiring, self.loop
         if acquiring is not None and loop is not None:
             loop.call_soon_threadsafe(acquiring.cancel)  # a no-op once it is done
-        return self.record.state.value
+        return self.record.state.value if self.record is not None else "ready"
 
     def state(self) -> dict[str, Any]:
-        return self.record.to_json()
+        return self.record.to_json() if self.record is not None else {}
 
 
 JobSupervisor = ray.remote(JobSupervisorImpl)
@@ -273,9 +345,77 @@ def _count_start(priority: str, tenant: str, waited: float) -> None:
         boundary.send(lambda: coordinator.job_started.remote(priority, tenant, waited))
 
 
+def _job_taken_by(spare: str) -> JobRecord | None:
+    """The job a ready supervisor named ``spare`` took, if it took one."""
+    for record in load_all():
+        if record.supervisor_name == spare and not record.ended:
+            return record
+    return None
+
+
+# A process starts at most one ready supervisor this often: one that is starting is not
+# listed yet, so a burst of submits would each start one.
+SPARE_START_EVERY_S = 1.0
+_spare_started_at = -SPARE_START_EVERY_S  # when this process last started one
+
+
+def _start_spare(dashboard: str, manager_class: Any) -> None:
+    """One more ready supervisor, not waited for, if fewer than ``SPARE_SUPERVISORS`` are
+    listed and this process started none a moment ago."""
+    global _spare_started_at
+    if time.monotonic() - _spare_started_at < SPARE_START_EVERY_S:
+        return
+    if len(boundary.send(store.spares, boundary.STORE)) >= SPARE_SUPERVISORS:
+        return
+    _spare_started_at = time.monotonic()
+    name = SPARE_PREFIX + uuid.uuid4().hex[:12]
+    with contextlib.suppress(ResourceError):  # the next job then starts its own
+        boundary.send(
+            lambda: JobSupervisor.options(  # type: ignore[attr-defined]
+                name=name,
+                namespace=NAMESPACE,
+                lifetime="detached",
+                num_cpus=0,
+                max_restarts=-1,
+            ).remote(None, dashboard, manager_class, name),
+            "a ready job supervisor",
+        )
+
+
+def _hand_to_spare(record: JobRecord) -> bool:
+    """Give the job to a ready supervisor, if one is listed and can be claimed."""
+    for name in boundary.send(store.spares, boundary.STORE):
+        if _took(name, record):
+            record.supervisor_name = name
+            return True
+    return False
+
+
+def _took(name: str, record: JobRecord) -> bool:
+    """Whether the ready supervisor ``name`` was claimed by this caller and took the job."""
+    if not boundary.send(functools.partial(store.claim_spare, name), boundary.STORE):
+        return False  # another submitter claimed it first
+    handle = boundary.find(name, NAMESPACE)
+    if handle is None:
+        return False
+    try:
+        answer = boundary.get(
+            lambda: handle.take.remote(record.to_json()), f"the ready supervisor {name}", 30.0
+        )
+    except ResourceError:  # it died meanwhile: the next one, or one started for the job
+        return False
+    return bool(answer)
+
+
 def start_supervisor(record: JobRecord, dashboard: str, manager_class: Any) -> None:
-    """The job's supervisor, detached (it outlives the process that submitted the job);
-    ``manager_class``: the client's ``ResourceManager``, which it holds the lease with."""
+    """The job's supervisor, detached (it outlives the process that submitted the job):
+    a ready one if one is listed (then the next is started, not waited for), else one
+    started for it; ``manager_class``: the client's ``ResourceManager``, which it holds
+    the lease with."""
+    handed = _hand_to_spare(record)
+    _start_spare(dashboard, manager_class)
+    if handed:
+        return
     callee = f"the supervisor of job {record.job_id}"
     try:
         handle: Any = boundary.send(
@@ -298,7 +438,10 @@ def start_supervisor(record: JobRecord, dashboard: str, manager_class: Any) -> N
 
 
 def supervisor(job_id: str) -> Any | None:
-    return boundary.find(supervisor_name(job_id), NAMESPACE)
+    """The supervisor actor of ``job_id``: the one its record names, or ``job:<id>``."""
+    record = load(job_id)
+    name = record.supervisor_name if record is not None else None
+    return boundary.find(name or supervisor_name(job_id), NAMESPACE)
 
 
 def dashboard_address() -> str:

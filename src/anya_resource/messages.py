@@ -115,6 +115,7 @@ class Ping(TypedDict):
     recovering: int
     pid: int
     warm_idle_s: float
+    submit_ahead: int  # the policy's lease.submit_ahead (tasks a warm lease carries)
     max_ttl: float  # the policy's lease.max_ttl: a client refuses a longer ttl itself
 
 

@@ -107,6 +107,37 @@ def test_jobs_start_in_priority_order_and_give_their_lease_back(
     gate_free(manager)
 
 
+def test_a_ready_supervisor_takes_the_next_job_and_one_more_is_made_ready(
+    manager: SyncResourceManager,
+) -> None:
+    """A job that fits at once starts no supervisor process: a ready one takes it (its
+    record names it), and the next one is started, ready for the job after."""
+    from anya_resource.actors import store
+    from anya_resource.jobs import SPARE_PREFIX, load, supervisor
+
+    def ready() -> list[str]:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            listed = store.spares()
+            if listed:
+                return listed
+            time.sleep(0.1)
+        raise AssertionError("no ready supervisor was listed")
+
+    manager.submit_job(command("print(1)"), GATE)  # makes one ready if none was
+    listed = ready()
+    job = manager.submit_job(command("print(2)"), GATE)
+    record = load(job)
+    assert record is not None and record.supervisor_name in listed
+    assert record.supervisor_name.startswith(SPARE_PREFIX)
+    assert supervisor(job) is not None  # found by the name its record gives
+    assert manager.wait_job(job, timeout=120)["state"] == "succeeded"
+    again = ready()
+    assert record.supervisor_name not in again  # claimed once, never listed again
+    assert len(again) <= 2
+    gate_free(manager)
+
+
 def test_bad_jobs_are_refused_or_fail_with_rays_reason(manager: SyncResourceManager) -> None:
     with pytest.raises(Infeasible, match="gate"):
         manager.submit_job(command("print(1)"), {"pools": {"gate": 2}})

@@ -44,7 +44,7 @@ POLICY = {
 
 @pytest.fixture(scope="module")
 def loop() -> Iterator[Loop]:
-    # Grantable capacity is capped by what the machine has (2 cores on CI): stay within 2.
+    # Two logical CPUs: the tests below count on what two CPUs hold.
     with local_ray(num_cpus=2, memory=8 * GiB):
         yield Loop()
 

@@ -71,7 +71,8 @@ def test_a_stall_is_lateness_past_the_threshold() -> None:
 def test_capacity_is_rays_figure_capped_by_the_machine() -> None:
     reported = {"memory": 100, "cpu": 8 * MILLI, "gpu": 2 * MILLI, "disk": 0}
     assert capped_capacity(reported) == reported
-    capped = capped_capacity(reported, memory_total=50, cpu_count=2.5, gpus=1)
-    assert capped == {"memory": 50, "cpu": 2500, "gpu": MILLI, "disk": 0}
+    capped = capped_capacity(reported, memory_total=50, gpus=1)
+    # Ray's logical CPUs stand: Ray schedules (and a lease reserves) by them.
+    assert capped == {"memory": 50, "cpu": 8 * MILLI, "gpu": MILLI, "disk": 0}
     # Never raised above Ray's figure; no GPUs measured may only mean NVML is missing.
-    assert capped_capacity(reported, memory_total=500, cpu_count=64, gpus=0) == reported
+    assert capped_capacity(reported, memory_total=500, gpus=0) == reported

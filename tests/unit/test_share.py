@@ -13,6 +13,7 @@ from anya_resource.core import Holder, LeaseRecord
 from anya_resource.core.share import TooManyWaiting, Waiter, WarmEntry, WarmShare
 
 KINDS = ("a", "b")
+DEPTHS = {"a": 1, "b": 3}  # "b": uses queued ahead in Ray, up to 3 per lease
 
 
 def record(n: int) -> LeaseRecord:
@@ -38,9 +39,9 @@ def record(n: int) -> LeaseRecord:
 class Box:
     """A waiter's mailbox, as the manager's deliver callbacks fill it."""
 
-    def __init__(self, kind: str) -> None:
+    def __init__(self, kind: str, depth: int = 1) -> None:
         self.got: list[tuple[WarmEntry | None, BaseException | None]] = []
-        self.waiter = Waiter(kind, lambda entry, error: self.got.append((entry, error)))
+        self.waiter = Waiter(kind, lambda entry, error: self.got.append((entry, error)), depth)
 
 
 def test_a_lease_given_back_is_taken_again_with_no_acquire() -> None:
@@ -210,31 +211,41 @@ def test_uses_from_many_threads_never_share_a_lease() -> None:
 
 
 class ShareMachine(RuleBasedStateMachine):
-    """Random uses, waits, grants, ends and the coordinator's word: a lease is never
-    with two users, a waiter is answered at most once, a wanted or ended lease is never
-    handed out again, and the counts add up."""
+    """Random uses, waits, grants, ends and the coordinator's word: a lease never
+    carries more uses than its kind's depth (one, or three queued ahead), a waiter is
+    answered at most once, a wanted or ended lease is never handed out again, one goes
+    back only once no use is left, and the counts add up."""
 
     def __init__(self) -> None:
         super().__init__()
         self.share = WarmShare()
         self.now = 0.0
         self.next = 0
-        self.users: dict[str, str] = {}  # lease id -> who uses it now
+        self.users: dict[str, int] = {}  # lease id -> how many uses it carries now
+        self.kind_of: dict[str, str] = {}
         self.boxes: list[Box] = []
         self.unusable: set[str] = set()  # wanted, revoking or ended: never handed out
         self.returned: set[str] = set()  # given back to the coordinator
 
     def _handed(self, entry: WarmEntry, who: str) -> None:
         lease_id = entry.record.lease_id
-        assert lease_id not in self.users, f"{lease_id} handed twice"
+        uses = self.users.get(lease_id, 0) + 1
+        assert uses <= DEPTHS[entry.kind], f"{lease_id} carries {uses} uses"
         assert lease_id not in self.unusable, f"{lease_id} handed after it was wanted"
         assert lease_id not in self.returned
-        self.users[lease_id] = who
+        self.users[lease_id] = uses
+
+    def _returned(self, lease_id: str) -> None:
+        assert lease_id not in self.users, f"{lease_id} went back with uses in it"
+        self.returned.add(lease_id)
 
     @rule(kind=st.sampled_from(KINDS))
     def use(self, kind: str) -> None:
-        entry = self.share.use(kind)
+        idle, _ = self.share.uses()
+        idle_of_kind = {i for i in idle if self.kind_of.get(i) == kind}
+        entry = self.share.use(kind, DEPTHS[kind])
         if entry is not None:
+            assert entry.uses == 1 or not idle_of_kind, "an idle lease comes first"
             self._handed(entry, "direct")
 
     @rule(kind=st.sampled_from(KINDS), asked=st.booleans())
@@ -244,15 +255,16 @@ class ShareMachine(RuleBasedStateMachine):
         before = [len(b.got) for b in self.boxes]
         kept = self.share.add(rec, kind, self.now, asked=asked)
         assert kept
+        self.kind_of[rec.lease_id] = kind
         if not asked:
-            self.users[rec.lease_id] = "caller"
+            self.users[rec.lease_id] = 1
         for box, count in zip(self.boxes, before, strict=True):
             if len(box.got) > count and box.got[-1][0] is not None:
                 self._handed(box.got[-1][0], "waiter")
 
     @rule(kind=st.sampled_from(KINDS))
     def wait(self, kind: str) -> None:
-        box = Box(kind)
+        box = Box(kind, DEPTHS[kind])
         entry, _ = self.share.use_or_wait(box.waiter)
         if entry is not None:
             self._handed(entry, "direct")
@@ -263,11 +275,13 @@ class ShareMachine(RuleBasedStateMachine):
     @rule(data=st.data())
     def end_use(self, data: st.DataObject) -> None:
         lease_id = data.draw(st.sampled_from(sorted(self.users)))
-        del self.users[lease_id]
+        self.users[lease_id] -= 1
+        if not self.users[lease_id]:
+            del self.users[lease_id]
         before = [len(b.got) for b in self.boxes]
         back = self.share.done(lease_id, self.now)
         if back is not None:
-            self.returned.add(back.lease_id)
+            self._returned(back.lease_id)
         for box, count in zip(self.boxes, before, strict=True):
             if len(box.got) > count and box.got[-1][0] is not None:
                 self._handed(box.got[-1][0], "waiter")
@@ -282,7 +296,8 @@ class ShareMachine(RuleBasedStateMachine):
             if self.share.get(lease_id) is not None:
                 self.unusable.add(lease_id)
             back = self.share.want([lease_id], [], self.now)
-        self.returned |= {r.lease_id for r in back}
+        for gone in back:
+            self._returned(gone.lease_id)
 
     @precondition(lambda self: self.next)
     @rule(n=st.integers(1, 30), ended=st.booleans())
@@ -295,14 +310,13 @@ class ShareMachine(RuleBasedStateMachine):
         else:
             _, idle = self.share.revoking(lease_id)
             if idle is not None:
-                self.returned.add(idle.lease_id)
+                self._returned(idle.lease_id)
 
     @rule(seconds=st.floats(0, 3))
     def time_passes(self, seconds: float) -> None:
         self.now += seconds
         for back in self.share.stale(self.now, idle_s=2.0, spare_idle_s=0.05):
-            self.returned.add(back.lease_id)
-            assert back.lease_id not in self.users
+            self._returned(back.lease_id)
 
     @precondition(lambda self: self.boxes)
     @rule(data=st.data())
@@ -322,6 +336,9 @@ class ShareMachine(RuleBasedStateMachine):
         assert counts.idle + counts.busy == len(entries)
         busy = {e.record.lease_id for e in entries if e.busy}
         assert busy <= set(self.users) | self.unusable
+        for entry in entries:  # a held lease's uses are exactly those handed out
+            assert entry.uses == self.users.get(entry.record.lease_id, 0)
+        assert counts.queued == sum(e.uses - 1 for e in entries if e.busy)
 
 
 TestShareMachine = ShareMachine.TestCase
@@ -338,3 +355,51 @@ def test_an_ask_whose_waiter_was_served_meanwhile_is_dropped() -> None:
     share.done("lease-1", now=1.0)
     assert not share.still_asking("a")
     assert share.use_or_wait(Box("a").waiter)[1]  # counted as gone: the next one asks
+
+
+def test_queue_depth_only_where_ray_runs_one_at_a_time_in_the_bundle() -> None:
+    from anya_resource.core.share import queue_depth
+
+    assert queue_depth({"cpu": 1000}, {"cpu": 1000}, 3) == 3
+    assert queue_depth({"cpu": 2000}, {"cpu": 1000}, 3) == 1  # two would run at once
+    assert queue_depth({"cpu": 2000, "memory": 10}, {"cpu": 1000, "memory": 10}, 3) == 3
+    assert queue_depth({}, {"cpu": 1000}, 3) == 1  # nothing reserved: no queueing ahead
+    assert queue_depth({"cpu": 1000}, {"cpu": 1000}, 1) == 1
+    assert queue_depth({"gpu": 1000}, {"cpu": 1000}, 3) == 1
+
+
+def test_a_lease_carries_uses_queued_ahead_idle_ones_first() -> None:
+    share = WarmShare()
+    share.add(record(1), "a", now=0.0)  # one use
+    share.add(record(2), "a", now=0.0, asked=True)  # idle
+    second = share.use("a", depth=2)
+    assert second is not None and second.record.lease_id == "lease-2"  # the idle first
+    for _ in range(2):
+        queued = share.use("a", depth=2)
+        assert queued is not None and queued.uses == 2
+    assert share.use("a", depth=2) is None  # both full
+    assert share.counts().queued == 2
+    box = Box("a", depth=2)
+    assert share.use_or_wait(box.waiter)[0] is None
+    share.done("lease-1", now=1.0)
+    assert box.got and box.got[0][0] is not None  # the room went to the waiter
+
+
+def test_a_wanted_lease_takes_no_new_use_and_goes_back_when_its_queue_ran_out() -> None:
+    share = WarmShare()
+    share.add(record(1), "a", now=0.0)
+    assert share.use("a", depth=3) is not None
+    assert share.want(["lease-1"], [], now=0.5) == []  # busy: not now
+    assert share.use("a", depth=3) is None
+    assert share.done("lease-1", now=1.0) is None  # one use still in it
+    back = share.done("lease-1", now=1.1)
+    assert back is not None and back.lease_id == "lease-1"
+
+
+def test_a_grant_serves_as_many_waiters_as_its_depth() -> None:
+    share = WarmShare()
+    boxes = [Box("a", depth=2) for _ in range(3)]
+    for box in boxes:
+        share.use_or_wait(box.waiter)
+    share.add(record(1), "a", now=0.0, asked=True)
+    assert [bool(b.got) for b in boxes] == [True, True, False]

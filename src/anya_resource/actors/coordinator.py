@@ -308,7 +308,7 @@ class CoordinatorImpl:
         reported = self.reported_capacity[node_id]
         if health is None:
             return dict(reported)
-        return capped_capacity(reported, health.memory_total, health.cpu_count, health.gpus)
+        return capped_capacity(reported, health.memory_total, health.gpus)
 
     def _forget_node(self, node_id: str) -> None:
         log.warning("node %s is gone: its leases were reclaimed", node_id)
@@ -522,6 +522,7 @@ class CoordinatorImpl:
             "recovering": recovering(self.scheduler),
             "pid": os.getpid(),
             "warm_idle_s": self.policy.lease.warm_idle_s,
+            "submit_ahead": self.policy.lease.submit_ahead,
             "max_ttl": self.policy.lease.max_ttl,
         }
 

@@ -9,6 +9,7 @@ coordinator, because the actor is named and created with ``get_if_exists=True``.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import threading
@@ -152,7 +153,13 @@ def teardown() -> None:
     """
     nodes = boundary.send(ray.nodes)
     names = [agent_name(node["NodeID"]) for node in nodes] + [COORDINATOR_NAME]
-    for name in names:
+    # Ready job supervisors that no job took (jobs.py) go too: they are the deployment's.
+    idle = [
+        name
+        for name in boundary.send(store.spares)
+        if boundary.send(functools.partial(store.claim_spare, name))
+    ]
+    for name in names + idle:
         boundary.kill(name, NAMESPACE)  # False where it was not deployed
     store.forget_deployment()
     forget_handles()

@@ -146,6 +146,28 @@ def jobs() -> list[bytes]:
     return list(values.values())
 
 
+SPARE_PREFIX = b"spare:"  # one key per ready job supervisor not yet given a job (jobs.py)
+
+
+def keep_spare(name: str) -> None:
+    put(SPARE_PREFIX + name.encode(), b"")
+
+
+def spares() -> list[str]:
+    """The names of the ready supervisors no job has taken yet."""
+    if not internal_kv._internal_kv_initialized():  # type: ignore[no-untyped-call]
+        return []
+    keys = internal_kv._internal_kv_list(SPARE_PREFIX, namespace=KV_NAMESPACE) or []
+    return [key[len(SPARE_PREFIX) :].decode() for key in keys]
+
+
+def claim_spare(name: str) -> bool:
+    """Take ``name`` off the ready ones; True for the one caller that did (the GCS
+    deletes a key once: two submitters never get the same supervisor)."""
+    deleted = internal_kv._internal_kv_del(SPARE_PREFIX + name.encode(), namespace=KV_NAMESPACE)
+    return bool(deleted)
+
+
 def forget_deployment() -> None:
     """``down``: the policy and the journal go; the epoch and the secret stay.
 
@@ -157,6 +179,7 @@ def forget_deployment() -> None:
 
 
 __all__ = [
+    "claim_spare",
     "cluster_secret",
     "forget_deployment",
     "job",
@@ -164,7 +187,9 @@ __all__ = [
     "journal",
     "keep_job",
     "keep_policy",
+    "keep_spare",
     "next_epoch",
+    "spares",
     "stored_policy",
     "write",
     "write_now",

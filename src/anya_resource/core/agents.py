@@ -96,19 +96,21 @@ def outside_use(
 def capped_capacity(
     reported: Mapping[str, int],
     memory_total: int | None = None,
-    cpu_count: float | None = None,
     gpus: int = 0,
 ) -> dict[str, int]:
-    """A node's grantable capacity: Ray's figure, never more than the machine measured.
+    """A node's grantable capacity: Ray's figure, never more memory or GPUs than the
+    machine measured.
 
+    CPUs are Ray's logical ones as they are: Ray schedules by them, a lease reserves
+    them in Ray (a placement group), and a node started with more than its cores (for
+    work that waits on I/O) is meant to run that many; the machine's measured CPU load
+    weighs on placement and pressure instead (``health_factor``, ``pressure.cpu_high``).
     ``None`` for a measure the agent has not sent yet; ``gpus`` 0 may only mean NVML is
     missing, so then Ray's GPU figure stands.
     """
     capacity = dict(reported)
     if memory_total is not None:
         capacity["memory"] = min(capacity.get("memory", 0), memory_total)
-    if cpu_count is not None:
-        capacity["cpu"] = min(capacity.get("cpu", 0), round(cpu_count * MILLI))
     if gpus > 0:
         capacity["gpu"] = min(capacity.get("gpu", 0), gpus * MILLI)
     return capacity

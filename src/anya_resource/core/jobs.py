@@ -64,6 +64,9 @@ class JobRecord:
     attempts: int = 0  # submissions to Ray so far (a requeued job is submitted again)
     message: str = ""  # why it ended, or what it waits for
     supervisor_id: str | None = None  # its supervisor's actor id: who holds its request
+    # Its supervisor's actor name, when it is a ready one that took the job (``job-spare:``
+    # ...); None: ``job:<job id>``, one started for it.
+    supervisor_name: str | None = None
     # A job across nodes: its budget is a gang of these bundles (``resources`` then holds
     # only its pools), placed by ``strategy``; ``nodes`` are where they went, in order.
     bundles: list[dict[str, Any]] | None = None

@@ -17,6 +17,16 @@ kind's busy leases to come free, or for the coordinator to grant one more, which
 comes first. At most one acquire per waiting use is sent, so a process that holds
 all the capacity of a kind waits on its own leases, at no Ray call per use.
 
+*Submitted ahead*: a use may say it can queue behind others of the same lease
+(``depth`` > 1, ``@leased`` tasks whose Ray asks take their bundle whole, so that Ray
+runs one at a time there, see ``queue_depth``): a busy lease then takes up to ``depth``
+uses at once, the next one queued in Ray, which starts it the moment the one before
+ends, with no round trip through this process. An idle lease is always taken first, then
+the one with the fewest uses. A use queued behind another is work that more capacity
+would run now, as a waiting use is: while any is queued, one more acquire of the kind
+is kept asking (``take``). A lease the coordinator wants back takes no new use at once;
+what was queued in it is bounded by the depth.
+
 Thread-safe: ``@leased`` ends a task's use from Ray's callback thread, while the
 manager's event loop renews, hears events and gives leases back. No Ray, no asyncio
 here: the manager carries out what these methods return.
@@ -26,7 +36,7 @@ from __future__ import annotations
 
 import threading
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -38,20 +48,43 @@ from anya_resource.core import LeaseRecord
 SPARE_IDLE_S = 0.05
 
 
+def queue_depth(holds: Mapping[str, int], asks: Mapping[str, int], submit_ahead: int) -> int:
+    """How many uses a lease may carry at once: ``submit_ahead`` when Ray runs no two
+    of them at the same time in its bundle, 1 otherwise.
+
+    ``holds`` is what the lease's bundle reserves in Ray, ``asks`` what each use's task
+    asks Ray for (core units, core names). Ray never runs two tasks in a bundle that
+    together ask more of a resource than it holds: one ask over half of what is held of
+    some resource is enough. With nothing reserved in Ray (pool slots only) nothing stops
+    a queued task from running beside the first, so there is no queueing ahead.
+    """
+    if submit_ahead <= 1:
+        return 1
+    for resource, held in holds.items():
+        if held > 0 and 2 * asks.get(resource, 0) > held:
+            return submit_ahead
+    return 1
+
+
 class TooManyWaiting(Exception):
     """As many uses of a kind wait as the caller allows (``@leased(max_pending=)``)."""
 
 
 @dataclass(eq=False)
 class WarmEntry:
-    """One warm lease: its record, kind, and who uses it now."""
+    """One warm lease: its record, kind, and how many uses it carries now (one running,
+    the others queued behind it in Ray)."""
 
     record: LeaseRecord
     kind: str
-    busy: bool = False
+    uses: int = 0
     idle_since: float = 0.0
     lease: Any = None  # the caller's Lease object while an async caller uses it
     shipped: Any = None  # what a @leased task receives (built once per lease)
+
+    @property
+    def busy(self) -> bool:
+        return self.uses > 0
 
 
 @dataclass(eq=False)
@@ -60,6 +93,7 @@ class Waiter:
 
     kind: str
     deliver: Callable[[WarmEntry | None, BaseException | None], None]
+    depth: int = 1  # the most uses it may share a lease with, itself included
     done: bool = False
 
 
@@ -70,6 +104,7 @@ class WarmCounts:
     idle: int = 0
     busy: int = 0
     waiting: int = 0
+    queued: int = 0  # uses queued in Ray behind another of the same lease
 
 
 @dataclass
@@ -79,6 +114,8 @@ class WarmShare:
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _entries: dict[str, WarmEntry] = field(default_factory=dict)
     _idle: dict[str, list[str]] = field(default_factory=dict)  # kind -> ids, newest last
+    # kind -> ids of leases with at least one use (an insertion-ordered set)
+    _open: dict[str, dict[str, None]] = field(default_factory=dict)
     _waiters: dict[str, deque[Waiter]] = field(default_factory=dict)
     _asking: dict[str, int] = field(default_factory=dict)  # kind -> acquires in flight
     _wanted: set[str] = field(default_factory=set)
@@ -89,10 +126,19 @@ class WarmShare:
 
     # -- using -------------------------------------------------------------------------
 
-    def use(self, kind: str) -> WarmEntry | None:
-        """An idle lease of ``kind``, now busy; None if there is none."""
+    def use(self, kind: str, depth: int = 1) -> WarmEntry | None:
+        """A lease of ``kind`` with room for one more use (idle first, then the one with
+        the fewest uses, up to ``depth``), its use counted; None if there is none."""
         with self._lock:
-            return self._use(kind)
+            return self._use(kind, depth)
+
+    def take(self, kind: str, depth: int) -> tuple[WarmEntry | None, bool]:
+        """As ``use``, and whether to ask for one more lease of ``kind``: the use was
+        queued behind another, and fewer acquires of the kind are in flight than uses
+        wait or are queued."""
+        with self._lock:
+            entry = self._use(kind, depth)
+            return entry, entry is not None and self._ask_for_queued(entry)
 
     def use_or_wait(
         self, waiter: Waiter, max_waiting: int | None = None
@@ -100,13 +146,13 @@ class WarmShare:
         """An idle lease now, or ``waiter`` queued: (entry, whether to ask for one more).
 
         One more is asked for while fewer acquires of this kind are in flight than
-        uses wait for it. ``TooManyWaiting`` if ``max_waiting`` uses of this kind wait
+        uses wait for it or are queued behind others. ``TooManyWaiting`` if ``max_waiting`` uses of this kind wait
         already (then nothing changed).
         """
         with self._lock:
-            entry = self._use(waiter.kind)
+            entry = self._use(waiter.kind, waiter.depth)
             if entry is not None:
-                return entry, False
+                return entry, self._ask_for_queued(entry)
             waiters = self._waiters.setdefault(waiter.kind, deque())
             if max_waiting is not None:
                 waiting = sum(1 for w in waiters if not w.done)
@@ -114,7 +160,7 @@ class WarmShare:
                     raise TooManyWaiting(waiting)
             waiters.append(waiter)
             asking = self._asking.get(waiter.kind, 0)
-            if asking < sum(1 for w in waiters if not w.done):
+            if asking < self._wanting(waiter.kind):
                 self._asking[waiter.kind] = asking + 1
                 return None, True
             return None, False
@@ -130,10 +176,11 @@ class WarmShare:
         with self._lock:
             if asked:
                 self._asking[kind] = max(0, self._asking.get(kind, 0) - 1)
-            entry = WarmEntry(record, kind, busy=not asked)
+            entry = WarmEntry(record, kind, uses=0 if asked else 1)
             self._entries[record.lease_id] = entry
             if asked:
                 return self._free(entry, now)
+            self._open.setdefault(kind, {})[record.lease_id] = None
             return True
 
     def done(self, lease_id: str, now: float) -> LeaseRecord | None:
@@ -143,6 +190,7 @@ class WarmShare:
             entry = self._entries.get(lease_id)
             if entry is None or not entry.busy:
                 return None
+            entry.uses -= 1
             entry.lease = None
             if self._free(entry, now):
                 return None
@@ -154,10 +202,11 @@ class WarmShare:
             return sum(1 for e in self._entries.values() if e.busy and e.kind == kind)
 
     def still_asking(self, kind: str) -> bool:
-        """Is the ask about to go out still wanted? If no use of ``kind`` waits any more
-        (a lease of its own came free first), it is dropped and counted as gone."""
+        """Is the ask about to go out still wanted? If no use of ``kind`` waits or is
+        queued any more (a lease of its own came free first), it is dropped and counted
+        as gone."""
         with self._lock:
-            if any(not w.done for w in self._waiters.get(kind, ())):
+            if self._needs_more(kind):
                 return True
             self._asking[kind] = max(0, self._asking.get(kind, 0) - 1)
             return False
@@ -170,7 +219,7 @@ class WarmShare:
             needless = {
                 kind
                 for kind, asking in self._asking.items()
-                if asking and not any(not w.done for w in self._waiters.get(kind, ()))
+                if asking and not self._needs_more(kind)
             }
             for kind in needless:
                 self._asking[kind] = 0
@@ -215,9 +264,9 @@ class WarmShare:
     def drop(self, lease_id: str) -> WarmEntry | None:
         """``lease_id`` ended (revoked, expired, reclaimed): forget it."""
         with self._lock:
-            entry = self._entries.pop(lease_id, None)
-            self._wanted.discard(lease_id)
-            self._spare.discard(lease_id)
+            entry = self._entries.get(lease_id)
+            if entry is not None:
+                self._forget(entry)
             return entry
 
     def revoking(self, lease_id: str) -> tuple[WarmEntry | None, LeaseRecord | None]:
@@ -238,6 +287,7 @@ class WarmShare:
             records = [entry.record for entry in self._entries.values()]
             self._entries.clear()
             self._idle.clear()
+            self._open.clear()
             self._wanted.clear()
             self._spare.clear()
             return records
@@ -264,8 +314,11 @@ class WarmShare:
     def counts(self) -> WarmCounts:
         with self._lock:
             busy = sum(1 for e in self._entries.values() if e.busy)
+            uses = sum(e.uses for e in self._entries.values())
             waiting = sum(1 for ws in self._waiters.values() for w in ws if not w.done)
-            return WarmCounts(idle=len(self._entries) - busy, busy=busy, waiting=waiting)
+            return WarmCounts(
+                idle=len(self._entries) - busy, busy=busy, waiting=waiting, queued=uses - busy
+            )
 
     def uses(self) -> tuple[frozenset[str], frozenset[str]]:
         """(idle lease ids, busy lease ids)."""
@@ -275,30 +328,72 @@ class WarmShare:
 
     # -- inside the lock -----------------------------------------------------------------
 
-    def _use(self, kind: str) -> WarmEntry | None:
+    def _use(self, kind: str, depth: int) -> WarmEntry | None:
         ids = self._idle.get(kind)
         while ids:
             entry = self._entries.get(ids.pop())
             if entry is not None and not entry.busy:
-                entry.busy = True
+                self._count_use(entry)
                 return entry
-        return None
+        if depth <= 1:
+            return None
+        fewest: WarmEntry | None = None
+        for lease_id in self._open.get(kind, ()):
+            entry = self._entries[lease_id]
+            if lease_id in self._wanted or entry.uses >= depth:
+                continue  # going back: no new use
+            if fewest is None or entry.uses < fewest.uses:
+                fewest = entry
+        if fewest is not None:
+            self._count_use(fewest)
+        return fewest
+
+    def _ask_for_queued(self, entry: WarmEntry) -> bool:
+        """A use queued behind another: ask for one more lease while fewer are asked for
+        than uses wait or are queued (each could run now on one more)."""
+        asking = self._asking.get(entry.kind, 0)
+        if entry.uses < 2 or asking >= self._wanting(entry.kind):
+            return False
+        self._asking[entry.kind] = asking + 1
+        return True
+
+    def _wanting(self, kind: str) -> int:
+        """Uses of ``kind`` that more leases would run now: those waiting here, and those
+        queued in Ray behind another use of their lease."""
+        waiting = sum(1 for w in self._waiters.get(kind, ()) if not w.done)
+        queued = sum(self._entries[i].uses - 1 for i in self._open.get(kind, ()))
+        return waiting + queued
+
+    def _needs_more(self, kind: str) -> bool:
+        """Whether uses of ``kind`` wait here, or are queued behind others in Ray."""
+        return self._wanting(kind) > 0
+
+    def _count_use(self, entry: WarmEntry) -> None:
+        entry.uses += 1
+        self._open.setdefault(entry.kind, {})[entry.record.lease_id] = None
 
     def _free(self, entry: WarmEntry, now: float) -> bool:
-        """``entry``'s use ended: to a waiter, or idle; False if it must go back."""
+        """A use of ``entry`` ended (or it was just granted): its room to waiters, else
+        idle once no use is left; False if it must go back (only once no use is left)."""
         lease_id = entry.record.lease_id
         if lease_id in self._wanted:
+            if entry.busy:
+                return True  # what was queued in it runs out; then it goes back
             self._forget(entry)
             return False
         waiters = self._waiters.get(entry.kind)
-        while waiters:
-            waiter = waiters.popleft()
+        while waiters:  # in their order: one that has no room here is not passed over
+            waiter = waiters[0]
+            if not waiter.done and entry.uses >= waiter.depth:
+                break
+            waiters.popleft()
             if not waiter.done:
                 waiter.done = True
-                entry.busy = True
+                self._count_use(entry)
                 waiter.deliver(entry, None)
-                return True
-        entry.busy = False
+        if entry.busy:
+            return True
+        self._open.get(entry.kind, {}).pop(lease_id, None)
         entry.idle_since = now
         self._idle.setdefault(entry.kind, []).append(lease_id)
         return True
@@ -314,9 +409,18 @@ class WarmShare:
         self._entries.pop(lease_id, None)
         self._wanted.discard(lease_id)
         self._spare.discard(lease_id)
+        self._open.get(entry.kind, {}).pop(lease_id, None)
         ids = self._idle.get(entry.kind)
         if ids and lease_id in ids:
             ids.remove(lease_id)
 
 
-__all__ = ["SPARE_IDLE_S", "TooManyWaiting", "Waiter", "WarmCounts", "WarmEntry", "WarmShare"]
+__all__ = [
+    "SPARE_IDLE_S",
+    "TooManyWaiting",
+    "Waiter",
+    "WarmCounts",
+    "WarmEntry",
+    "WarmShare",
+    "queue_depth",
+]

@@ -1,21 +1,29 @@
 """``@leased``: Ray tasks and actors that run where, and when, a lease was granted.
 
 **Tasks** run on *warm leases* (core/share.py): the submitting process holds the leases,
-and each task uses one from ``.remote()`` until its ObjectRef settles. ``f.remote(...)``
-takes an idle lease of its kind from the process's share (no Ray call), or waits for
-one of its own to come free or for the coordinator to grant one more (one acquire per
-waiting call, batched with the others of the moment), then submits the Ray task into
-the lease's placement group (reserved at the lease's first task and reused by the
-others: Ray runs no more there than the lease holds; a draw from a job's budget runs in
-its own bundle of the budget's group; a lease of pool slots only, which are
-cluster-wide, leaves the placement to Ray) and returns its ObjectRef. When the ref settles (returned, raised, cancelled, worker died) the lease
-is free for the next task of this process, or goes back to the coordinator if a
-request it does not outrank waits for it; idle, it goes back after the policy's
-``lease.warm_idle_s``. So a task costs no coordinator call, no thread and no call from
-its worker; ``.remote()`` blocks only as back-pressure, while every lease of the
-process's share is in use (``timeout=`` bounds that wait: ``AcquireTimeout``;
-``max_pending=N`` bounds how many calls of the process may wait at once: past it,
-``Overloaded`` at once).
+and each task uses one from ``.remote()`` until its ObjectRef settles. A task's lease
+holds what the task takes of Ray: the resources named, and the CPUs its task asks Ray
+for when none that Ray reserves is named (``_task_lease_resources``). ``f.remote(...)``
+takes a lease of its kind with room from the process's share (no Ray call), or waits
+for one of its own to have room or for the coordinator to grant one more (one acquire
+per waiting call, batched with the others of the moment), then submits the Ray task
+into the lease's placement group (reserved at the lease's first task and reused by the
+others; a draw from a job's budget runs in its own bundle of the budget's group; a
+lease of pool slots only, ``num_cpus=0``, leaves the placement to Ray) and returns its
+ObjectRef.
+
+*Room*: the task asks its bundle for all its lease holds there, so Ray runs one task of
+a lease at a time, and a busy lease takes up to the policy's ``lease.submit_ahead``
+tasks, the others queued in Ray, which starts the next in C++ the moment one ends (an
+idle lease first; ``core/share.queue_depth`` says where Ray would not keep them apart,
+and then the depth is 1). When a ref settles (returned, raised, cancelled, worker died)
+its lease has room for the next task of this process, or goes back to the coordinator
+once its queue has run out if a request it does not outrank waits for it; idle, it
+goes back after the policy's ``lease.warm_idle_s``. So a task costs no coordinator
+call, no thread and no call from its worker; ``.remote()`` blocks only as
+back-pressure, while every lease of the process's share carries its depth
+(``timeout=`` bounds that wait: ``AcquireTimeout``; ``max_pending=N`` bounds how many
+calls of the process may wait at once: past it, ``Overloaded`` at once).
 
 Who holds what: the lease is held by the submitting process from its grant until it
 goes back, busy while a task of it runs, idle between tasks. If the task's worker
@@ -25,8 +33,9 @@ leases (and Ray ends the tasks it owned). Nothing leaks either way.
 
 **Actors** keep a lease for their lifetime: the actor's process holds and renews it.
 
-A task asks its group for the lease's CPUs and GPUs (``num_cpus=`` overrides it), so
-that Ray reuses its workers and sets ``CUDA_VISIBLE_DEVICES``; an actor is reserved at
+A task asks its group for the lease's CPUs, GPUs and memory (``num_cpus=`` and
+``num_gpus=`` override them), so that Ray reuses its workers and sets
+``CUDA_VISIBLE_DEVICES``; an actor is reserved at
 grant and runs in its lease's group asking it for no CPU (``num_cpus=0``): the lease is
 the admission control.
 """
@@ -48,16 +57,16 @@ from ray.util.scheduling_strategies import (
 )
 
 from anya_resource.actors import deploy
-from anya_resource.actors.reservations import needs_group
+from anya_resource.actors.reservations import needs_group, reservable
 from anya_resource.client_async import warm_kind
 from anya_resource.client_sync import SyncResourceManager
 from anya_resource.core.requests import check_timeout
-from anya_resource.core.share import WarmCounts, WarmEntry
+from anya_resource.core.share import WarmCounts, WarmEntry, queue_depth
 from anya_resource.errors import InvalidRequest, LeaseExpired, LeaseRevoked, ResourceError
 from anya_resource.inputs import shown
 from anya_resource.lease import Lease, lease_fields, placement_group_of
 from anya_resource.messages import RequestMessage
-from anya_resource.quantities import from_units
+from anya_resource.quantities import from_units, to_units
 
 log = logging.getLogger(__name__)
 
@@ -67,12 +76,15 @@ LEASE_OPTIONS = ("priority", "tenant", "timeout", "ttl", "preemptible", "node", 
 TASK_OPTIONS = ("max_pending",)  # how a task's .remote() waits: not part of the request
 RESOURCE_OPTIONS = ("memory", "cpu", "gpu", "disk", "pools")
 PLACED_KEPT = 256  # tasks with Ray options kept per function (one per lease in use)
+LEASES_KEPT = 64  # leases a worker keeps decoded (a task of the same lease skips unpickling)
 
 _task_lease: contextvars.ContextVar[Lease | None] = contextvars.ContextVar("lease", default=None)
 _actor_lease: Lease | None = None
 _sync_lock = threading.Lock()
-_sync_manager: SyncResourceManager | None = None
-_sync_cluster: str | None = None  # the Ray cluster _sync_manager belongs to
+# This process's manager for @leased, with the Ray cluster it belongs to (one tuple, so
+# that a read without the lock sees the two together).
+_sync: tuple[str, SyncResourceManager] | None = None
+_decoded: dict[bytes, Lease] = {}  # in a worker: the leases its tasks ran under, as received
 
 
 def current_lease() -> Lease:
@@ -97,15 +109,18 @@ def _set_actor_lease(lease: Lease) -> None:
 def _manager() -> SyncResourceManager:
     """This process's manager for ``@leased``, of the Ray cluster it is connected to now
     (a process that shut Ray down and connected again gets one of the new cluster)."""
-    global _sync_manager, _sync_cluster
+    global _sync
+    cluster = deploy.current_cluster() if ray.is_initialized() else None
+    known = _sync
+    if known is not None and (cluster is None or cluster == known[0]):
+        return known[1]  # the common case, with no lock
     with _sync_lock:
-        cluster = deploy.current_cluster() if ray.is_initialized() else None
-        if _sync_manager is not None and cluster is not None and cluster != _sync_cluster:
-            _sync_manager = None  # of a cluster this process has left: its actors are gone
-        if _sync_manager is None:
-            _sync_manager = SyncResourceManager.connect()
-            _sync_cluster = deploy.current_cluster()
-        return _sync_manager
+        if _sync is not None and cluster is not None and cluster != _sync[0]:
+            _sync = None  # of a cluster this process has left: its actors are gone
+        if _sync is None:
+            manager = SyncResourceManager.connect()
+            _sync = (deploy.current_cluster(), manager)
+        return _sync[1]
 
 
 def _split(options: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
@@ -118,6 +133,28 @@ def _split(options: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any], dic
         if k not in RESOURCE_OPTIONS and k not in LEASE_OPTIONS and k not in TASK_OPTIONS
     }
     return resources, lease_options, ray_options
+
+
+def _task_lease_resources(resources: dict[str, Any], ray_options: dict[str, Any]) -> dict[str, Any]:
+    """What a ``@leased`` task's lease holds: the resources named, and, when none that
+    Ray reserves is named (pool slots only), the CPUs its task asks Ray for (Ray's
+    default: 1): the task takes them from its node whatever the lease says, so the lease
+    holds them too, reserved in Ray with it. ``num_cpus=0`` leaves them out."""
+    if any(resources.get(r) for r in ("cpu", "gpu", "memory")):
+        return resources
+    cpus = ray_options.get("num_cpus", 1)
+    return {**resources, "cpu": cpus} if cpus else resources
+
+
+def _task_asks(resources: dict[str, Any], ray_options: dict[str, Any]) -> dict[str, int]:
+    """What each task asks its lease's bundle for (core units): the lease's CPUs, GPUs
+    (``num_cpus=``/``num_gpus=`` override them) and memory."""
+    asks = {
+        "cpu": ray_options.get("num_cpus", resources.get("cpu", 0)),
+        "gpu": ray_options.get("num_gpus", resources.get("gpu", 0)),
+        "memory": resources.get("memory", 0),
+    }
+    return {r: to_units(r, a) for r, a in asks.items() if a}
 
 
 def _pinned(lease: Lease, ray_options: dict[str, Any]) -> dict[str, Any]:
@@ -171,9 +208,14 @@ def _adopt_here(lease: Lease) -> _Renewer:
     return _Renewer(manager, lease)
 
 
-def _run_task(fn: Callable[..., Any], lease: Lease, *args: Any, **kwargs: Any) -> Any:
+def _run_task(fn: Callable[..., Any], shipped: bytes, *args: Any, **kwargs: Any) -> Any:
     """A ``@leased`` task's body: ``fn`` with ``current_lease()`` set. Nothing else: the
     submitting process holds the lease, and its use ends when the ref settles."""
+    lease = _decoded.get(shipped)
+    if lease is None:  # the first task of this lease in this worker
+        if len(_decoded) >= LEASES_KEPT:
+            _decoded.clear()
+        lease = _decoded[shipped] = pickle.loads(shipped)
     token = _task_lease.set(lease)
     try:
         return fn(*args, **kwargs)
@@ -189,7 +231,7 @@ def _remote_task(fn: Callable[..., Any]) -> Any:
         # worker's real module.
         from anya_resource.integrations import ray_tasks
 
-        return ray_tasks._run_task(fn, pickle.loads(__anya_lease), *args, **kwargs)
+        return ray_tasks._run_task(fn, __anya_lease, *args, **kwargs)
 
     run.__name__ = getattr(fn, "__name__", "leased")
     run.__qualname__ = getattr(fn, "__qualname__", run.__name__)
@@ -232,9 +274,10 @@ class LeasedFunction(_Leased, Generic[F]):
         self._task: Any = _remote_task(fn)
         # The task with its Ray options, per placement group (or node) and amounts: made
         # once per lease, reused by every task of it (bounded: leases come and go).
-        self._placed: dict[tuple[str, int, float, float], Any] = {}
+        self._placed: dict[tuple[str, int, float, float, int], Any] = {}
         self._spec: RequestMessage | None = None
         self._kind = ""
+        self._depth = 1  # the tasks a lease carries at once (core/share.py queue_depth)
         self.__name__ = getattr(fn, "__name__", "leased")
         self.__doc__ = fn.__doc__
 
@@ -244,12 +287,11 @@ class LeasedFunction(_Leased, Generic[F]):
         when the ref settles."""
         manager = _manager()
         if self._spec is None:
-            lease_options = {k: v for k, v in self._lease_options.items() if k != "timeout"}
-            self._spec = manager.request_spec(self._resources, **lease_options)
-            self._kind = warm_kind(self._spec)
+            self._prepare(manager)
         timeout = self._lease_options.get("timeout")
         max_pending = self._options.get("max_pending")
-        entry = manager.use_warm(self._spec, self._kind, timeout, max_pending)
+        assert self._spec is not None
+        entry = manager.use_warm(self._spec, self._kind, timeout, max_pending, self._depth)
         lease_id = entry.record.lease_id
         try:
             ref = self._placed_task(manager, entry).remote(_shipped(entry), *args, **kwargs)
@@ -259,32 +301,53 @@ class LeasedFunction(_Leased, Generic[F]):
         _when_settled(ref, lambda: manager.end_use(lease_id))
         return ref
 
+    def _prepare(self, manager: SyncResourceManager) -> None:
+        """The request, its warm kind, and how many tasks a lease of it carries at once:
+        ``lease.submit_ahead`` when Ray runs them one at a time in the lease's own bundle
+        (not in a job's budget, whose bundle other draws share), else 1."""
+        lease_options = {k: v for k, v in self._lease_options.items() if k != "timeout"}
+        resources = _task_lease_resources(self._resources, self._ray_options)
+        if any(resources.get(r) for r in ("cpu", "gpu", "memory")):
+            # Reserved in Ray at grant, by the coordinator (a spare group of the same
+            # layout serves at once): its first task is never held up making one.
+            lease_options["reserve"] = True
+        spec = manager.request_spec(resources, **lease_options)
+        self._kind = warm_kind(spec)
+        if not spec.get("within"):
+            holds = reservable(
+                {r: to_units(r, a) for r, a in resources.items() if r in ("cpu", "gpu", "memory")}
+            )
+            asks = _task_asks(resources, self._ray_options)
+            self._depth = queue_depth(holds, asks, manager.submit_ahead())
+        self._spec = spec
+
     def _placed_task(self, manager: SyncResourceManager, entry: WarmEntry) -> Any:
         """The task with Ray options that run it in ``entry``'s lease: in its placement
         group (reserved at the lease's first task, then reused), asking the lease's own
-        CPUs and GPUs of it, so that Ray runs no more there than the lease holds. A lease
-        of pool slots only (cluster-wide, nothing Ray reserves) leaves placement to Ray."""
+        CPUs, GPUs and memory of it, so that Ray runs no more there than the lease holds
+        (and, as it holds them whole, one task at a time: the others of the lease wait
+        in Ray, up to the depth). A lease of pool slots only (``num_cpus=0``: nothing Ray
+        reserves, the slots are cluster-wide) leaves placement to Ray."""
         record = entry.record
         cpus = from_units("cpu", record.resources.get("cpu", 0))
         gpus = from_units("gpu", record.resources.get("gpu", 0))
         reserved = needs_group(record) or record.within is not None
         where = manager.placement_group(record) if reserved else record.node_id
         bundle = record.within_bundle or 0  # a draw from a job's budget: its own bundle
-        key = (where, bundle, float(cpus), float(gpus))
+        memory = record.resources.get("memory", 0) if reserved else 0
+        key = (where, bundle, float(cpus), float(gpus), memory)
         task = self._placed.get(key)
         if task is None:
             if len(self._placed) >= PLACED_KEPT:
                 self._placed.clear()
             options: dict[str, Any] = {"num_cpus": cpus, "num_gpus": gpus, **self._ray_options}
+            if memory and record.within is None:
+                options["memory"] = memory  # all of its bundle's: one task there at a time
             if reserved:
                 options["scheduling_strategy"] = PlacementGroupSchedulingStrategy(
                     placement_group=placement_group_of(where),
                     placement_group_bundle_index=bundle,
                 )
-            else:
-                # Pool slots only: they are cluster-wide, so Ray places the task anywhere,
-                # with Ray's default of one CPU (it then reuses a few workers).
-                options["num_cpus"] = 1
             task = self._placed[key] = self._task.options(**options)
         return task
 

@@ -1,0 +1,113 @@
+"""``@leased`` tasks queued in Ray within their lease (``lease.submit_ahead``), on a real
+single-node Ray: the cap holds, a wanted lease runs out its queue and goes back, and
+nothing of a revoked lease starts after it ended."""
+
+from __future__ import annotations
+
+import itertools
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import ray
+
+from anya_resource import SyncResourceManager, leased, leased_statistics
+from tests.raytools import GiB, local_ray
+
+pytestmark = pytest.mark.ray
+
+DEPTH = 3
+POLICY = {
+    "heartbeat_s": 0.2,
+    "reserve": {"memory": 0, "cpu": 0},
+    "lease": {"preemption_grace_s": 0.3, "submit_ahead": DEPTH},
+    "pools": {"one": {"size": 1, "kind": "slot"}},
+}
+
+
+@pytest.fixture(scope="module")
+def sync() -> Iterator[SyncResourceManager]:
+    with local_ray(num_cpus=2, memory=8 * GiB):
+        manager = SyncResourceManager.connect(policy=POLICY)
+        yield manager
+        manager.close()
+
+
+def spans(seconds: float) -> tuple[float, float]:
+    started = time.time()
+    time.sleep(seconds)
+    return started, time.time()
+
+
+low = leased(pools={"one": 1}, priority="low", max_retries=0)(spans)
+low_preemptible = leased(pools={"one": 1}, priority="low", preemptible=True, max_retries=0)(spans)
+
+
+def settle(refs: list[Any]) -> list[tuple[float, float] | None]:
+    """Each task's (start, end), or None for one that failed."""
+    out: list[tuple[float, float] | None] = []
+    for ref in refs:
+        try:
+            out.append(ray.get(ref, timeout=60))
+        except Exception:  # Ray's error for a task whose group went away
+            out.append(None)
+    return out
+
+
+def wait_until_back(sync: SyncResourceManager, timeout: float = 15) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if sync.snapshot()["leases"] == 0:
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"leases still held: {sync.leases()}")
+
+
+def test_one_lease_carries_its_depth_and_runs_one_task_at_a_time(
+    sync: SyncResourceManager,
+) -> None:
+    refs = [low.remote(0.2) for _ in range(DEPTH)]  # no wait: all in one lease
+    counts = leased_statistics()
+    assert counts.busy == 1 and counts.queued == DEPTH - 1
+    ran = sorted(s for s in settle(refs) if s is not None)
+    assert len(ran) == DEPTH
+    for (_, end), (start, _) in itertools.pairwise(ran):
+        assert start >= end - 0.01  # Ray ran them one after the other, in its bundle
+    wait_until_back(sync)
+
+
+def test_a_wanted_lease_takes_no_new_task_and_goes_back_when_its_queue_ran_out(
+    sync: SyncResourceManager,
+) -> None:
+    refs = [low.remote(0.3) for _ in range(DEPTH)]
+    asked = time.time()
+    high = sync.acquire({"pools": {"one": 1}}, priority="high", timeout=30)
+    granted = time.time()
+    try:
+        ran = [s for s in settle(refs) if s is not None]
+        assert len(ran) == DEPTH  # what was queued ran out: nothing was lost
+        assert all(end <= granted + 0.05 for _, end in ran)  # ... before the high grant
+        # The high waiter waited for at most the queue's depth of low tasks.
+        assert granted - asked <= DEPTH * 0.3 + 2.0
+        late = low.options(timeout=0.5)
+        with pytest.raises(Exception, match="within"):
+            late.remote(0.0)  # the slot is the high lease's: no new low task
+    finally:
+        sync.release(high)
+    wait_until_back(sync)
+
+
+def test_nothing_of_a_revoked_lease_starts_after_it_ended(sync: SyncResourceManager) -> None:
+    refs = [low_preemptible.remote(2.0) for _ in range(DEPTH)]
+    time.sleep(0.5)  # the first one runs, the others are queued in its bundle
+    high = sync.acquire({"pools": {"one": 1}}, priority="high", timeout=30)
+    granted = time.time()  # the low lease ended (revoked, its grace over) before this
+    try:
+        outcomes = settle(refs)
+        started = [s for s in outcomes if s is not None]
+        assert all(start < granted for start, _ in started), (outcomes, granted)
+        assert outcomes.count(None) >= DEPTH - 1  # the queued ones never ran
+    finally:
+        sync.release(high)
+    wait_until_back(sync)
