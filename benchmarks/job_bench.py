@@ -6,8 +6,10 @@ and its baseline see the same machine load), one job at a time, each ``python -c
 'print(1)'``:
 
 * ``ray``: ``JobSubmissionClient.submit_job`` directly (what ``ray job submit`` does);
-* ``queue``: ``manager.submit_job(..., {"cpu": 0.1})`` through the queue (a supervisor
-  actor takes the lease, then submits the same way).
+* ``ray_env``: the same, with the runtime_env the queue gives every job (two env_vars:
+  its budget and id), which Ray sets up for the job's own supervisor and driver;
+* ``queue``: ``manager.submit_job(..., {"cpu": 0.1})`` through the queue (a ready
+  supervisor actor takes the job and its lease, then submits it the ``ray_env`` way).
 
 For each: seconds from the submit call until Ray's job server reports the job
 RUNNING (its driver started), and until it SUCCEEDED. Medians over the jobs, and the
@@ -42,6 +44,7 @@ from rich.console import Console
 from rich.table import Table
 
 from anya_resource import SyncResourceManager
+from anya_resource.core.jobs import BUDGET_ENV, JOB_ID_ENV
 from anya_resource.jobs import dashboard_address
 from benchtools import machine, on_loopback
 
@@ -73,6 +76,17 @@ def through_ray(client: JobSubmissionClient, _: SyncResourceManager) -> dict[str
     return follow(client, submission, sent)
 
 
+def through_ray_env(client: JobSubmissionClient, _: SyncResourceManager) -> dict[str, float]:
+    """As the queue submits: with the budget's env_vars in the runtime_env."""
+    sent = time.perf_counter()
+    submission = client.submit_job(
+        entrypoint=ENTRYPOINT,
+        submission_id=f"env-{uuid.uuid4().hex[:8]}",
+        runtime_env={"env_vars": {BUDGET_ENV: "none:none", JOB_ID_ENV: "none"}},
+    )
+    return follow(client, submission, sent)
+
+
 def through_queue(client: JobSubmissionClient, manager: SyncResourceManager) -> dict[str, float]:
     sent = time.perf_counter()
     job_id = manager.submit_job(ENTRYPOINT, {"cpu": 0.1})
@@ -88,7 +102,7 @@ def through_queue(client: JobSubmissionClient, manager: SyncResourceManager) -> 
 
 
 Way = Callable[[JobSubmissionClient, SyncResourceManager], dict[str, float]]
-WAYS: dict[str, Way] = {"ray": through_ray, "queue": through_queue}
+WAYS: dict[str, Way] = {"ray": through_ray, "ray_env": through_ray_env, "queue": through_queue}
 
 
 def bench(jobs: int) -> dict[str, Any]:
@@ -128,11 +142,15 @@ def bench(jobs: int) -> dict[str, Any]:
     extra = [
         q["running_s"] - r["running_s"] for q, r in zip(runs["queue"], runs["ray"], strict=True)
     ]
+    extra_env = [
+        q["running_s"] - r["running_s"] for q, r in zip(runs["queue"], runs["ray_env"], strict=True)
+    ]
     return {
         "machine": info,
         "config": {"jobs": jobs, "entrypoint": ENTRYPOINT, "budget": {"cpu": 0.1}},
         "ways": figures,
         "queue_extra_to_running_s_median": statistics.median(extra),
+        "queue_extra_over_ray_env_s_median": statistics.median(extra_env),
         "leases_left": leases_left,
     }
 
@@ -141,7 +159,11 @@ def render(result: dict[str, Any], console: Console) -> None:
     table = Table(title="A job that fits at once: submit to running (median)")
     for column in ("way", "to RUNNING s", "to SUCCEEDED s"):
         table.add_column(column, justify="left" if column == "way" else "right")
-    labels = {"ray": "JobSubmissionClient (ray job submit)", "queue": "anya-resource submit"}
+    labels = {
+        "ray": "JobSubmissionClient (ray job submit)",
+        "ray_env": "the same, with the queue's env_vars",
+        "queue": "anya-resource submit",
+    }
     for name, row in result["ways"].items():
         table.add_row(
             labels[name], f"{row['running_s_median']:.2f}", f"{row['ended_s_median']:.2f}"
@@ -150,7 +172,8 @@ def render(result: dict[str, Any], console: Console) -> None:
     m = result["machine"]
     console.print(
         f"the queue adds {result['queue_extra_to_running_s_median']:.2f} s before the job "
-        f"runs; leases left {result['leases_left']}; {result['config']['jobs']} jobs each; "
+        f"runs ({result['queue_extra_over_ray_env_s_median']:.2f} s over Ray's with the same "
+        f"runtime_env); leases left {result['leases_left']}; {result['config']['jobs']} jobs each; "
         f"nproc {m['nproc']}, ray {m['ray']}, load {m['loadavg_start'][0]:.1f} -> "
         f"{m['loadavg_end'][0]:.1f}"
     )

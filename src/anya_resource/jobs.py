@@ -15,8 +15,9 @@ job that fits at once would pay on top of Ray's own submit. So one supervisor is
 ready (``SPARE_SUPERVISORS``): started ahead, connected to the coordinator and to Ray's
 job server, named ``job-spare:<id>`` and listed in the GCS store. ``submit_job`` claims
 one there (the GCS deletes its key once: no two jobs get the same one) and hands it the
-job, then starts the next spare without waiting for it; with none ready, it starts one
-for the job as before. The job's record names its supervisor, so ``cancel`` and ``jobs``
+job; that supervisor starts the next ready one once its job is past Ray's start (not
+beside it: a process start takes a core). With none ready, ``submit_job`` starts one for
+the job as before, and a ready one for the next. The job's record names its supervisor, so ``cancel`` and ``jobs``
 find it either way; a ready supervisor restarted by Ray after it took a job finds the
 job by its own name and goes on as that job's.
 
@@ -132,6 +133,7 @@ class JobSupervisorImpl:
         self.manager_class = manager_class
         self.cancel_asked = False
         self.revoked = False
+        self.replaced = False  # a ready one that took a job: the next one was started
         self.acquiring: asyncio.Future[Any] | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
         threading.Thread(target=self._main, name="job-supervisor", daemon=True).start()
@@ -266,6 +268,8 @@ class JobSupervisorImpl:
                     return False
                 return after_preemption(record, time.time())
             info = await asyncio.to_thread(client.get_job_info, submission)
+            if _ray_status(info.status) != "PENDING":
+                await self._replace_self()
             why = info.message or "" if _ray_status(info.status) != "SUCCEEDED" else ""
             if after_ray_status(record, _ray_status(info.status), time.time(), why):
                 return False
@@ -284,6 +288,16 @@ class JobSupervisorImpl:
             if status in ("SUCCEEDED", "FAILED", "STOPPED"):
                 return
             await asyncio.sleep(POLL_S)
+
+    async def _replace_self(self) -> None:
+        """A ready supervisor that took a job has the next one started, once its own job
+        is past Ray's start: never beside the job's start, which it would slow (a new
+        worker process takes a core for ~0.4 s)."""
+        if self.spare is None or self.replaced:
+            return
+        self.replaced = True
+        with contextlib.suppress(ResourceError):
+            await asyncio.to_thread(_start_spare, self.dashboard, self.manager_class)
 
     def _on_revoked(self, lease: Any) -> None:
         self.revoked = True
@@ -409,13 +423,12 @@ def _took(name: str, record: JobRecord) -> bool:
 
 def start_supervisor(record: JobRecord, dashboard: str, manager_class: Any) -> None:
     """The job's supervisor, detached (it outlives the process that submitted the job):
-    a ready one if one is listed (then the next is started, not waited for), else one
-    started for it; ``manager_class``: the client's ``ResourceManager``, which it holds
+    a ready one if one is listed (which starts the next one once the job runs), else
+    one started for it (and a ready one for the next job, not waited for); ``manager_class``: the client's ``ResourceManager``, which it holds
     the lease with."""
-    handed = _hand_to_spare(record)
-    _start_spare(dashboard, manager_class)
-    if handed:
-        return
+    if _hand_to_spare(record):
+        return  # it starts the next ready one once the job runs
+    _start_spare(dashboard, manager_class)  # none was ready: one for the next job
     callee = f"the supervisor of job {record.job_id}"
     try:
         handle: Any = boundary.send(

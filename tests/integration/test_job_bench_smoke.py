@@ -19,7 +19,7 @@ def test_one_job_each_way(tmp_path: Path) -> None:
     done = run_benchmark(BENCH, "--jobs", "1", "--json", str(out), timeout=300)
     assert "submit to running" in done.stdout
     result = json.loads(out.read_text())
-    for way in ("ray", "queue"):
+    for way in ("ray", "ray_env", "queue"):
         row = result["ways"][way]
         assert 0 < row["running_s_median"] <= row["ended_s_median"]
     assert result["leases_left"] == 0
