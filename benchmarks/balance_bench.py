@@ -9,9 +9,9 @@ inference, 1 CPU) and ``low`` (block re-verification, 1 CPU), together asking
 for 1.5x the cluster's CPU, so ``low`` work always waits. After a warm-up it
 measures, over ``--duration`` seconds:
 
-* the wait to grant per class, p50/p95/p99: from calling ``.remote`` to its
-  return, which is when the lease was granted and the task submitted pinned to
-  its node (the client's whole acquire, round trips included);
+* the wait to grant per class, p50/p95/p99: from calling ``.remote`` until the
+  task's body started (the client's whole acquire, round trips included, and the
+  time a task submitted ahead waited in Ray behind another of its lease);
 * the spread of granted work: CPU-seconds granted per node (CPU x time held,
   clipped to the measured period) and their coefficient of variation;
 * grants per class in each whole 10 s window (starvation: a window without one).

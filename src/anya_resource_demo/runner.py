@@ -141,7 +141,8 @@ class Runner:
             kind=kind.name,
             priority=kind.priority,
             requested=requested,
-            granted=granted,
+            # From its start: queued ahead in Ray it held nothing of its own yet.
+            granted=max(granted, outcome.started) if outcome else granted,
             ended=time.time(),
             node_id=outcome.node_id if outcome else "",
             cpu=kind.cpu,

@@ -21,7 +21,9 @@ class GrantRecord:
     kind: str
     priority: str
     requested: float  # the client asked for the lease (called ``.remote``)
-    granted: float  # ``.remote`` returned: the lease was granted and the task submitted
+    # When the lease was the task's own: its body started (a task submitted ahead waits
+    # in Ray behind another of its lease until then); ``.remote``'s return if it failed.
+    granted: float
     ended: float  # the task's result was back (or its failure)
     node_id: str
     cpu: float

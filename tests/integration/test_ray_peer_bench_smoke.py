@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parents[2]
 BENCH = ROOT / "benchmarks" / "ray_peer_bench.py"
 CONTENDERS = ("ray_cap", "semaphore", "leased")
 CONFIGURATIONS = {"single": 1, "cluster": 4}
-POINTS = ("noop/cap4", "noop/cap32", "sleep20ms/cap4", "sleep20ms/cap32")
+POINTS = tuple(f"{kind}/cap{cap}" for kind in ("noop", "sleep2ms", "sleep20ms") for cap in (4, 32))
 PRIORITY_FIGURES = (
     "high_over_low_p99",
     "high_p99_ms",

@@ -239,11 +239,15 @@ class ShareMachine(RuleBasedStateMachine):
         assert lease_id not in self.users, f"{lease_id} went back with uses in it"
         self.returned.add(lease_id)
 
-    @rule(kind=st.sampled_from(KINDS))
-    def use(self, kind: str) -> None:
+    @rule(kind=st.sampled_from(KINDS), asking=st.booleans())
+    def use(self, kind: str, asking: bool) -> None:
         idle, _ = self.share.uses()
         idle_of_kind = {i for i in idle if self.kind_of.get(i) == kind}
-        entry = self.share.use(kind, DEPTHS[kind])
+        if asking:  # as @leased does: and one more lease asked for when queued
+            entry, ask = self.share.take(kind, DEPTHS[kind])
+            assert not ask or (entry is not None and entry.uses > 1)
+        else:
+            entry = self.share.use(kind, DEPTHS[kind])
         if entry is not None:
             assert entry.uses == 1 or not idle_of_kind, "an idle lease comes first"
             self._handed(entry, "direct")

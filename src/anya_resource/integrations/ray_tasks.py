@@ -139,8 +139,9 @@ def _task_lease_resources(resources: dict[str, Any], ray_options: dict[str, Any]
     """What a ``@leased`` task's lease holds: the resources named, and, when none that
     Ray reserves is named (pool slots only), the CPUs its task asks Ray for (Ray's
     default: 1): the task takes them from its node whatever the lease says, so the lease
-    holds them too, reserved in Ray with it. ``num_cpus=0`` leaves them out."""
-    if any(resources.get(r) for r in ("cpu", "gpu", "memory")):
+    holds them too, reserved in Ray with it. ``num_cpus=0`` leaves them out, and so does
+    ``cpu=0`` named: a lease of slots only, the task's CPUs left to Ray (as plain work)."""
+    if "cpu" in resources or any(resources.get(r) for r in ("gpu", "memory")):
         return resources
     cpus = ray_options.get("num_cpus", 1)
     return {**resources, "cpu": cpus} if cpus else resources
