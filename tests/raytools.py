@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 import ray
 from ray.cluster_utils import Cluster
 
-from anya_resource import ResourceManager
+from anya_resource import ResourceManager, SyncResourceManager
 from anya_resource.actors import deploy
 
 T = TypeVar("T")
@@ -47,6 +47,17 @@ def local_ray(
     finally:
         deploy.forget_handles()
         ray.shutdown()
+
+
+@contextmanager
+def sync_manager(policy: Mapping[str, Any], num_cpus: int = 2) -> Iterator[SyncResourceManager]:
+    """A private one-node Ray (8 GiB) with the manager deployed by ``policy``, blocking."""
+    with local_ray(num_cpus=num_cpus, memory=8 * GiB):
+        manager = SyncResourceManager.connect(policy=policy)
+        try:
+            yield manager
+        finally:
+            manager.close()
 
 
 @contextmanager

@@ -153,7 +153,7 @@ class LeasePolicy(_Strict):
     # queued in Ray in its placement-group bundle, which Ray starts the moment the one
     # before ends (core/share.py ``queue_depth``). A lease given back takes no new task,
     # so a waiter that outranks its holder waits for at most this many of its tasks.
-    submit_ahead: int = Field(default=2, ge=1, le=64)
+    submit_ahead: int = Field(default=4, ge=1, le=64)
     # When a one-node lease of node resources is reserved in Ray (a placement group):
     # "first_use" when its holder first needs it (``lease.placement_group``, a ``@leased``
     # task), "grant" before the grant is told. Gangs, queued jobs and acquires with

@@ -21,7 +21,7 @@ from anya_resource import (
     leased,
     leased_statistics,
 )
-from tests.raytools import GiB, local_ray
+from tests.raytools import sync_manager
 
 pytestmark = pytest.mark.ray
 
@@ -35,10 +35,8 @@ POLICY = {
 
 @pytest.fixture(scope="module")
 def sync() -> Iterator[SyncResourceManager]:
-    with local_ray(num_cpus=2, memory=8 * GiB):
-        manager = SyncResourceManager.connect(policy=POLICY)
+    with sync_manager(POLICY) as manager:
         yield manager
-        manager.close()
 
 
 def wait_until_idle(sync: SyncResourceManager, timeout: float = 15) -> dict[str, Any]:

@@ -13,7 +13,7 @@ import pytest
 import ray
 
 from anya_resource import SyncResourceManager, leased, leased_statistics
-from tests.raytools import GiB, local_ray
+from tests.raytools import sync_manager
 
 pytestmark = pytest.mark.ray
 
@@ -28,10 +28,8 @@ POLICY = {
 
 @pytest.fixture(scope="module")
 def sync() -> Iterator[SyncResourceManager]:
-    with local_ray(num_cpus=2, memory=8 * GiB):
-        manager = SyncResourceManager.connect(policy=POLICY)
+    with sync_manager(POLICY) as manager:
         yield manager
-        manager.close()
 
 
 def spans(seconds: float) -> tuple[float, float]:
