@@ -8,10 +8,10 @@ most 4 at once, each asking Ray for 1 CPU:
 * ``ray_cap``: Ray's own cap, ``.options(resources={"pg4": 1})``;
 * ``ray_pg``: Ray alone, tasks round-robin into 4 placement groups of ``{"CPU": 1}``
   made for the run (what a lease's bundle is to Ray, with no lease at all);
-* ``leased``: ``@leased(pools={"pg4": 1}, num_cpus=1)``, whose leases hold the task's
-  CPU, are reserved in Ray and carry up to ``depth`` tasks each;
-* ``leased_slots``: ``@leased(pools={"pg4": 1}, cpu=0, num_cpus=1)``: leases of a slot
-  only, nothing reserved in Ray, one task at a time, the task placed by Ray.
+* ``leased``: ``@leased(pools={"pg4": 1}, cpu=1)``, whose leases hold the task's CPU,
+  are reserved in Ray and carry up to ``depth`` tasks each;
+* ``leased_slots``: ``@leased(pools={"pg4": 1})``: leases of a slot only, nothing
+  reserved in Ray, one task at a time, the task placed by Ray (1 CPU).
 
 Two figures per way, tasks/s: *steady*, ``--n`` tasks submitted at once, three times
 back to back (the median); *burst*, ``--burst`` tasks after ``--gap`` s idle (the
@@ -54,7 +54,7 @@ LABELS = {
     "ray_cap": "Ray's cap",
     "ray_pg": "Ray, 4 groups",
     "leased": "@leased",
-    "leased_slots": "@leased, cpu=0",
+    "leased_slots": "@leased, slots",
 }
 CAP = 4
 
@@ -106,8 +106,8 @@ def run_depth(depth: int, settings: dict[str, Any]) -> dict[str, Any]:
         time.sleep(2.0)  # the agent's first heartbeat
         plain = ray.remote(num_cpus=1)(noop)
         capped = plain.options(resources={"pg4": 1})
-        task = leased(pools={"pg4": 1}, num_cpus=1, max_retries=0)(noop)
-        slots = leased(pools={"pg4": 1}, cpu=0, num_cpus=1, max_retries=0)(noop)
+        task = leased(pools={"pg4": 1}, cpu=1, max_retries=0)(noop)
+        slots = leased(pools={"pg4": 1}, max_retries=0)(noop)
 
         def with_groups(run: Callable[[Callable[[], Any]], float]) -> float:
             groups = [placement_group([{"CPU": 1}]) for _ in range(CAP)]

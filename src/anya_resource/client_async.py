@@ -648,7 +648,7 @@ class ResourceManager:
         ``Overloaded`` at once if ``max_pending`` uses of this kind wait already."""
         check_timeout(timeout)
         share = self._warm
-        entry, ask = share.take(warm, depth)
+        entry, ask = share.take(warm, depth, time.monotonic())
         if entry is not None:
             if ask:  # queued behind another of its lease: more capacity would run it now
                 self._loop_call(self._grow, spec, warm)
@@ -664,7 +664,7 @@ class ResourceManager:
 
         waiter = Waiter(warm, deliver, depth)
         try:
-            entry, ask = share.use_or_wait(waiter, max_pending)
+            entry, ask = share.use_or_wait(waiter, max_pending, time.monotonic())
         except TooManyWaiting as exc:
             raise Overloaded(
                 f"{exc.args[0]} calls of this process already wait for a lease of this kind, "

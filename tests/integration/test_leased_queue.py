@@ -38,8 +38,19 @@ def spans(seconds: float) -> tuple[float, float]:
     return started, time.time()
 
 
-low = leased(pools={"one": 1}, priority="low", max_retries=0)(spans)
-low_preemptible = leased(pools={"one": 1}, priority="low", preemptible=True, max_retries=0)(spans)
+# One CPU each, held and reserved in Ray: its tasks are queued ahead in its bundle.
+low = leased(pools={"one": 1}, cpu=1, priority="low", max_retries=0)(spans)
+low_preemptible = leased(pools={"one": 1}, cpu=1, priority="low", preemptible=True, max_retries=0)(
+    spans
+)
+slots_only = leased(pools={"one": 1}, priority="low", max_retries=0)(spans)
+
+
+def quick_first(task: Any) -> None:
+    """A few no-op tasks, one after the other: the lease's uses are short, so it takes
+    tasks ahead (core/share.py SHORT_USE_S)."""
+    for _ in range(3):
+        ray.get(task.remote(0.0))
 
 
 def settle(refs: list[Any]) -> list[tuple[float, float] | None]:
@@ -65,6 +76,7 @@ def wait_until_back(sync: SyncResourceManager, timeout: float = 15) -> None:
 def test_one_lease_carries_its_depth_and_runs_one_task_at_a_time(
     sync: SyncResourceManager,
 ) -> None:
+    quick_first(low)
     refs = [low.remote(0.2) for _ in range(DEPTH)]  # no wait: all in one lease
     counts = leased_statistics()
     assert counts.busy == 1 and counts.queued == DEPTH - 1
@@ -75,9 +87,33 @@ def test_one_lease_carries_its_depth_and_runs_one_task_at_a_time(
     wait_until_back(sync)
 
 
+def test_a_lease_of_long_tasks_carries_one_at_a_time(sync: SyncResourceManager) -> None:
+    ray.get(low.remote(0.3))  # a long one: queued ahead it would hold up a waiter as long
+    first = low.remote(0.3)
+    counts = leased_statistics()
+    assert counts.busy == 1 and counts.queued == 0
+    with pytest.raises(Exception, match="within"):
+        low.options(timeout=0.1).remote(0.0)
+    assert settle([first])[0] is not None
+    wait_until_back(sync)
+
+
+def test_a_lease_of_slots_only_carries_one_task_placed_by_ray(
+    sync: SyncResourceManager,
+) -> None:
+    first = slots_only.remote(0.5)
+    counts = leased_statistics()
+    assert counts.busy == 1 and counts.queued == 0  # nothing Ray reserves keeps two apart
+    with pytest.raises(Exception, match="within"):
+        slots_only.options(timeout=0.2).remote(0.0)  # the one slot carries its one task
+    assert settle([first])[0] is not None
+    wait_until_back(sync)
+
+
 def test_a_wanted_lease_takes_no_new_task_and_goes_back_when_its_queue_ran_out(
     sync: SyncResourceManager,
 ) -> None:
+    quick_first(low)
     refs = [low.remote(0.3) for _ in range(DEPTH)]
     asked = time.time()
     high = sync.acquire({"pools": {"one": 1}}, priority="high", timeout=30)
@@ -97,6 +133,7 @@ def test_a_wanted_lease_takes_no_new_task_and_goes_back_when_its_queue_ran_out(
 
 
 def test_nothing_of_a_revoked_lease_starts_after_it_ended(sync: SyncResourceManager) -> None:
+    quick_first(low_preemptible)
     refs = [low_preemptible.remote(2.0) for _ in range(DEPTH)]
     time.sleep(0.5)  # the first one runs, the others are queued in its bundle
     high = sync.acquire({"pools": {"one": 1}}, priority="high", timeout=30)

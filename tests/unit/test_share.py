@@ -372,12 +372,20 @@ def test_queue_depth_only_where_ray_runs_one_at_a_time_in_the_bundle() -> None:
     assert queue_depth({"gpu": 1000}, {"cpu": 1000}, 3) == 1
 
 
+def short(share: WarmShare, n: int, kind: str = "a") -> None:
+    """Lease ``n`` joins the share and has a short use (10 ms): it takes uses ahead."""
+    share.add(record(n), kind, now=0.0)
+    share.done(f"lease-{n}", now=0.01)
+
+
 def test_a_lease_carries_uses_queued_ahead_idle_ones_first() -> None:
     share = WarmShare()
-    share.add(record(1), "a", now=0.0)  # one use
-    share.add(record(2), "a", now=0.0, asked=True)  # idle
-    second = share.use("a", depth=2)
-    assert second is not None and second.record.lease_id == "lease-2"  # the idle first
+    short(share, 1)
+    short(share, 2)
+    first = share.use("a", depth=2, now=1.0)
+    second = share.use("a", depth=2, now=1.0)
+    assert first is not None and second is not None
+    assert {first.record.lease_id, second.record.lease_id} == {"lease-1", "lease-2"}
     for _ in range(2):
         queued = share.use("a", depth=2)
         assert queued is not None and queued.uses == 2
@@ -391,7 +399,8 @@ def test_a_lease_carries_uses_queued_ahead_idle_ones_first() -> None:
 
 def test_a_wanted_lease_takes_no_new_use_and_goes_back_when_its_queue_ran_out() -> None:
     share = WarmShare()
-    share.add(record(1), "a", now=0.0)
+    short(share, 1)
+    assert share.use("a", depth=3, now=1.0) is not None
     assert share.use("a", depth=3) is not None
     assert share.want(["lease-1"], [], now=0.5) == []  # busy: not now
     assert share.use("a", depth=3) is None
@@ -400,10 +409,24 @@ def test_a_wanted_lease_takes_no_new_use_and_goes_back_when_its_queue_ran_out() 
     assert back is not None and back.lease_id == "lease-1"
 
 
-def test_a_grant_serves_as_many_waiters_as_its_depth() -> None:
+def test_a_lease_takes_uses_ahead_only_while_its_uses_are_short() -> None:
     share = WarmShare()
-    boxes = [Box("a", depth=2) for _ in range(3)]
+    share.add(record(1), "a", now=0.0)  # its first use: how long it runs is not known yet
+    assert share.use("a", depth=4, now=0.0) is None  # so nothing is queued behind it
+    share.done("lease-1", now=0.5)  # it ran 0.5 s: a long one
+    assert share.use("a", depth=4, now=1.0) is not None
+    assert share.use("a", depth=4, now=1.0) is None  # long uses: one at a time
+    share.done("lease-1", now=1.01)  # a short one now
+    assert share.use("a", depth=4, now=2.0) is not None
+    assert share.use("a", depth=4, now=2.0) is not None  # queued ahead again
+
+
+def test_a_grant_serves_one_waiter_then_as_many_as_its_depth_once_short() -> None:
+    share = WarmShare()
+    boxes = [Box("a", depth=2) for _ in range(4)]
     for box in boxes:
         share.use_or_wait(box.waiter)
     share.add(record(1), "a", now=0.0, asked=True)
-    assert [bool(b.got) for b in boxes] == [True, True, False]
+    assert [bool(b.got) for b in boxes] == [True, False, False, False]  # pace unknown
+    share.done("lease-1", now=0.01)  # short: the next one, and one queued behind it
+    assert [bool(b.got) for b in boxes] == [True, True, True, False]

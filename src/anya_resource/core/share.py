@@ -22,7 +22,10 @@ all the capacity of a kind waits on its own leases, at no Ray call per use.
 runs one at a time there, see ``queue_depth``): a busy lease then takes up to ``depth``
 uses at once, the next one queued in Ray, which starts it the moment the one before
 ends, with no round trip through this process. An idle lease is always taken first, then
-the one with the fewest uses. A use queued behind another is work that more capacity
+the one with the fewest uses, and only while the lease's uses are short (its last one
+ran at most ``SHORT_USE_S``: queueing ahead saves the driver's round trip, which matters
+for short tasks only, and a long task queued ahead would hold up a waiter that outranks
+the holder for as long). A use queued behind another is work that more capacity
 would run now, as a waiting use is: while any is queued, one more acquire of the kind
 is kept asking (``take``). A lease the coordinator wants back takes no new use at once;
 what was queued in it is bounded by the depth.
@@ -46,6 +49,11 @@ from anya_resource.core import LeaseRecord
 # long enough for its own process to take it again between two uses, short against
 # the waiter's wait.
 SPARE_IDLE_S = 0.05
+# A lease takes uses ahead only while its uses are this short (the last one measured):
+# queueing ahead saves the driver's round trip between two tasks, which matters for
+# short ones only, and bounds what a waiter that outranks the holder waits for to
+# submit_ahead x this (a long task queued ahead would hold it up for as long).
+SHORT_USE_S = 0.05
 
 
 def queue_depth(holds: Mapping[str, int], asks: Mapping[str, int], submit_ahead: int) -> int:
@@ -79,6 +87,8 @@ class WarmEntry:
     kind: str
     uses: int = 0
     idle_since: float = 0.0
+    running_since: float | None = None  # when its running use started (None: unknown)
+    pace: float | None = None  # how long its last use ran (None: none measured yet)
     lease: Any = None  # the caller's Lease object while an async caller uses it
     shipped: Any = None  # what a @leased task receives (built once per lease)
 
@@ -126,22 +136,25 @@ class WarmShare:
 
     # -- using -------------------------------------------------------------------------
 
-    def use(self, kind: str, depth: int = 1) -> WarmEntry | None:
+    def use(self, kind: str, depth: int = 1, now: float | None = None) -> WarmEntry | None:
         """A lease of ``kind`` with room for one more use (idle first, then the one with
-        the fewest uses, up to ``depth``), its use counted; None if there is none."""
+        the fewest uses, up to ``depth`` while its uses are short), its use counted; None
+        if there is none. ``now`` times the use if it starts at once."""
         with self._lock:
-            return self._use(kind, depth)
+            return self._use(kind, depth, now)
 
-    def take(self, kind: str, depth: int) -> tuple[WarmEntry | None, bool]:
+    def take(
+        self, kind: str, depth: int, now: float | None = None
+    ) -> tuple[WarmEntry | None, bool]:
         """As ``use``, and whether to ask for one more lease of ``kind``: the use was
         queued behind another, and fewer acquires of the kind are in flight than uses
         wait or are queued."""
         with self._lock:
-            entry = self._use(kind, depth)
+            entry = self._use(kind, depth, now)
             return entry, entry is not None and self._ask_for_queued(entry)
 
     def use_or_wait(
-        self, waiter: Waiter, max_waiting: int | None = None
+        self, waiter: Waiter, max_waiting: int | None = None, now: float | None = None
     ) -> tuple[WarmEntry | None, bool]:
         """An idle lease now, or ``waiter`` queued: (entry, whether to ask for one more).
 
@@ -150,7 +163,7 @@ class WarmShare:
         already (then nothing changed).
         """
         with self._lock:
-            entry = self._use(waiter.kind, waiter.depth)
+            entry = self._use(waiter.kind, waiter.depth, now)
             if entry is not None:
                 return entry, self._ask_for_queued(entry)
             waiters = self._waiters.setdefault(waiter.kind, deque())
@@ -177,6 +190,7 @@ class WarmShare:
             if asked:
                 self._asking[kind] = max(0, self._asking.get(kind, 0) - 1)
             entry = WarmEntry(record, kind, uses=0 if asked else 1)
+            entry.running_since = None if asked else now
             self._entries[record.lease_id] = entry
             if asked:
                 return self._free(entry, now)
@@ -192,6 +206,10 @@ class WarmShare:
                 return None
             entry.uses -= 1
             entry.lease = None
+            if entry.running_since is not None:
+                entry.pace = now - entry.running_since
+            # The next use queued behind it (in Ray) starts now.
+            entry.running_since = now if entry.uses else None
             if self._free(entry, now):
                 return None
             return entry.record
@@ -328,25 +346,32 @@ class WarmShare:
 
     # -- inside the lock -----------------------------------------------------------------
 
-    def _use(self, kind: str, depth: int) -> WarmEntry | None:
+    def _use(self, kind: str, depth: int, now: float | None = None) -> WarmEntry | None:
         ids = self._idle.get(kind)
         while ids:
             entry = self._entries.get(ids.pop())
             if entry is not None and not entry.busy:
                 self._count_use(entry)
+                entry.running_since = now
                 return entry
         if depth <= 1:
             return None
         fewest: WarmEntry | None = None
         for lease_id in self._open.get(kind, ()):
             entry = self._entries[lease_id]
-            if lease_id in self._wanted or entry.uses >= depth:
-                continue  # going back: no new use
+            if lease_id in self._wanted or entry.uses >= self._room(entry, depth):
+                continue  # going back, or full
             if fewest is None or entry.uses < fewest.uses:
                 fewest = entry
         if fewest is not None:
             self._count_use(fewest)
         return fewest
+
+    @staticmethod
+    def _room(entry: WarmEntry, depth: int) -> int:
+        """How many uses ``entry`` may carry: ``depth`` while its uses are short."""
+        short = entry.pace is not None and entry.pace <= SHORT_USE_S
+        return depth if short else 1
 
     def _ask_for_queued(self, entry: WarmEntry) -> bool:
         """A use queued behind another: ask for one more lease while fewer are asked for
@@ -384,12 +409,14 @@ class WarmShare:
         waiters = self._waiters.get(entry.kind)
         while waiters:  # in their order: one that has no room here is not passed over
             waiter = waiters[0]
-            if not waiter.done and entry.uses >= waiter.depth:
+            if not waiter.done and entry.uses >= self._room(entry, waiter.depth):
                 break
             waiters.popleft()
             if not waiter.done:
                 waiter.done = True
                 self._count_use(entry)
+                if entry.uses == 1:
+                    entry.running_since = now  # it starts at once
                 waiter.deliver(entry, None)
         if entry.busy:
             return True
@@ -416,6 +443,7 @@ class WarmShare:
 
 
 __all__ = [
+    "SHORT_USE_S",
     "SPARE_IDLE_S",
     "TooManyWaiting",
     "Waiter",

@@ -1,16 +1,14 @@
 """``@leased``: Ray tasks and actors that run where, and when, a lease was granted.
 
 **Tasks** run on *warm leases* (core/share.py): the submitting process holds the leases,
-and each task uses one from ``.remote()`` until its ObjectRef settles. A task's lease
-holds what the task takes of Ray: the resources named, and the CPUs its task asks Ray
-for when none that Ray reserves is named (``_task_lease_resources``). ``f.remote(...)``
+and each task uses one from ``.remote()`` until its ObjectRef settles. ``f.remote(...)``
 takes a lease of its kind with room from the process's share (no Ray call), or waits
 for one of its own to have room or for the coordinator to grant one more (one acquire
 per waiting call, batched with the others of the moment), then submits the Ray task
 into the lease's placement group (reserved at the lease's first task and reused by the
 others; a draw from a job's budget runs in its own bundle of the budget's group; a
-lease of pool slots only, ``num_cpus=0``, leaves the placement to Ray) and returns its
-ObjectRef.
+lease of pool slots only, which are cluster-wide, leaves the placement to Ray, one task
+at a time) and returns its ObjectRef.
 
 *Room*: the task asks its bundle for all its lease holds there, so Ray runs one task of
 a lease at a time, and a busy lease takes up to the policy's ``lease.submit_ahead``
@@ -133,18 +131,6 @@ def _split(options: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any], dic
         if k not in RESOURCE_OPTIONS and k not in LEASE_OPTIONS and k not in TASK_OPTIONS
     }
     return resources, lease_options, ray_options
-
-
-def _task_lease_resources(resources: dict[str, Any], ray_options: dict[str, Any]) -> dict[str, Any]:
-    """What a ``@leased`` task's lease holds: the resources named, and, when none that
-    Ray reserves is named (pool slots only), the CPUs its task asks Ray for (Ray's
-    default: 1): the task takes them from its node whatever the lease says, so the lease
-    holds them too, reserved in Ray with it. ``num_cpus=0`` leaves them out, and so does
-    ``cpu=0`` named: a lease of slots only, the task's CPUs left to Ray (as plain work)."""
-    if "cpu" in resources or any(resources.get(r) for r in ("gpu", "memory")):
-        return resources
-    cpus = ray_options.get("num_cpus", 1)
-    return {**resources, "cpu": cpus} if cpus else resources
 
 
 def _task_asks(resources: dict[str, Any], ray_options: dict[str, Any]) -> dict[str, int]:
@@ -307,7 +293,7 @@ class LeasedFunction(_Leased, Generic[F]):
         ``lease.submit_ahead`` when Ray runs them one at a time in the lease's own bundle
         (not in a job's budget, whose bundle other draws share), else 1."""
         lease_options = {k: v for k, v in self._lease_options.items() if k != "timeout"}
-        resources = _task_lease_resources(self._resources, self._ray_options)
+        resources = self._resources
         if any(resources.get(r) for r in ("cpu", "gpu", "memory")):
             # Reserved in Ray at grant, by the coordinator (a spare group of the same
             # layout serves at once): its first task is never held up making one.
@@ -327,8 +313,8 @@ class LeasedFunction(_Leased, Generic[F]):
         group (reserved at the lease's first task, then reused), asking the lease's own
         CPUs, GPUs and memory of it, so that Ray runs no more there than the lease holds
         (and, as it holds them whole, one task at a time: the others of the lease wait
-        in Ray, up to the depth). A lease of pool slots only (``num_cpus=0``: nothing Ray
-        reserves, the slots are cluster-wide) leaves placement to Ray."""
+        in Ray, up to the depth). A lease of pool slots only (nothing Ray reserves, the
+        slots are cluster-wide) leaves placement to Ray."""
         record = entry.record
         cpus = from_units("cpu", record.resources.get("cpu", 0))
         gpus = from_units("gpu", record.resources.get("gpu", 0))
@@ -349,6 +335,11 @@ class LeasedFunction(_Leased, Generic[F]):
                     placement_group=placement_group_of(where),
                     placement_group_bundle_index=bundle,
                 )
+            elif "num_cpus" not in self._ray_options:
+                # Pool slots only: cluster-wide, so Ray places the task anywhere, with
+                # Ray's default of one CPU (it then reuses a few workers). Measured
+                # faster than reserving that CPU per lease (docs/performance.md).
+                options["num_cpus"] = 1
             task = self._placed[key] = self._task.options(**options)
         return task
 
