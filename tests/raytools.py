@@ -60,6 +60,17 @@ def sync_manager(policy: Mapping[str, Any], num_cpus: int = 2) -> Iterator[SyncR
             manager.close()
 
 
+def wait_until_idle(sync: SyncResourceManager, timeout: float = 15) -> dict[str, Any]:
+    """Every lease back with the coordinator (warm ones after the policy's idle time)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        snap = sync.snapshot()
+        if snap["leases"] == 0:
+            return snap
+        time.sleep(0.05)
+    raise AssertionError(f"leases still held: {sync.leases()}")
+
+
 @contextmanager
 def local_cluster(
     workers: int = 3, cpus: int = 2, memory: int = 4 * GiB, dashboard: bool = False

@@ -21,7 +21,7 @@ from anya_resource import (
     leased,
     leased_statistics,
 )
-from tests.raytools import sync_manager
+from tests.raytools import sync_manager, wait_until_idle
 
 pytestmark = pytest.mark.ray
 
@@ -37,17 +37,6 @@ POLICY = {
 def sync() -> Iterator[SyncResourceManager]:
     with sync_manager(POLICY) as manager:
         yield manager
-
-
-def wait_until_idle(sync: SyncResourceManager, timeout: float = 15) -> dict[str, Any]:
-    """Every lease back with the coordinator (warm ones after the policy's idle time)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        snap = sync.snapshot()
-        if snap["leases"] == 0:
-            return snap
-        time.sleep(0.05)
-    raise AssertionError(f"leases still held: {sync.leases()}")
 
 
 def wait_until_free(sync: SyncResourceManager, timeout: float = 5) -> float:

@@ -13,7 +13,7 @@ import pytest
 import ray
 
 from anya_resource import SyncResourceManager, leased, leased_statistics
-from tests.raytools import sync_manager
+from tests.raytools import sync_manager, wait_until_idle
 
 pytestmark = pytest.mark.ray
 
@@ -64,15 +64,6 @@ def settle(refs: list[Any]) -> list[tuple[float, float] | None]:
     return out
 
 
-def wait_until_back(sync: SyncResourceManager, timeout: float = 15) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if sync.snapshot()["leases"] == 0:
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"leases still held: {sync.leases()}")
-
-
 def test_one_lease_carries_its_depth_and_runs_one_task_at_a_time(
     sync: SyncResourceManager,
 ) -> None:
@@ -84,7 +75,7 @@ def test_one_lease_carries_its_depth_and_runs_one_task_at_a_time(
     assert len(ran) == DEPTH
     for (_, end), (start, _) in itertools.pairwise(ran):
         assert start >= end - 0.01  # Ray ran them one after the other, in its bundle
-    wait_until_back(sync)
+    wait_until_idle(sync)
 
 
 def test_a_lease_of_long_tasks_carries_one_at_a_time(sync: SyncResourceManager) -> None:
@@ -95,7 +86,7 @@ def test_a_lease_of_long_tasks_carries_one_at_a_time(sync: SyncResourceManager) 
     with pytest.raises(Exception, match="within"):
         low.options(timeout=0.1).remote(0.0)
     assert settle([first])[0] is not None
-    wait_until_back(sync)
+    wait_until_idle(sync)
 
 
 def test_a_lease_of_slots_only_carries_one_task_placed_by_ray(
@@ -107,7 +98,7 @@ def test_a_lease_of_slots_only_carries_one_task_placed_by_ray(
     with pytest.raises(Exception, match="within"):
         slots_only.options(timeout=0.2).remote(0.0)  # the one slot carries its one task
     assert settle([first])[0] is not None
-    wait_until_back(sync)
+    wait_until_idle(sync)
 
 
 def test_a_wanted_lease_takes_no_new_task_and_goes_back_when_its_queue_ran_out(
@@ -129,7 +120,7 @@ def test_a_wanted_lease_takes_no_new_task_and_goes_back_when_its_queue_ran_out(
             late.remote(0.0)  # the slot is the high lease's: no new low task
     finally:
         sync.release(high)
-    wait_until_back(sync)
+    wait_until_idle(sync)
 
 
 def test_nothing_of_a_revoked_lease_starts_after_it_ended(sync: SyncResourceManager) -> None:
@@ -145,4 +136,4 @@ def test_nothing_of_a_revoked_lease_starts_after_it_ended(sync: SyncResourceMana
         assert outcomes.count(None) >= DEPTH - 1  # the queued ones never ran
     finally:
         sync.release(high)
-    wait_until_back(sync)
+    wait_until_idle(sync)
