@@ -17,9 +17,9 @@ job server, named ``job-spare:<id>`` and listed in the GCS store. ``submit_job``
 one there (the GCS deletes its key once: no two jobs get the same one) and hands it the
 job; that supervisor starts the next ready one once its job is past Ray's start (not
 beside it: a process start takes a core). With none ready, ``submit_job`` starts one for
-the job as before, and a ready one for the next. The job's record names its supervisor, so ``cancel`` and ``jobs``
-find it either way; a ready supervisor restarted by Ray after it took a job finds the
-job by its own name and goes on as that job's.
+the job as before, and a ready one for the next. The job's record names its
+supervisor, so ``cancel`` and ``jobs`` find it either way; a ready supervisor restarted
+by Ray after it took a job finds the job by its own name and goes on as that job's.
 
 A preemptible job whose lease is revoked is stopped through Ray (``stop_job``) within
 the policy's grace period, and goes back to the queue if it was submitted with
@@ -153,10 +153,9 @@ class JobSupervisorImpl:
         except Exception as exc:  # said in the job's record, once it has one
             failed = exc
         if self.record is None:  # a ready one: listed, then it waits for its job
-            if failed is not None or self.spare is None:
+            assert self.spare is not None  # made with no record only as a ready one
+            if failed is not None:  # never listed, so no job is handed to it
                 log.warning("a ready job supervisor could not start: %s", failed)
-                if manager is not None:
-                    await manager.close()
                 return
             await asyncio.to_thread(store.keep_spare, self.spare)
             await asyncio.to_thread(self.taken.wait)

@@ -100,7 +100,8 @@ def main(argv: list[str]) -> None:
     from anya_resource.integrations import leased
 
     tasks, seconds = int(argv[0]), float(argv[1])
-    ray.init(logging_level=logging.ERROR)
+    # Joins the job's own cluster (Ray's job server sets RAY_ADDRESS): it starts no Ray.
+    ray.init(address="auto", logging_level=logging.ERROR)
 
     def work(seconds: float) -> tuple[float, float, int]:
         start = time.time()

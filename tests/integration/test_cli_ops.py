@@ -26,7 +26,7 @@ from ray.cluster_utils import Cluster
 
 from anya_resource import Lease, SyncResourceManager
 from anya_resource.actors import deploy
-from tests.raytools import GiB
+from tests.raytools import GiB, assert_loopback
 
 pytestmark = pytest.mark.ray
 
@@ -148,6 +148,7 @@ def deployed(address: str, tmp_path_factory: pytest.TempPathFactory) -> dict[str
 def held(address: str, deployed: dict[str, Any]) -> Iterator[dict[str, Any]]:
     """This process holds leases: two for tenant ml, one preemptible batch lease."""
     ray.init(address=address, logging_level="ERROR")
+    assert_loopback()  # the module's cluster binds 127.0.0.1 (conftest sets Ray's flag)
     manager = SyncResourceManager.connect(address=address)
     leases: dict[str, Any] = {"manager": manager}
     try:

@@ -321,15 +321,17 @@ class LeasedFunction(_Leased, Generic[F]):
         reserved = needs_group(record) or record.within is not None
         where = manager.placement_group(record) if reserved else record.node_id
         bundle = record.within_bundle or 0  # a draw from a job's budget: its own bundle
-        memory = record.resources.get("memory", 0) if reserved else 0
+        # All of its own bundle's memory: one task there at a time (a draw from a job's
+        # budget shares the budget's bundle, so it asks none).
+        memory = record.resources.get("memory", 0) if needs_group(record) else 0
         key = (where, bundle, float(cpus), float(gpus), memory)
         task = self._placed.get(key)
         if task is None:
             if len(self._placed) >= PLACED_KEPT:
                 self._placed.clear()
             options: dict[str, Any] = {"num_cpus": cpus, "num_gpus": gpus, **self._ray_options}
-            if memory and record.within is None:
-                options["memory"] = memory  # all of its bundle's: one task there at a time
+            if memory:
+                options["memory"] = memory
             if reserved:
                 options["scheduling_strategy"] = PlacementGroupSchedulingStrategy(
                     placement_group=placement_group_of(where),
